@@ -1,0 +1,247 @@
+"""From the store to answers: coverage, overlap, selection and the audit summary.
+
+Glue between `store.py` (arrays out of DuckDB) and the pure `metrics.py` /
+`select.py`. Everything returns plain dicts with stable snake_case keys: the
+CLI prints them (`--json`), the report renders them, `summary.json` is one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import metrics
+from . import select as sel
+from .errors import QScopeError
+from .store import EncodedSet, Store
+
+COST_KINDS = ("samples", "tokens", "custom")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One encoder's arrays, with its null twin aligned on the same samples (or None)."""
+
+    real: EncodedSet
+    null: EncodedSet | None
+
+
+def load(store: Store, encoder: str | int | None = None, benchmarks: list[str] | None = None) -> Loaded:
+    enc = store.encoder(encoder)
+    if enc.kind == "null":
+        raise QScopeError(f"encoder {enc.encoder_id} is a null baseline; pick the SAE encoder it rode along with")
+    real = store.load_encoded(enc, benchmarks)
+    if real.X.shape[0] == 0:
+        raise QScopeError(f"encoder {enc.encoder_id} has no encoded samples for these benchmarks; run `qscope-eval encode` first")
+    null_enc = store.null_for(enc)
+    null = None
+    if null_enc is not None:
+        n = store.load_encoded(null_enc, real.benchmarks)
+        if np.array_equal(n.sample_ids, real.sample_ids):
+            null = n
+    return Loaded(real, null)
+
+
+def _null_X(ld: Loaded):
+    return ld.null.X if ld.null is not None else None
+
+
+def suite_metrics(ld: Loaded, threshold: float = 0.0, min_support: int = 1) -> metrics.SuiteMetrics:
+    r = ld.real
+    return metrics.summarize(r.X, r.M, r.benchmarks, r.encoder.d_sae, threshold, min_support, _null_X(ld))
+
+
+def coverage_report(ld: Loaded, threshold: float = 0.0, min_support: int = 1) -> dict:
+    """Per-benchmark coverage, R̂/AUC, rarefied coverage and Chao1 (no overlap matrices)."""
+    sm = suite_metrics(ld, threshold, min_support).to_dict()
+    for b in sm["benchmarks"]:
+        b.pop("curve")
+    return {"encoder": _encoder_dict(ld), "d_sae": sm["d_sae"], "suite_union": sm["suite_union"],
+            "rarefied_n": sm["rarefied_n"], "min_support": min_support, "threshold": threshold,
+            "benchmarks": sm["benchmarks"]}
+
+
+def overlap_report(ld: Loaded, kind: str = "asym", threshold: float = 0.0, min_support: int = 1) -> dict:
+    """One overlap matrix (rows: from, columns: to), with the null baseline's beside it when present."""
+    if kind not in ("asym", "sym", "jaccard"):
+        raise QScopeError(f"overlap kind {kind!r} is not one of asym, sym, jaccard")
+    sm = suite_metrics(ld, threshold, min_support).to_dict()
+    return {"encoder": _encoder_dict(ld), "kind": kind, "names": sm["names"], "matrix": sm["overlap"][kind],
+            "null_matrix": sm["null_overlap"][kind] if sm["null_overlap"] else None}
+
+
+def _encoder_dict(ld: Loaded) -> dict:
+    e = ld.real.encoder
+    return {"encoder_id": e.encoder_id, "key": e.key, "layer": e.layer, "pooling": e.pooling, "d_sae": e.d_sae,
+            "null_encoder_id": ld.null.encoder.encoder_id if ld.null else None}
+
+
+# ---- selection ---------------------------------------------------------------------
+
+def benchmark_costs(store: Store, es: EncodedSet, kind: str) -> np.ndarray:
+    if kind not in COST_KINDS:
+        raise QScopeError(f"cost {kind!r} is not one of {', '.join(COST_KINDS)}")
+    if kind == "samples":
+        return np.asarray(es.M.sum(axis=1)).ravel().astype(float)
+    if kind == "tokens":
+        return np.asarray(es.M.astype(np.int64) @ es.n_tokens).ravel().astype(float)
+    rows = dict(store.con.execute("SELECT name, cost FROM benchmarks").fetchall())
+    missing = [b for b in es.benchmarks if not rows.get(b)]
+    if missing:
+        raise QScopeError(f"--cost custom needs a `cost:` for every benchmark in the suite; missing: {', '.join(missing)}")
+    return np.array([rows[b] for b in es.benchmarks], float)
+
+
+def _selection_dict(s: sel.Selection, names: list[str], costs: np.ndarray, base: sel.RandomBaseline | None) -> dict:
+    f = lambda x: None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+    return {
+        "method": s.method, "target": f(s.target), "chosen": [names[i] for i in s.rows], "cost": f(s.cost),
+        "total_cost": f(costs.sum()), "cost_share": f(s.cost / costs.sum()) if costs.sum() else None,
+        "covered": f(s.covered), "coverage": f(s.coverage), "union": f(s.union),
+        "order": [names[i] for i in s.order], "curve_cost": [float(x) for x in s.curve_cost],
+        "curve_coverage": [float(x) for x in s.curve_coverage], "optimal": bool(s.optimal),
+        "bound": f(s.bound), "gap": f(s.gap), "status": s.status,
+        "random_baseline": None if base is None else {"mean": f(base.mean), "std": f(base.std), "trials": base.trials},
+    }
+
+
+def select_benchmarks(store: Store, ld: Loaded, target: float = 0.95, cost: str = "samples", exact: bool = False,
+                      time_limit: float = 30.0, threshold: float = 0.0, min_support: int = 1) -> dict:
+    """Smallest-cost benchmark subset keeping `target` of the suite's feature union, with keep/drop reasons."""
+    es = ld.real
+    F = metrics.fired(es.X, threshold)
+    B = metrics.benchmark_features(es.M, F, min_support)
+    inc = sp.csr_matrix((np.ones(B.nnz, bool), B.indices, B.indptr), shape=B.shape)
+    costs = benchmark_costs(store, es, cost)
+    g = sel.greedy_cover(inc, costs, target)
+    s = sel.exact_cover(inc, costs, target, time_limit=time_limit) if exact else g
+    base = sel.random_baseline(inc, cost=s.cost, costs=costs, seed=0)
+    out = _selection_dict(s, es.benchmarks, costs, base)
+    out.update(level="benchmark", cost_kind=cost, greedy_cost=float(g.cost))
+    out["table"] = _keep_drop(inc, costs, s.rows, es.benchmarks)
+    return out
+
+
+def _keep_drop(inc: sp.csr_matrix, costs: np.ndarray, chosen: np.ndarray, names: list[str]) -> list[dict]:
+    """Why each benchmark is kept or dropped, in features and cost."""
+    B = inc.astype(np.int32).tocsr()
+    kept = np.zeros(B.shape[0], bool)
+    kept[chosen] = True
+    per_feature_kept = np.asarray(B[kept].sum(axis=0)).ravel()
+    union_kept = per_feature_kept > 0
+    inter = (B @ B.T).toarray()
+    rows = []
+    for i, name in enumerate(names):
+        feats = B.indices[B.indptr[i]:B.indptr[i + 1]]
+        n = feats.size
+        if kept[i]:
+            unique = int((per_feature_kept[feats] == 1).sum())
+            reason = f"adds {unique} features no other kept benchmark has"
+            covered = None
+        else:
+            covered = float(union_kept[feats].mean()) if n else 1.0
+            others = [(inter[i, j] / n if n else 0.0, names[j]) for j in np.flatnonzero(kept)]
+            best = max(others, default=(0.0, "-"))
+            reason = f"{covered:.0%} of its features are covered by the kept set (most by {best[1]}: {best[0]:.0%})"
+        rows.append({"benchmark": name, "decision": "keep" if kept[i] else "drop", "reason": reason,
+                     "n_features": int(n), "cost": float(costs[i]), "covered_by_kept": covered})
+    return rows
+
+
+def select_samples(store: Store, ld: Loaded, target: float | None = 0.95, benchmark: str | None = None,
+                   n: int | None = None, token_budget: int | None = None, exact: bool = False,
+                   time_limit: float = 30.0, threshold: float = 0.0) -> dict:
+    """Fewest samples keeping `target` of the features (of one benchmark or the suite), or the best n / token budget."""
+    es = ld.real
+    if benchmark is not None:
+        if benchmark not in es.benchmarks:
+            raise QScopeError(f"no benchmark {benchmark!r}; known: {', '.join(es.benchmarks)}")
+        cols = es.M[es.benchmarks.index(benchmark)].indices
+    else:
+        cols = np.flatnonzero(np.asarray(es.M.sum(axis=0)).ravel() > 0)
+    F = metrics.fired(es.X[cols], threshold)
+    ids = es.sample_ids[cols]
+    tokens = es.n_tokens[cols].astype(float)
+    if n is not None or token_budget is not None:
+        if n is not None and token_budget is not None:
+            raise QScopeError("give either --n or --token-budget, not both")
+        costs = tokens if token_budget is not None else None
+        budget = float(token_budget if token_budget is not None else n)
+        s = sel.max_coverage(F, budget, costs)
+        base = sel.random_baseline(F, k=None if costs is not None else int(n), cost=budget if costs is not None else None,
+                                   costs=costs, seed=0)
+    else:
+        s = sel.exact_cover(F, None, target, time_limit=time_limit) if exact else sel.greedy_cover(F, None, target)
+        base = sel.random_baseline(F, k=len(s.rows), seed=0)
+    out = _selection_dict(s, [str(int(i)) for i in ids], tokens if token_budget is not None else np.ones(len(ids)), base)
+    out.update(level="sample", benchmark=benchmark, n_candidates=int(len(ids)),
+               chosen_tokens=int(tokens[s.rows].sum()), total_tokens=int(tokens.sum()))
+    out["chosen"] = [int(i) for i in ids[s.rows]]
+    out.pop("order")
+    return out
+
+
+# ---- the audit summary ---------------------------------------------------------------------
+
+def feature_set(es: EncodedSet, b: int, threshold: float = 0.0, min_support: int = 1) -> np.ndarray:
+    F = metrics.fired(es.X, threshold)
+    C = metrics.benchmark_features(es.M, F, min_support)
+    return C.indices[C.indptr[b]:C.indptr[b + 1]].copy()
+
+
+def drift(store: Store, ld: Loaded, run_id: str, suite: str, threshold: float = 0.0, min_support: int = 1) -> dict | None:
+    """Features gained/lost per benchmark since the previous completed run of the suite on this encoder."""
+    prev = store.previous_run(suite, ld.real.encoder.encoder_id, before_run=run_id)
+    if prev is None:
+        return None
+    before = store.run_features(prev)
+    rows = []
+    for b, name in enumerate(ld.real.benchmarks):
+        now = feature_set(ld.real, b, threshold, min_support)
+        old = before.get(name)
+        if old is None:
+            rows.append({"benchmark": name, "status": "new", "gained": int(now.size), "lost": 0})
+        else:
+            rows.append({"benchmark": name, "status": "changed" if not np.array_equal(now, old) else "same",
+                         "gained": int(np.setdiff1d(now, old).size), "lost": int(np.setdiff1d(old, now).size)})
+    for name in sorted(set(before) - set(ld.real.benchmarks)):
+        rows.append({"benchmark": name, "status": "removed", "gained": 0, "lost": int(before[name].size)})
+    return {"previous_run": prev, "benchmarks": rows}
+
+
+def duplicates_report(store: Store, ld: Loaded, threshold: float = 0.9, limit: int = 50) -> dict:
+    """Exact duplicates (one prompt in several benchmarks) and near-duplicate feature sets."""
+    es = ld.real
+    per_sample = np.asarray(es.M.sum(axis=0)).ravel()
+    exact = int((per_sample > 1).sum())
+    nd = metrics.near_duplicates(metrics.fired(es.X), es.M, threshold)
+    order = np.argsort(-nd.jaccard, kind="stable")[:limit]
+    texts = store.texts(es.sample_ids[np.concatenate([nd.i[order], nd.j[order]])]) if order.size else {}
+    MT = es.M.T.tocsr()
+    bench = lambda s: ",".join(es.benchmarks[b] for b in MT[s].indices)
+    pairs = [{"a": bench(nd.i[k]), "b": bench(nd.j[k]), "jaccard": float(nd.jaccard[k]),
+              "same_benchmark": bool(nd.same_benchmark[k]),
+              "text_a": texts.get(int(es.sample_ids[nd.i[k]]), "")[:300], "text_b": texts.get(int(es.sample_ids[nd.j[k]]), "")[:300]}
+             for k in order]
+    return {"exact_shared_samples": exact, "near_duplicate_pairs": int(nd.i.size), "threshold": threshold, "top": pairs}
+
+
+def audit_summary(store: Store, ld: Loaded, suite: str, run_id: str | None = None, target: float = 0.95,
+                  cost: str = "samples", threshold: float = 0.0, min_support: int = 1, exact: bool = False) -> dict:
+    """Everything the report shows, as one JSON-able dict (this is summary.json)."""
+    sm = suite_metrics(ld, threshold, min_support)
+    F = metrics.fired(ld.real.X, threshold)
+    freq = metrics.feature_frequency(F)
+    out = {
+        "suite": suite, "run_id": run_id, "encoder": _encoder_dict(ld), "metrics": sm.to_dict(),
+        "selection": select_benchmarks(store, ld, target, cost, exact=exact, threshold=threshold, min_support=min_support),
+        "sample_selection": select_samples(store, ld, target, threshold=threshold),
+        "feature_frequency": {"n_samples_per_feature": [int(x) for x in freq[freq > 0]], "dead": int((freq == 0).sum())},
+        "duplicates": duplicates_report(store, ld),
+        "drift": drift(store, ld, run_id, suite, threshold, min_support) if run_id else None,
+    }
+    out["sample_selection"].pop("chosen")  # ids live in SQL; the report needs the counts
+    return out

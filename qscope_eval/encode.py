@@ -1,0 +1,286 @@
+"""Residuals -> pooled sparse features per prompt (DESIGN §3).
+
+One forward batch gives, per layer, hidden states [B, T, d_model] with right padding.
+Each *encoder* (an SAE at a layer, with a pooling mode) turns them into one sparse
+vector per prompt, returned as COO triples in a `PooledBatch`:
+
+- `last`: the codes at each prompt's last real token (z > 0), n_tokens = 1.
+- `max`:  per feature, the max of z over the prompt's masked tokens; n_tokens = tokens where it fired.
+- `top`:  the m features with the highest (mean z over masked tokens) / (reference mean z).
+
+The token mask for `max`/`top` drops padding, special tokens, position 0 and attention
+sinks (norm > sink_factor x the prompt's median). Everything runs on the model's device
+and never materialises a dense [B, T, d_sae] tensor: masked tokens are flattened to
+[N_tok, d_model], encoded in chunks to [N_tok, k], and reduced on flattened
+(row * d_sae + feature) keys. Only the non-zeros cross to CPU numpy at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from .errors import SaeError
+from .sae import FeatureStats, Sae
+from .suite import POOLINGS, EncodeSpec
+
+# Bound on the [chunk, d_sae] fp32 pre-activation block: 2**27 floats = 512 MiB.
+PRE_ACT_BUDGET = 2**27
+
+
+class PooledBatch(NamedTuple):
+    """Sparse pooled features of one batch, sorted by (row, feature); only non-zeros."""
+
+    row: np.ndarray
+    """int64 index of the prompt within the batch."""
+    feature: np.ndarray
+    """int32 SAE feature id."""
+    value: np.ndarray
+    """float32 pooled value (`last`: z, `max`: max z, `top`: score)."""
+    n_tokens: np.ndarray
+    """int32 number of the prompt's tokens on which the feature fired."""
+
+
+@dataclass
+class EncoderHandle:
+    """One encoder riding along a forward pass: an SAE at a layer, with its pooling."""
+
+    key: str
+    """Encoder identity; the key of its result in `encode_batch`'s output."""
+    layer: int
+    """Decoder layer whose output residual it reads."""
+    pooling: str
+    """last | max | top."""
+    sae: Sae
+    """The SAE (already on the model's device)."""
+    stats: FeatureStats | None = None
+    """Reference statistics; required for `top` pooling."""
+    m: int = 32
+    """`top` pooling: features kept per prompt."""
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise SaeError(f"encoder {self.key}: pooling {self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        if self.sae.cfg.layer != self.layer:
+            raise SaeError(f"encoder {self.key}: the SAE was loaded for layer {self.sae.cfg.layer}, not {self.layer}")
+        if self.pooling == "top":
+            if self.stats is None:
+                raise SaeError(f"encoder {self.key}: `top` pooling needs reference feature statistics; run `qscope-eval feature-stats`")
+            if self.stats.d_sae != self.sae.cfg.d_sae:
+                raise SaeError(
+                    f"encoder {self.key}: feature stats cover {self.stats.d_sae} features but the SAE has {self.sae.cfg.d_sae}; "
+                    f"recompute them for this SAE with `qscope-eval feature-stats`"
+                )
+        if self.m < 1:
+            raise SaeError(f"encoder {self.key}: m must be >= 1")
+        self._ref_mean: torch.Tensor | None = None
+
+    def ref_mean(self) -> torch.Tensor:
+        """[d_sae] floored reference means on the SAE's device (cached)."""
+        if self._ref_mean is None:
+            self._ref_mean = torch.from_numpy(self.stats.reference_mean()).to(self.sae.device)
+        return self._ref_mean
+
+
+# ---------------------------------------------------------------- masks and chunked encoding
+
+
+def token_mask(hidden: torch.Tensor, attention_mask: torch.Tensor, special_mask: torch.Tensor,
+               exclude_first: bool = True, sink_factor: float = 10.0) -> torch.Tensor:
+    """[B, T] bool: tokens that `max`/`top` pooling read.
+
+    Valid (not padding), not special, not position 0 (when exclude_first), and not an
+    attention sink: residual norm > sink_factor x the median norm of the prompt's valid
+    non-special tokens. Qwen-Scope SAEs were trained without such outliers (DESIGN §2).
+    """
+    valid = attention_mask.bool() & ~special_mask.bool()  # [B, T]
+    norms = hidden.float().norm(dim=-1)  # [B, T]
+    median = torch.where(valid, norms, torch.nan).nanmedian(dim=1).values  # [B]; NaN for empty rows
+    sink = norms > sink_factor * median.unsqueeze(1)  # NaN compares False
+    mask = valid & ~sink
+    if exclude_first:
+        mask[:, 0] = False
+    return mask
+
+
+def chunk_rows(d_sae: int, budget: int = PRE_ACT_BUDGET) -> int:
+    """Tokens per encode chunk so the [chunk, d_sae] pre-activations stay within budget."""
+    return max(1, budget // d_sae)
+
+
+def encode_tokens(sae: Sae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, d_model] -> top_acts, top_indices [N, k], encoded in memory-bounded chunks."""
+    step = chunk_rows(sae.cfg.d_sae)
+    if x.shape[0] <= step:
+        return sae.encode(x)
+    parts = [sae.encode(x[i : i + step]) for i in range(0, x.shape[0], step)]
+    return torch.cat([p.top_acts for p in parts]), torch.cat([p.top_indices for p in parts])
+
+
+def _coo(keys: torch.Tensor, values: torch.Tensor, counts: torch.Tensor, d_sae: int) -> PooledBatch:
+    """Flattened (row * d_sae + feature) keys -> a CPU PooledBatch (sorted when keys are)."""
+    keys = keys.cpu()
+    return PooledBatch(
+        row=(keys // d_sae).numpy().astype(np.int64),
+        feature=(keys % d_sae).numpy().astype(np.int32),
+        value=values.float().cpu().numpy(),
+        n_tokens=counts.cpu().numpy().astype(np.int32),
+    )
+
+
+def _empty() -> PooledBatch:
+    return PooledBatch(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32))
+
+
+def _fired_keys(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor):
+    """Encode the masked tokens; return the (row, feature) key, z of every firing, and tokens per row."""
+    rows, cols = mask.nonzero(as_tuple=True)  # [N_tok] each
+    acts, idx = encode_tokens(sae, hidden[rows, cols])  # [N_tok, k]
+    fired = acts > 0
+    token_row = rows.unsqueeze(1).expand_as(idx)  # [N_tok, k]
+    keys = token_row[fired] * sae.cfg.d_sae + idx[fired]  # [n_fired] int64
+    return keys, acts[fired], mask.sum(dim=1)  # per-row token counts [B]
+
+
+# ---------------------------------------------------------------- pooling modes
+
+
+def last_positions(attention_mask: torch.Tensor, special_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """[B] index of each prompt's last real token (-1 for an empty prompt).
+
+    With `special_mask`, the last non-special token (an encoder's trailing [SEP] says nothing
+    about the prompt); a prompt with only special tokens falls back to its last valid one.
+    """
+    T = attention_mask.shape[1]
+    pos = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)
+    valid = attention_mask.bool()
+    last = torch.where(valid, pos, -1).amax(dim=1)
+    if special_mask is not None:
+        plain = torch.where(valid & ~special_mask.bool(), pos, -1).amax(dim=1)
+        last = torch.where(plain >= 0, plain, last)
+    return last
+
+
+def pool_last(sae: Sae, hidden: torch.Tensor, attention_mask: torch.Tensor,
+              special_mask: torch.Tensor | None = None) -> PooledBatch:
+    """Codes (z > 0) at each prompt's last real token; the SAE only sees [B, d_model]."""
+    last = last_positions(attention_mask, special_mask)  # [B]
+    rows = (last >= 0).nonzero(as_tuple=True)[0]
+    if rows.numel() == 0:
+        return _empty()
+    acts, idx = encode_tokens(sae, hidden[rows, last[rows]])  # [B', k]
+    fired = acts > 0
+    keys = rows.unsqueeze(1).expand_as(idx)[fired] * sae.cfg.d_sae + idx[fired]
+    keys, order = keys.sort()
+    return _coo(keys, acts[fired][order], torch.ones_like(keys, dtype=torch.int32), sae.cfg.d_sae)
+
+
+def pool_max(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor) -> PooledBatch:
+    """Per (prompt, feature): max z over the masked tokens and the count of tokens where it fired."""
+    keys, vals, _ = _fired_keys(sae, hidden, mask)
+    if keys.numel() == 0:
+        return _empty()
+    uniq, inv = torch.unique(keys, sorted=True, return_inverse=True)
+    best = torch.zeros(uniq.shape[0], dtype=vals.dtype, device=vals.device)
+    best.scatter_reduce_(0, inv, vals, reduce="amax", include_self=False)
+    counts = torch.bincount(inv, minlength=uniq.shape[0])
+    return _coo(uniq, best, counts, sae.cfg.d_sae)
+
+
+def pool_top(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, ref_mean: torch.Tensor, m: int = 32) -> PooledBatch:
+    """Per prompt, the m features with the highest mean z over its masked tokens / ref_mean.
+
+    Mean z counts zeros on tokens where the feature did not fire (so frequency and strength
+    both count). `ref_mean` [d_sae] must already be floored (FeatureStats.reference_mean).
+    value = the score; n_tokens = tokens where the feature fired. Ties break on lower id.
+    """
+    keys, vals, n_tok = _fired_keys(sae, hidden, mask)
+    if keys.numel() == 0:
+        return _empty()
+    d_sae = sae.cfg.d_sae
+    uniq, inv = torch.unique(keys, sorted=True, return_inverse=True)  # sorted by (row, feature)
+    sums = torch.zeros(uniq.shape[0], dtype=torch.float32, device=vals.device).index_add_(0, inv, vals.float())
+    counts = torch.bincount(inv, minlength=uniq.shape[0])
+    row, feat = uniq // d_sae, uniq % d_sae
+    score = sums / n_tok[row].float() / ref_mean.to(sums.device)[feat]
+    # rank within each row: stable sorts keep (row, feature) order among equal scores
+    order = torch.sort(score, descending=True, stable=True).indices
+    order = order[torch.sort(row[order], stable=True).indices]
+    per_row = torch.bincount(row, minlength=mask.shape[0])
+    starts = torch.cumsum(per_row, 0) - per_row
+    rank = torch.arange(order.numel(), device=order.device) - starts[row[order]]
+    keep = order[(rank < m) & (score[order] > 0)]
+    keep = keep.sort().values  # back to (row, feature) order
+    return _coo(uniq[keep], score[keep], counts[keep], d_sae)
+
+
+# ---------------------------------------------------------------- one forward, several encoders
+
+
+def encode_batch(residuals, encoders: Sequence[EncoderHandle], spec: EncodeSpec | None = None) -> dict[str, PooledBatch]:
+    """Pool one forward batch for every encoder; the token mask is computed once per layer.
+
+    `residuals` is a backbone.Residuals: hidden {layer: [B, T, d]}, attention_mask and
+    special_mask [B, T] bool (right padding).
+    """
+    spec = spec or EncodeSpec()
+    masks: dict[int, torch.Tensor] = {}
+    out = {}
+    for enc in encoders:
+        if enc.layer not in residuals.hidden:
+            raise SaeError(f"encoder {enc.key} reads layer {enc.layer} but the forward pass returned layers {sorted(residuals.hidden)}")
+        hidden = residuals.hidden[enc.layer]
+        if enc.pooling == "last":
+            out[enc.key] = pool_last(enc.sae, hidden, residuals.attention_mask, residuals.special_mask)
+            continue
+        if enc.layer not in masks:
+            masks[enc.layer] = token_mask(hidden, residuals.attention_mask, residuals.special_mask,
+                                          spec.exclude_first, spec.sink_factor)
+        if enc.pooling == "max":
+            out[enc.key] = pool_max(enc.sae, hidden, masks[enc.layer])
+        else:
+            out[enc.key] = pool_top(enc.sae, hidden, masks[enc.layer], enc.ref_mean(), enc.m)
+    return out
+
+
+def saturation(n_features_fired: int, d_sae: int, warn_at: float = 0.9, what: str = "a benchmark") -> str | None:
+    """A warning when `what` fires at least warn_at x d_sae features, else None (DESIGN §3, `max`)."""
+    share = n_features_fired / d_sae
+    if share < warn_at:
+        return None
+    return (f"{what} fires {n_features_fired} of {d_sae} features ({share:.0%}): the footprint is saturated and coverage "
+            f"stops discriminating; use `pooling: top` or `last`, or a wider SAE")
+
+
+# ---------------------------------------------------------------- corpus iteration (stats, training)
+
+
+def iter_masked_residuals(backbone, texts: Sequence[str], layer: int, spec: EncodeSpec | None = None,
+                          max_tokens: int | None = None, group: int = 256) -> Iterator[torch.Tensor]:
+    """Yield [N_tok, d_model] residuals of `texts` at `layer`, only the tokens pooling reads.
+
+    Texts are taken in order, in groups of `group` so that the batch planner's length sorting
+    cannot bias which texts make the cut; stops once `max_tokens` tokens were yielded (the
+    last batch is cut). Used for reference statistics and for SAE training data.
+    """
+    from .backbone import plan_batches
+
+    spec = spec or EncodeSpec()
+    texts = list(texts)
+    seen = 0
+    for g in range(0, len(texts), group):
+        tok = backbone.tokenize(texts[g : g + group])
+        lengths = np.array([len(x) for x in tok.ids], dtype=np.int64)
+        for batch in plan_batches(lengths, spec.batch_tokens, spec.max_batch):
+            res = backbone.residuals([tok.ids[i] for i in batch], [layer])
+            hidden = res.hidden[layer]
+            mask = token_mask(hidden, res.attention_mask, res.special_mask, spec.exclude_first, spec.sink_factor)
+            flat = hidden[mask]  # [N_tok, d_model]
+            if max_tokens is not None and seen + flat.shape[0] >= max_tokens:
+                yield flat[: max_tokens - seen]
+                return
+            seen += flat.shape[0]
+            yield flat

@@ -1,0 +1,286 @@
+"""The encode job: suite -> benchmark rows -> model + SAEs -> pooled features in the store.
+
+Order matters for "bad input leaves the database as it was": every benchmark
+is loaded, the model and every SAE are loaded and checked against each other
+BEFORE the first write. Then benchmarks and encoders are registered, and only
+the samples each encoder has not stored yet are encoded. Batches are written
+by a background thread (one transaction per forward batch) while the next
+batch computes, so a killed run loses at most the batch in flight.
+
+The same pieces serve the Prefect flow: `prepare` (registration and the
+pending list), `encode_texts` (pure compute: a shard on any worker) and
+`write_results` (the single writer).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple
+
+import numpy as np
+
+from .errors import SaeError
+from .store import EncoderRow, Store, sample_id
+from .suite import Suite
+
+log = logging.getLogger(__name__)
+
+
+class EncodedBatch(NamedTuple):
+    """One forward batch's results: per encoder key, a PooledBatch (COO rows index `ids`)."""
+
+    ids: np.ndarray
+    n_tokens: np.ndarray
+    truncated: np.ndarray
+    pooled: dict
+
+
+@dataclass
+class Prepared:
+    """What an encode run will do: registered encoders and the texts still to encode."""
+
+    suite: Suite
+    encoders: dict[str, EncoderRow]
+    """encoder key -> store row (main SAE encoders and their null twins)."""
+    pending_ids: np.ndarray
+    """Sample ids some encoder still lacks (unique, suite order)."""
+    texts: dict[int, str]
+    """sample id -> text, for the pending ids."""
+    n_samples: int
+    """Distinct samples in the suite."""
+    benchmark_ids: dict[str, np.ndarray] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def main_encoders(self) -> list[EncoderRow]:
+        return [e for e in self.encoders.values() if e.kind == "sae"]
+
+
+@dataclass(frozen=True)
+class EncodeReport:
+    """Counts and timings of one encode run."""
+
+    n_samples: int
+    n_encoded: int
+    n_skipped: int
+    n_truncated: int
+    n_tokens: int
+    seconds: float
+    encoders: list[str]
+    warnings: list[str]
+
+
+def pooling_tag(suite: Suite) -> str:
+    e = suite.encode
+    if suite.pooling == "last":
+        return "last"
+    tag = f"{suite.pooling}(first={int(not e.exclude_first)},sink={e.sink_factor:g}"
+    return tag + (f",m={e.top_m})" if suite.pooling == "top" else ")")
+
+
+def encoder_key(suite: Suite, layer: int, kind: str) -> str:
+    """Stable identity of an encoder: model@revision|sae|layer|pooling|kind."""
+    return f"{suite.model.id}@{suite.model.revision}|{suite.sae.identity}|L{layer}|{pooling_tag(suite)}|{kind}"
+
+
+# ---- runtime: model + SAE handles, cached per process (a Dask worker loads once) ----
+
+@dataclass
+class Runtime:
+    backbone: object
+    handles: list
+    """encode.EncoderHandle per encoder key."""
+
+
+def _stats_dir(suite: Suite) -> Path | None:
+    if suite.sae.feature_stats:
+        return Path(suite.sae.feature_stats)
+    return Path(suite.sae.path) if suite.sae.path else None
+
+
+def load_runtime(suite: Suite) -> Runtime:
+    """Load the backbone and one SAE (+ null twin) per layer; every check before any write."""
+    return _load_runtime_cached(suite)
+
+
+@lru_cache(maxsize=2)
+def _load_runtime_cached(suite: Suite) -> Runtime:
+    from .backbone import load_backbone
+    from .encode import EncoderHandle
+    from .sae import check_compatible, load_feature_stats, load_sae, null_sae
+
+    backbone = load_backbone(suite.model)
+    backbone.check_layers(list(suite.layers))
+    handles = []
+    for layer in suite.layers:
+        sae = load_sae(suite.sae, layer, device=backbone.device)
+        check_compatible(sae, backbone.d_model, backbone.n_layers)
+        stats = None
+        if suite.pooling == "top":
+            where = _stats_dir(suite)
+            if where is None:
+                raise SaeError(
+                    f"`top` pooling needs reference feature statistics for layer {layer}; compute them with "
+                    f"`qscope-eval feature-stats SUITE --out DIR` and set `sae: {{feature_stats: DIR}}`"
+                )
+            stats = load_feature_stats(where, layer)
+        handles.append(EncoderHandle(encoder_key(suite, layer, "sae"), layer, suite.pooling, sae, stats, suite.encode.top_m))
+        if suite.null:
+            null = null_sae(sae.cfg, seed=0).to(backbone.device)
+            null_stats = None
+            if suite.pooling == "top":
+                null_stats = _null_stats(backbone, null, suite, layer)
+            handles.append(EncoderHandle(encoder_key(suite, layer, "null"), layer, suite.pooling, null, null_stats, suite.encode.top_m))
+    return Runtime(backbone, handles)
+
+
+def _null_stats(backbone, null, suite: Suite, layer: int):
+    """Reference means for the null dictionary, computed on the same corpus as the real SAE's
+    (`feature-stats` writes both; the null dictionary is fixed by shape and seed)."""
+    from .sae import load_feature_stats
+
+    return load_feature_stats(_stats_dir(suite), layer, null=True)
+
+
+# ---- the three stages -----------------------------------------------------------------
+
+def load_rows(suite: Suite):
+    """All benchmarks' rows (a DataFrame: benchmark, position, text). Fails before any write."""
+    from .sources import load_suite_rows
+
+    return load_suite_rows(suite)
+
+
+def prepare(suite: Suite, store: Store, rows=None, runtime: Runtime | None = None) -> Prepared:
+    """Register benchmarks and encoders; list the samples some encoder still needs."""
+    rows = load_rows(suite) if rows is None else rows
+    runtime = runtime or load_runtime(suite)
+    bench_ids, texts = {}, {}
+    for bench in suite.benchmarks:
+        b_rows = rows[rows["benchmark"] == bench.name]
+        bench_ids[bench.name] = np.array([sample_id(t) for t in b_rows["text"]], dtype=np.int64)
+        texts.update(zip(bench_ids[bench.name].tolist(), b_rows["text"].tolist()))
+    encoders = {}
+    for bench in suite.benchmarks:
+        b_rows = rows[rows["benchmark"] == bench.name]
+        spec = {k: v for k, v in bench.__dict__.items() if v is not None}
+        store.register_benchmark(bench.name, suite.name, spec, b_rows["text"].tolist(), bench.cost)
+    for h in runtime.handles:
+        kind = "null" if h.key.endswith("|null") else "sae"
+        encoders[h.key] = store.register_encoder(
+            h.key, suite.model.id, suite.model.revision, suite.sae.identity, h.layer, suite.pooling, kind,
+            h.sae.cfg.d_sae, {"pooling": pooling_tag(suite), "k": h.sae.cfg.k},
+        )
+    all_ids = np.concatenate(list(bench_ids.values()))
+    pending = [store.pending(e.encoder_id, all_ids) for e in encoders.values()]
+    pending_ids = np.unique(np.concatenate(pending)) if pending else np.zeros(0, np.int64)
+    # keep suite order so a resumed run continues where it stopped
+    order = {i: n for n, i in enumerate(dict.fromkeys(all_ids.tolist()))}
+    pending_ids = np.array(sorted(pending_ids.tolist(), key=order.__getitem__), dtype=np.int64)
+    return Prepared(suite, encoders, pending_ids, {i: texts[i] for i in pending_ids.tolist()},
+                    n_samples=len(order), benchmark_ids=bench_ids)
+
+
+def encode_texts(runtime: Runtime, ids: np.ndarray, texts: list[str], suite: Suite) -> Iterator[EncodedBatch]:
+    """Pure compute: tokenize, batch under the token budget, forward, encode, pool. Yields per batch."""
+    from .backbone import plan_batches, run_with_oom_split
+    from .encode import encode_batch
+
+    bb = runtime.backbone
+    tok = bb.tokenize(texts)
+    lengths = np.array([len(x) for x in tok.ids], dtype=np.int64)
+    layers = sorted({h.layer for h in runtime.handles})
+    for batch in plan_batches(lengths, suite.encode.batch_tokens, suite.encode.max_batch):
+        def run(idx):
+            res = bb.residuals([tok.ids[i] for i in idx], layers)
+            return encode_batch(res, runtime.handles, suite.encode)
+        for idx, pooled in run_with_oom_split(list(batch), run):
+            idx = np.asarray(idx)
+            yield EncodedBatch(ids[idx], lengths[idx], tok.truncated[idx], pooled)
+
+
+def write_results(store: Store, encoders: dict[str, EncoderRow], batch: EncodedBatch) -> int:
+    """All encoders' results for one batch in one transaction. Returns samples newly stored (main encoders)."""
+    parts = []
+    for key, pb in batch.pooled.items():
+        e = encoders[key]
+        parts.append((e.encoder_id, batch.ids, batch.n_tokens, batch.truncated, pb.row, pb.feature, pb.value, pb.n_tokens))
+    return store.write_batches(parts)
+
+
+def encode_suite(suite: Suite, store: Store, progress: bool = True,
+                 on_batch: Callable[[int], None] | None = None) -> EncodeReport:
+    """The whole encode job on one machine, with DB writes overlapped with compute."""
+    t0 = time.perf_counter()
+    rows = load_rows(suite)
+    runtime = load_runtime(suite)
+    prep = prepare(suite, store, rows, runtime)
+    ids = prep.pending_ids
+    texts = [prep.texts[i] for i in ids.tolist()]
+    bar = _progress(len(ids), suite.name, progress)
+    done = queue.Queue(maxsize=2)
+    errors: list[BaseException] = []
+    stats = {"truncated": 0, "tokens": 0, "written": 0}
+
+    def writer():
+        while (item := done.get()) is not None:
+            if errors:
+                continue
+            try:
+                write_results(store, prep.encoders, item)
+            except BaseException as e:  # surfaced in the main thread
+                errors.append(e)
+
+    thread = threading.Thread(target=writer, name="qscope-writer", daemon=True)
+    thread.start()
+    try:
+        for batch in encode_texts(runtime, ids, texts, suite):
+            if errors:
+                break
+            done.put(batch)
+            stats["truncated"] += int(batch.truncated.sum())
+            stats["tokens"] += int(batch.n_tokens.sum())
+            bar.update(len(batch.ids))
+            if on_batch:
+                on_batch(len(batch.ids))
+    finally:
+        done.put(None)
+        thread.join()
+        bar.close()
+    if errors:
+        raise errors[0]
+    warnings = list(prep.warnings)
+    if stats["truncated"]:
+        warnings.append(f"{stats['truncated']} prompts were longer than the model's maximum "
+                        f"({runtime.backbone.max_length} tokens) and were truncated; set model.max_length to change it")
+    warnings += saturation_warnings(store, prep, suite)
+    for w in warnings:
+        log.warning(w)
+    return EncodeReport(prep.n_samples, len(ids), prep.n_samples - len(ids), stats["truncated"], stats["tokens"],
+                        time.perf_counter() - t0, list(prep.encoders), warnings)
+
+
+def saturation_warnings(store: Store, prep: Prepared, suite: Suite) -> list[str]:
+    """Warn when a benchmark's footprint nears d_sae (coverage stops meaning anything)."""
+    out = []
+    for e in prep.main_encoders:
+        rows = store.con.execute(
+            "SELECT benchmark, n_features FROM coverage WHERE encoder_id = ?", [e.encoder_id]).fetchall()
+        for bench, n in rows:
+            if bench in prep.benchmark_ids and n >= suite.encode.saturation_warn * e.d_sae:
+                out.append(f"benchmark {bench} fires {n}/{e.d_sae} features ({n / e.d_sae:.0%}) at layer {e.layer} with "
+                           f"{suite.pooling} pooling: coverage is saturated; use `pooling: top` or `last`")
+    return out
+
+
+def _progress(total: int, name: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"encode {name}", unit="sample", disable=not enabled or total == 0,
+                dynamic_ncols=True, smoothing=0.1)
