@@ -3,10 +3,14 @@
 #   make test  -> same bootstrap, run the tests
 # torch==2.13.0 is installed first (a local CPU wheel here); everything else is
 # installed from requirements/lock.txt with requirements/constraints.txt pinning torch.
+SHELL := bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
+# pip warns about every extra-index folder lacking a package; keep the log readable
+QUIET  := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 STAMP  := $(VENV)/.bootstrapped
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
@@ -25,10 +29,10 @@ venv: $(STAMP)
 
 $(STAMP): requirements/lock.txt requirements/constraints.txt requirements/assets.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -r requirements/lock.txt -c requirements/constraints.txt
-	$(PIP) install -q --no-deps -r requirements/assets.txt
-	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PIP) install -q "torch==2.13.0" $(QUIET)
+	$(PIP) install -q -r requirements/lock.txt -c requirements/constraints.txt $(QUIET)
+	$(PIP) install -q --no-deps -r requirements/assets.txt $(QUIET)
+	$(PIP) install -q --no-deps --no-build-isolation -e . $(QUIET)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -274,6 +274,13 @@ def sql(db, query, timeout, max_rows, fmt):
     emit(rows, fmt, rows=rows, columns=list(df.columns))
 
 
-from .cli_jobs import register as _register_jobs  # noqa: E402  (audit, report, train-sae, feature-stats)
+from .cli_jobs import register as _register_jobs  # noqa: E402  (audit, report)
 
 _register_jobs(cli)
+from .cli_sae import register as _register_sae  # noqa: E402  (train-sae, feature-stats)
+
+_register_sae(cli)
+
+
+if __name__ == "__main__":
+    main()

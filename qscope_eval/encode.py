@@ -97,7 +97,7 @@ def token_mask(hidden: torch.Tensor, attention_mask: torch.Tensor, special_mask:
     non-special tokens. Qwen-Scope SAEs were trained without such outliers (DESIGN §2).
     """
     valid = attention_mask.bool() & ~special_mask.bool()  # [B, T]
-    norms = hidden.float().norm(dim=-1)  # [B, T]
+    norms = torch.linalg.vector_norm(hidden, dim=-1, dtype=torch.float32)  # [B, T], no fp32 copy of hidden
     median = torch.where(valid, norms, torch.nan).nanmedian(dim=1).values  # [B]; NaN for empty rows
     sink = norms > sink_factor * median.unsqueeze(1)  # NaN compares False
     mask = valid & ~sink
@@ -284,3 +284,30 @@ def iter_masked_residuals(backbone, texts: Sequence[str], layer: int, spec: Enco
                 return
             seen += flat.shape[0]
             yield flat
+
+
+# ---------------------------------------------------------------- reference statistics for `top`
+
+
+def compute_feature_stats_many(backbone, saes: Sequence[Sae], texts: Sequence[str], layer: int,
+                               spec: EncodeSpec | None = None, corpus: str = "") -> list[FeatureStats]:
+    """sae.compute_feature_stats for several SAEs of one layer (e.g. the SAE and its null twin), one forward pass."""
+    return feature_stats_from_acts(saes, iter_masked_residuals(backbone, texts, layer, spec), corpus)
+
+
+def feature_stats_from_acts(saes: Sequence[Sae], acts, corpus: str = "") -> list[FeatureStats]:
+    """Statistics of each SAE over masked residuals: a [N, d_model] tensor or an iterable of such chunks."""
+    chunks = acts.split(65536) if isinstance(acts, torch.Tensor) else acts
+    sums = [torch.zeros(s.cfg.d_sae, dtype=torch.float64, device=s.device) for s in saes]
+    fires = [torch.zeros(s.cfg.d_sae, dtype=torch.float64, device=s.device) for s in saes]
+    n = 0
+    for flat in chunks:  # [N_tok, d_model]
+        for sae, total, fired in zip(saes, sums, fires):
+            z, idx = encode_tokens(sae, flat.to(sae.device))  # [N_tok, k]
+            total.index_add_(0, idx.flatten(), z.flatten().double())
+            fired.index_add_(0, idx.flatten(), (z.flatten() > 0).double())
+        n += flat.shape[0]
+    if n == 0:
+        raise SaeError("the reference corpus left no tokens after masking; give longer or more texts")
+    return [FeatureStats(mean=(t / n).cpu().numpy(), freq=(f / n).cpu().numpy(), n_tokens=n, corpus=corpus)
+            for t, f in zip(sums, fires)]

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import SaeError
 from .store import EncoderRow, Store, sample_id
-from .suite import Suite
+from .suite import BenchmarkSpec, Suite
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,9 @@ class Runtime:
     """encode.EncoderHandle per encoder key."""
 
 
+_PLACEHOLDER = BenchmarkSpec(name="runtime", path="-")
+
+
 def _stats_dir(suite: Suite) -> Path | None:
     if suite.sae.feature_stats:
         return Path(suite.sae.feature_stats)
@@ -105,12 +108,20 @@ def _stats_dir(suite: Suite) -> Path | None:
 
 
 def load_runtime(suite: Suite) -> Runtime:
-    """Load the backbone and one SAE (+ null twin) per layer; every check before any write."""
-    return _load_runtime_cached(suite)
+    """Load the backbone and one SAE (+ null twin) per layer; every check before any write.
+
+    Cached per process on what the runtime depends on (not the benchmarks), so a
+    Dask worker or a flow's shard tasks load the model once.
+    """
+    return _load_runtime_cached(suite.model, suite.sae, suite.layers, suite.pooling, suite.null, suite.encode)
 
 
 @lru_cache(maxsize=2)
-def _load_runtime_cached(suite: Suite) -> Runtime:
+def _load_runtime_cached(model, sae_spec, layers, pooling, null, encode) -> Runtime:
+    import dataclasses
+
+    suite = Suite(name="runtime", model=model, sae=sae_spec, layers=layers, pooling=pooling, null=null, encode=encode,
+                  benchmarks=(dataclasses.replace(_PLACEHOLDER),))
     from .backbone import load_backbone
     from .encode import EncoderHandle
     from .sae import check_compatible, load_feature_stats, load_sae, null_sae
@@ -200,7 +211,7 @@ def encode_texts(runtime: Runtime, ids: np.ndarray, texts: list[str], suite: Sui
         def run(idx):
             res = bb.residuals([tok.ids[i] for i in idx], layers)
             return encode_batch(res, runtime.handles, suite.encode)
-        for idx, pooled in run_with_oom_split(list(batch), run):
+        for idx, pooled in run_with_oom_split(list(batch), run, single_message=lambda i: bb.oom_message(tok.ids[i])):
             idx = np.asarray(idx)
             yield EncodedBatch(ids[idx], lengths[idx], tok.truncated[idx], pooled)
 

@@ -9,10 +9,12 @@ other file. A watchdog interrupts queries that run past a time limit.
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from .errors import QueryError
 
@@ -64,7 +66,9 @@ def run_sql(db: str | Path, sql: str, timeout_s: float = DEFAULT_TIMEOUT_S, max_
         if not max_rows:
             return rel.df()
         # stream Arrow batches so a huge result never lands in memory whole
-        reader, batches, n = rel.to_arrow_reader(min(max_rows, 100_000)), [], 0
+        with warnings.catch_warnings():  # the extra copy is per batch, bounded by max_rows
+            warnings.simplefilter("ignore")
+            reader, batches, n = rel.to_arrow_reader(min(max_rows, 100_000)), [], 0
         for batch in reader:
             batches.append(batch)
             n += batch.num_rows
@@ -72,7 +76,6 @@ def run_sql(db: str | Path, sql: str, timeout_s: float = DEFAULT_TIMEOUT_S, max_
                 break
         if not batches:
             return reader.schema.empty_table().to_pandas()
-        import pyarrow as pa
         return pa.Table.from_batches(batches).to_pandas().head(max_rows)
     except duckdb.Error as e:
         if timed_out.is_set():

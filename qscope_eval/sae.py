@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import json
 import pickle
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -197,10 +197,16 @@ def read_sae_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise SaeError(
-            f"{path} is refused: it holds pickled objects other than tensors, which could run code "
-            f"when loaded ({str(e).splitlines()[-1][:200]}); use an SAE file that is a plain dict of tensors"
-        ) from None
+        # torch words these differently per case; a refused GLOBAL is always named on its own line
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        code = next((ln for ln in lines if "GLOBAL" in ln), None)
+        if code:
+            raise SaeError(
+                f"{path} is refused: it holds pickled objects other than tensors, which could run code when loaded "
+                f"({code[:160]}); use an SAE file that is a plain dict of tensors"
+            ) from None
+        reason = next((ln for ln in lines if "WeightsUnpickler error" in ln or "Unsupported" in ln), lines[-1] if lines else "")
+        raise SaeError(f"{path} is not a readable torch file ({reason[:160]}); re-download or re-save it") from None
     except Exception as e:  # truncated download, not a torch file at all, ...
         raise SaeError(f"{path} is not a readable torch file ({type(e).__name__}: {str(e)[:200]}); re-download or re-save it") from None
     if not isinstance(data, dict):
@@ -268,12 +274,8 @@ def save_sae(sae: Sae, directory: str | Path) -> Path:
 
 
 def _present_layers(directory: Path) -> list[int]:
-    layers = []
-    for p in directory.glob("layer*.sae.pt"):
-        num = p.name[len("layer") : -len(".sae.pt")]
-        if num.isdigit():
-            layers.append(int(num))
-    return sorted(layers)
+    nums = (p.name[len("layer") : -len(".sae.pt")] for p in directory.glob("layer*.sae.pt"))
+    return sorted(int(n) for n in nums if n.isdigit())
 
 
 def _hub_file(release: str, revision: str, layer: int, known: Release | None) -> Path:
@@ -292,19 +294,16 @@ def _hub_file(release: str, revision: str, layer: int, known: Release | None) ->
     except hf.EntryNotFoundError:
         span = f"layers 0-{known.n_layers - 1}" if known else "see the repo's file list"
         raise SaeError(f"{release} has no {filename} ({span}); pick a layer the release covers") from None
-    except hf.RevisionNotFoundError:
-        raise SaeError(f"{release} has no revision {revision!r}; use `revision: main` or an existing tag/commit") from None
-    except hf.GatedRepoError:
-        raise SaeError(f"{release} is gated; accept its license on huggingface.co and log in with `hf auth login`") from None
-    except hf.RepositoryNotFoundError:
-        try:
-            release_info(release)
-            hint = "check your network and Hugging Face login"
-        except SaeError as e:
-            hint = str(e)
-        raise SaeError(f"no Hugging Face repo {release!r}: {hint}") from None
+    except (hf.RevisionNotFoundError, hf.GatedRepoError, hf.RepositoryNotFoundError) as e:
+        fix = {hf.RevisionNotFoundError: f"revision {revision!r} does not exist; use `revision: main` or an existing tag",
+               hf.GatedRepoError: "the repo is gated; accept its license on huggingface.co and run `hf auth login`"}
+        hint = next((v for k, v in fix.items() if isinstance(e, k)), None)
+        if hint is None:  # repo not found: suggest registered names
+            hint = f"no such repo; known releases: {', '.join(RELEASES)}" if release not in RELEASES else "check your login"
+        raise SaeError(f"{release}: {hint}") from None
     except (hf.HfHubHTTPError, OSError) as e:
-        raise SaeError(f"could not download {release}/{filename}: {type(e).__name__}: {str(e)[:200]}; retry, or use a local `sae: {{path: DIR}}`") from None
+        raise SaeError(f"could not download {release}/{filename} ({type(e).__name__}: {str(e)[:200]}); "
+                       f"retry, or use a local `sae: {{path: DIR}}`") from None
 
 
 def load_sae(spec: SaeSpec, layer: int, device: str | torch.device = "cpu") -> Sae:
@@ -377,11 +376,6 @@ def null_sae(like: SaeConfig, seed: int = 0) -> Sae:
     cfg = SaeConfig(d_model=like.d_model, d_sae=like.d_sae, k=like.k, layer=like.layer, release=None, hook=like.hook)
     zeros = torch.zeros
     return Sae(cfg, W_enc, zeros(like.d_sae), W_enc.T.contiguous(), zeros(like.d_model), source=f"null(seed={seed})")
-
-
-def config_dict(cfg: SaeConfig) -> dict:
-    """Plain dict of a config (for logs and encoder identities)."""
-    return asdict(cfg)
 
 
 # ---------------------------------------------------------------- reference statistics (`top` pooling)
@@ -463,25 +457,8 @@ def compute_feature_stats(backbone, sae: Sae, texts: list[str], layer: int, enco
 
     Counts exactly the tokens that `max`/`top` pooling reads (same token mask: no padding,
     special tokens, position 0 or sinks), so the ratio in `top` compares like with like.
+    Several SAEs in one pass (the SAE and its null twin): encode.compute_feature_stats_many.
     """
+    from .encode import compute_feature_stats_many  # encode imports this module
+
     return compute_feature_stats_many(backbone, [sae], texts, layer, encode_spec, corpus)[0]
-
-
-def compute_feature_stats_many(backbone, saes: list[Sae], texts: list[str], layer: int, encode_spec=None,
-                               corpus: str = "") -> list[FeatureStats]:
-    """compute_feature_stats for several SAEs of one layer (e.g. the SAE and its null twin), one forward pass."""
-    from .encode import encode_tokens, iter_masked_residuals  # encode imports this module
-
-    sums = [torch.zeros(s.cfg.d_sae, dtype=torch.float64, device=s.device) for s in saes]
-    fires = [torch.zeros(s.cfg.d_sae, dtype=torch.float64, device=s.device) for s in saes]
-    n = 0
-    for flat in iter_masked_residuals(backbone, texts, layer, encode_spec):  # [N_tok, d_model]
-        for sae, total, fired in zip(saes, sums, fires):
-            acts, idx = encode_tokens(sae, flat.to(sae.device))  # [N_tok, k]
-            total.index_add_(0, idx.flatten(), acts.flatten().double())
-            fired.index_add_(0, idx.flatten(), (acts.flatten() > 0).double())
-        n += flat.shape[0]
-    if n == 0:
-        raise SaeError("the reference corpus left no tokens after masking; give longer or more texts")
-    return [FeatureStats(mean=(t / n).cpu().numpy(), freq=(f / n).cpu().numpy(), n_tokens=n, corpus=corpus)
-            for t, f in zip(sums, fires)]

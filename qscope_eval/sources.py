@@ -1,12 +1,13 @@
 """Benchmarks -> (benchmark, position, text) rows: the prompts that get encoded.
 
 A benchmark is either an lm-eval task (its own config supplies the prompt; see
-source_lmeval.py) or a local JSONL/JSON/CSV/Parquet file with a field name or a
-Jinja template (source_file.py). This module is the shared base: the row type,
+source_lmeval.py, and lmeval_index.py for task lookup) or a local
+JSONL/JSON/CSV/Parquet file with a field name or a Jinja template
+(source_file.py). This module is the shared base: the row type,
 path resolution, the empty-benchmark checks and the suite-level loader.
 
-`position` is the 0-based index of the document in the source's order (the
-order lm-eval's `--limit` uses), so `limit: N` always means the same N
+`position` is the 0-based index of the document in the source's order (for a
+task, lm-eval's doc_id, the order its `--limit` uses), so `limit: N` always means the same N
 prompts, and a position names the same document in every audit.
 
 Importing this module stays cheap: lm-eval, datasets and pandas load only when

@@ -109,6 +109,9 @@ class BenchmarkSpec:
     """Prepend this many few-shot examples, as lm-eval would show them."""
     include_target: bool = False
     """Append the gold answer to the prompt (measures answer features too)."""
+    description: bool = False
+    """Prepend the task's description line as lm-eval does; off by default: it is the same for every
+    prompt of a task and names the subject, so it would inflate same-topic overlap (DESIGN §3: doc_to_text)."""
     limit: int | None = None
     """Per-benchmark sample cap (overrides the suite's `limit`)."""
     cost: float | None = None
@@ -266,6 +269,8 @@ def parse_suite(data: Any, source: Path | None = None) -> Suite:
     """Build a Suite from parsed YAML (a dict). Raises SuiteError naming the fix."""
     if not isinstance(data, dict):
         raise SuiteError("a suite file must be a YAML mapping with name, model, sae, layers and benchmarks")
+    if None in data:  # YAML reads an unquoted `null:` key as None
+        data = {("null" if k is None else k): v for k, v in data.items()}
     _check_keys(data, Suite, "the suite")
     base = source.parent if source else Path.cwd()
     for key in ("name", "model", "sae", "layers", "benchmarks"):

