@@ -189,10 +189,12 @@ def audit(suite: str, db: str, out: str, target: float | None = None, task_runne
             log.info("%s: %d samples, %d to encode, encoders %s", s.name, prep.n_samples, len(prep.pending_ids),
                      ", ".join(prep.encoders))
             n_encoded = _encode(prep, store, task_runner)
-            for w in prep.warnings + pipeline.saturation_warnings(store, prep, s):
+            warnings = prep.warnings + pipeline.stored_warnings(store, prep, s)
+            for w in warnings:
                 log.warning(w)
             enc = prep.main_encoders[0]  # the suite's first layer is the one the report shows
             summary = summarize(store, s, enc.encoder_id, run_id, target or s.selection.target, exact)
+            summary["warnings"] = warnings
             files = render(summary, out)
             store.finish_run(run_id, "completed", enc.encoder_id, summary=summary, report_dir=str(Path(out).resolve()))
         except BaseException as e:

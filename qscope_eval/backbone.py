@@ -415,6 +415,8 @@ def load_backbone(spec: ModelSpec) -> Backbone:
     import transformers
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    transformers.utils.logging.disable_progress_bar()  # our own bar reports progress; keep stderr to one line on errors
+
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     source, local = _resolve_source(spec.id)

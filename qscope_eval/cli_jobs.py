@@ -52,7 +52,7 @@ def headline(summary: dict, files=None) -> dict:
            "cost_share": share, "cost_saved": None if share is None else 1 - share, "method": sel["method"]}
     if files is not None:
         out.update(html=str(files.html), summary_json=str(files.summary_json),
-                   pngs={k: str(p) for k, p in getattr(files, "pngs", {}).items()})
+                   pngs={k: str(p) for k, p in files.pngs.items()})
     return out
 
 

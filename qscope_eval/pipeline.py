@@ -266,15 +266,29 @@ def encode_suite(suite: Suite, store: Store, progress: bool = True,
         bar.close()
     if errors:
         raise errors[0]
-    warnings = list(prep.warnings)
-    if stats["truncated"]:
-        warnings.append(f"{stats['truncated']} prompts were longer than the model's maximum "
-                        f"({runtime.backbone.max_length} tokens) and were truncated; set model.max_length to change it")
-    warnings += saturation_warnings(store, prep, suite)
+    warnings = list(prep.warnings) + stored_warnings(store, prep, suite)
     for w in warnings:
         log.warning(w)
     return EncodeReport(prep.n_samples, len(ids), prep.n_samples - len(ids), stats["truncated"], stats["tokens"],
                         time.perf_counter() - t0, list(prep.encoders), warnings)
+
+
+def stored_warnings(store: Store, prep: Prepared, suite: Suite) -> list[str]:
+    """What the reader must know about the stored data: truncated prompts, saturated benchmarks.
+
+    Read from the store, so a resumed run reports them too.
+    """
+    out = []
+    for e in prep.main_encoders:
+        n, longest = store.con.execute(
+            "SELECT count(*), max(n_tokens) FROM encoded WHERE encoder_id = ? AND truncated AND sample_id IN "
+            "(SELECT sample_id FROM memberships WHERE benchmark IN (SELECT unnest(?)))",
+            [e.encoder_id, list(prep.benchmark_ids)]).fetchall()[0]
+        if n:
+            out.append(f"{n} prompts were longer than the model's maximum ({longest} tokens) and were truncated "
+                       f"(layer {e.layer}); set model.max_length to change it")
+            break
+    return out + saturation_warnings(store, prep, suite)
 
 
 def saturation_warnings(store: Store, prep: Prepared, suite: Suite) -> list[str]:

@@ -219,7 +219,10 @@ class Store:
             raise StoreError(f"{self.path} has schema version {version}, this qscope-eval expects {SCHEMA_VERSION}; use a new --db path")
 
     def close(self) -> None:
-        self.con.close()
+        # drop the reference too: task contexts (Prefect/Dask) may outlive the Store object
+        con, self.con = self.con, None
+        if con is not None:
+            con.close()
 
     def __enter__(self):
         return self

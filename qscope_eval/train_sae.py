@@ -329,7 +329,7 @@ def training_md(r: TrainReport, command: str = "", corpus: str = "", stats_dead_
         lines.append(f"- features that never fire on the reference corpus (`layer{c.layer}.stats.npz`): {stats_dead_ref}")
     lines += [
         f"- wall time: collect activations {r.collect_s:.0f} s, train {s.wall_s:.0f} s, "
-        f"reference stats {r.stats_s:.0f} s (torch {torch.__version__}, {torch.get_num_threads()} threads)",
+        f"reference stats {r.stats_s:.0f} s (torch {torch.__version__}, torch threads: {torch.get_num_threads()})",
         "",
         "## Training curve (batch FVU)",
         "",

@@ -1,7 +1,25 @@
-"""A small synthetic qscope-eval store (5 benchmarks, a real and a null encoder), for tests that need
-stored data without running a model. `build_store(path)` returns an open Store."""
-import sys, numpy as np
+"""Shared test data: a synthetic store (no model) and a tiny real suite (tiny Qwen3 + random SAE).
+
+`build_store(path)` writes 5 benchmarks with a real and a null encoder straight
+into a Store, for tests of metrics, SQL, the CLI and the report.
+`write_tiny_suite(root)` writes the real project path end to end: a tiny random
+Qwen3 checkpoint with the real Qwen tokenizer (toy.tiny_qwen3), a random SAE in
+the exact Qwen-Scope format (sae.save_sae) and two local JSONL benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
 from qscope_eval.store import Store
+
+SHARD = 4  # tiny suite: 20 samples -> 5 shards
+
+
 def build_store(path, seed=0, n_bench=5, n=60, d=256):
     rng = np.random.default_rng(seed)
     s = Store(path)
@@ -15,9 +33,47 @@ def build_store(path, seed=0, n_bench=5, n=60, d=256):
             rows, feats, vals = [], [], []
             for r in range(len(todo)):
                 f = rng.choice(np.arange(b * 30, b * 30 + width) % d, size=8, replace=False)
-                rows += [r] * 8; feats += list(f); vals += list(rng.random(8) + 0.1)
+                rows += [r] * 8
+                feats += list(f)
+                vals += list(rng.random(8) + 0.1)
             s.write_batch(enc.encoder_id, todo, rng.integers(10, 100, len(todo)), np.zeros(len(todo), bool),
                           np.array(rows), np.array(feats), np.array(vals), np.ones(len(rows), int))
     return s
+
+
+def write_tiny_suite(root: Path, name: str = "tiny", extra: str = "", benchmarks: str | None = None) -> Path:
+    """Tiny Qwen3 + random SAE (layer 1, d_sae 128, k 8) + two 10-prompt JSONL benchmarks; returns the suite YAML."""
+    import torch
+
+    from qscope_eval.sae import Sae, SaeConfig, save_sae
+    from qscope_eval.toy import tiny_qwen3
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "model" / "config.json").exists():
+        tiny_qwen3(root / "model")
+    gen = torch.Generator().manual_seed(0)
+    W = torch.randn(128, 64, generator=gen)
+    W /= W.norm(dim=1, keepdim=True)
+    save_sae(Sae(SaeConfig(d_model=64, d_sae=128, k=8, layer=1), W, torch.randn(128, generator=gen) * 0.1,
+                 W.T.contiguous(), torch.zeros(64)), root / "sae")
+    topics = {"fruit": "apple banana cherry plum", "numbers": "seven eight nine eleven"}
+    for bench, words in topics.items():
+        rows = [{"q": f"Question {i} about {words}: which {bench} comes {'first' if i % 2 else 'last'}?"} for i in range(10)]
+        (root / f"{bench}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    benchmarks = benchmarks or "  - {name: fruit, path: fruit.jsonl, text: q}\n  - {name: numbers, path: numbers.jsonl, text: q}\n"
+    suite = root / f"{name}.yaml"
+    suite.write_text(f"""name: {name}
+model: {{id: ./model, dtype: float32, device: cpu}}
+sae: {{path: ./sae}}
+layers: [1]
+pooling: last
+"null": true
+encode: {{shard_size: {SHARD}, batch_tokens: 256}}
+{extra}benchmarks:
+{benchmarks}""")
+    return suite
+
+
 if __name__ == "__main__":
     build_store(sys.argv[1]).close()

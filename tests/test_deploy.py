@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from test_flow import write_tiny_suite
+from synthetic import write_tiny_suite
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_S = 240

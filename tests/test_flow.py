@@ -17,44 +17,11 @@ from pathlib import Path
 
 import duckdb
 import pytest
-import torch
 
 from qscope_eval.errors import QScopeError, SourceError
+from synthetic import SHARD, write_tiny_suite
 
-SHARD = 4  # 20 samples -> 5 shards
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_tiny_suite(root: Path, name: str = "tiny") -> Path:
-    """Tiny Qwen3 + random SAE (layer 1, d_sae 128, k 8) + two 10-prompt JSONL benchmarks; returns the suite YAML."""
-    from qscope_eval.sae import Sae, SaeConfig, save_sae
-    from qscope_eval.toy import tiny_qwen3
-
-    root.mkdir(parents=True, exist_ok=True)
-    if not (root / "model" / "config.json").exists():
-        tiny_qwen3(root / "model")
-    gen = torch.Generator().manual_seed(0)
-    W = torch.randn(128, 64, generator=gen)
-    W /= W.norm(dim=1, keepdim=True)
-    save_sae(Sae(SaeConfig(d_model=64, d_sae=128, k=8, layer=1), W, torch.randn(128, generator=gen) * 0.1,
-                 W.T.contiguous(), torch.zeros(64)), root / "sae")
-    topics = {"fruit": "apple banana cherry plum", "numbers": "seven eight nine eleven"}
-    for bench, words in topics.items():
-        rows = [{"q": f"Question {i} about {words}: which {bench} comes {'first' if i % 2 else 'last'}?"} for i in range(10)]
-        (root / f"{bench}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    suite = root / f"{name}.yaml"
-    suite.write_text(f"""name: {name}
-model: {{id: ./model, dtype: float32, device: cpu}}
-sae: {{path: ./sae}}
-layers: [1]
-pooling: last
-"null": true
-encode: {{shard_size: {SHARD}}}
-benchmarks:
-  - {{name: fruit, path: fruit.jsonl, text: q}}
-  - {{name: numbers, path: numbers.jsonl, text: q}}
-""")
-    return suite
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,159 @@
+"""The encode job end to end on a tiny real suite: resume, content-address dedup, killed runs,
+truncation, and bad input that leaves the database as it was."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+import pytest
+import torch
+from click.testing import CliRunner
+
+from qscope_eval.cli import cli
+from qscope_eval.pipeline import encode_suite
+from qscope_eval.store import Store
+from qscope_eval.suite import load_suite
+from synthetic import write_tiny_suite
+
+REPO = Path(__file__).resolve().parents[1]
+TABLES = ["samples", "benchmarks", "memberships", "encoders", "encoded", "activations", "runs"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return write_tiny_suite(tmp_path_factory.mktemp("tiny"))
+
+
+def snapshot(db: Path) -> dict:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in TABLES}
+
+
+def q(db: Path, sql: str):
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_encode_then_rerun_encodes_nothing(tiny, tmp_path):
+    db = tmp_path / "a.duckdb"
+    with Store(db) as s:
+        rep = encode_suite(load_suite(tiny), s, progress=False)
+        assert (rep.n_samples, rep.n_encoded, rep.n_skipped) == (20, 20, 0)
+        again = encode_suite(load_suite(tiny), s, progress=False)
+        assert (again.n_encoded, again.n_skipped) == (0, 20)
+    # a real and a null encoder, each with every sample marked once
+    assert q(db, "SELECT kind, count(*) FROM encoded JOIN encoders USING (encoder_id) GROUP BY 1 ORDER BY 1") == [("null", 20), ("sae", 20)]
+    # `last` pooling: at most k features per sample, all positive
+    assert q(db, "SELECT max(n), min(v) FROM (SELECT count(*) AS n, min(value) AS v FROM activations GROUP BY encoder_id, sample_id)")[0][0] <= 8
+    assert q(db, "SELECT count(*) FROM activations WHERE value <= 0")[0][0] == 0
+
+
+def test_shared_prompts_are_encoded_once_and_count_in_both(tiny, tmp_path):
+    suite = write_tiny_suite(tiny.parent, name="dedup", benchmarks=textwrap.dedent("""\
+          - {name: fruit, path: fruit.jsonl, text: q}
+          - {name: numbers, path: numbers.jsonl, text: q}
+          - {name: fruit_head, path: fruit.jsonl, text: q, limit: 4}
+        """))
+    db = tmp_path / "d.duckdb"
+    with Store(db) as s:
+        rep = encode_suite(load_suite(suite), s, progress=False)
+    assert rep.n_samples == 20 and rep.n_encoded == 20
+    assert q(db, "SELECT count(*) FROM samples")[0][0] == 20
+    assert q(db, "SELECT count(*) FROM memberships")[0][0] == 24
+    # a benchmark whose prompts are a subset of another's is fully covered by it
+    assert q(db, "SELECT asym_a_to_b FROM pairwise_overlap WHERE encoder_id = 1 AND a = 'fruit_head' AND b = 'fruit'")[0][0] == 1.0
+
+
+KILLER = """
+import os, signal, sys, time
+from qscope_eval.pipeline import encode_suite
+from qscope_eval.store import Store
+from qscope_eval.suite import load_suite
+seen = []
+def on_batch(n):
+    seen.append(n)
+    if len(seen) == int(sys.argv[3]):
+        time.sleep(1.5)  # let the writer thread commit what it has queued, then die mid-run
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no close
+encode_suite(load_suite(sys.argv[1]), Store(sys.argv[2]), progress=False, on_batch=on_batch)
+"""
+
+
+def test_killed_run_resumes_without_duplicates(tiny, tmp_path):
+    suite = tiny.parent / "small_batches.yaml"
+    suite.write_text(tiny.read_text().replace("batch_tokens: 256", "batch_tokens: 64").replace("name: tiny", "name: small"))
+    db = tmp_path / "k.duckdb"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(suite), str(db), "3"], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    partial = q(db, "SELECT count(*) FROM encoded")[0][0]
+    assert 0 < partial < 40  # some batches landed, not all
+    # each stored sample has all its activations (batch and marker in one transaction)
+    assert q(db, "SELECT count(*) FROM activations a ANTI JOIN encoded e USING (encoder_id, sample_id)")[0][0] == 0
+    with Store(db) as s:
+        rep = encode_suite(load_suite(suite), s, progress=False)
+    assert rep.n_encoded == 20 - partial // 2  # both encoders of a batch land together
+    assert q(db, "SELECT count(*) FROM encoded")[0][0] == 40
+    dup = "SELECT count(*) FROM (SELECT encoder_id, sample_id, feature, count(*) c FROM activations GROUP BY ALL HAVING c > 1)"
+    assert q(db, dup)[0][0] == 0
+    # identical to an uninterrupted run
+    clean = tmp_path / "clean.duckdb"
+    with Store(clean) as s:
+        encode_suite(load_suite(suite), s, progress=False)
+    acts = "SELECT encoder_id, sample_id, feature, round(value, 5), n_tokens FROM activations ORDER BY ALL"
+    assert q(db, acts) == q(clean, acts)
+
+
+def test_overlong_prompts_are_truncated_warned_and_counted(tiny, tmp_path):
+    suite = tiny.parent / "short.yaml"
+    suite.write_text(tiny.read_text().replace("device: cpu}", "device: cpu, max_length: 8}").replace("name: tiny", "name: short"))
+    db = tmp_path / "t.duckdb"
+    with Store(db) as s:
+        rep = encode_suite(load_suite(suite), s, progress=False)
+    assert rep.n_truncated == 20 and any("truncated" in w for w in rep.warnings)
+    assert q(db, "SELECT count(*), max(n_tokens) FROM encoded WHERE truncated")[0] == (40, 8)
+
+
+def _bad_suites(root: Path):
+    base = (root / "tiny.yaml").read_text()
+    (root / "empty.jsonl").write_text("")
+    (root / "sae_notdict").mkdir(exist_ok=True)
+    torch.save([1, 2, 3], root / "sae_notdict" / "layer1.sae.pt")
+    (root / "sae_narrow").mkdir(exist_ok=True)
+    torch.save({"W_enc": torch.zeros(16, 32), "W_dec": torch.zeros(32, 16), "b_enc": torch.zeros(16), "b_dec": torch.zeros(32)},
+               root / "sae_narrow" / "layer1.sae.pt")
+    bench = "  - {name: fruit, path: fruit.jsonl, text: q}\n"
+    return {
+        "missing SAE layer file": (base.replace("layers: [1]", "layers: [2]"), "layers present: 1"),
+        "layer outside the model": (base.replace("layers: [1]", "layers: [9]"), "outside"),
+        "not a tensor dict": (base.replace("path: ./sae}", "path: ./sae_notdict}"), "layer1.sae.pt"),
+        "width mismatch": (base.replace("path: ./sae}", "path: ./sae_narrow, k: 4}"), "d_model"),
+        "empty benchmark": (base.replace(bench, bench + "  - {name: empty, path: empty.jsonl, text: q}\n"), "empty"),
+        "unknown lm-eval task": (base.replace(bench, bench + "  - {name: g, task: gsm8kk, data_files: {test: fruit.jsonl}}\n"), "gsm8k"),
+        "malformed yaml": ("name: [unclosed\n", "not valid YAML"),
+    }
+
+
+BAD_CASES = ["missing SAE layer file", "layer outside the model", "not a tensor dict", "width mismatch",
+             "empty benchmark", "unknown lm-eval task", "malformed yaml"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_one_line_and_leaves_db_unchanged(tiny, tmp_path, case):
+    db = tmp_path / "b.duckdb"
+    with Store(db) as s:
+        encode_suite(load_suite(tiny), s, progress=False)
+    before = snapshot(db)
+    text, needle = _bad_suites(tiny.parent)[case]
+    bad = tiny.parent / "bad.yaml"
+    bad.write_text(text.replace("name: tiny", "name: bad"))
+    res = CliRunner().invoke(cli, ["encode", str(bad), "--db", str(db), "--no-progress"])
+    assert res.exit_code == 1, res.output
+    err = res.output.strip()
+    assert err.startswith("Error: ") and "\n" not in err and needle in err, err
+    assert snapshot(db) == before
