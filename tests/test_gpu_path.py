@@ -1,0 +1,329 @@
+"""The GPU encode path, checked on CPU through the real pipeline (pipeline.encode_texts / encode_suite).
+
+A tiny random Qwen3 built from its config (toy.random_qwen3) with the real Qwen tokenizer gives
+real residuals; nothing is downloaded. Covered here, and not in test_backbone.py / test_encode.py
+(which test plan_batches, run_with_oom_split, map_residuals and the pooling functions alone):
+token-budget batching with real tokenizer lengths, OOM batch halving with a simulated OOM inside
+the forward, the error when one prompt does not fit, `last` gathering only the last positions
+before the SAE, `max`/`top` against a plain-Python reference, only non-zeros coming back, the
+truncated forward, DB writes overlapping the next batch's compute, and a dry run of the GPU mode
+of bench/encode_bench.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from qscope_eval import pipeline, toy
+from qscope_eval.backbone import plan_batches
+from qscope_eval.encode import EncoderHandle
+from qscope_eval.errors import OutOfMemory
+from qscope_eval.sae import FeatureStats, Sae, SaeConfig
+from qscope_eval.suite import BenchmarkSpec, EncodeSpec, ModelSpec, SaeSpec, Suite
+
+LAYER = 1
+D_SAE, K = 256, 8
+WORDS = ("the quick brown fox jumps over a lazy dog while seven students solve "
+         "an equation about triangles and the French revolution of 1789").split()
+# 14 prompts of 2..55 tokens; one holds a special token mid-prompt (masked by max/top pooling)
+TEXTS = [" ".join((WORDS * 3)[i: 3 + 4 * i]) for i in range(13)]
+TEXTS.append("Question:<|im_start|> which number is prime, 21 or 23?")
+
+
+class OutOfMemoryError(RuntimeError):
+    """Stands in for torch.cuda.OutOfMemoryError (backbone.is_oom matches the class name)."""
+
+
+@pytest.fixture(scope="module")
+def bb():
+    config = toy.qwen3_1p7b_config(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    return toy.random_qwen3(config, device="cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def sae():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(D_SAE, 64, generator=g)
+    W /= W.norm(dim=1, keepdim=True)
+    # b_enc pushed down so some of the k largest pre-activations are <= 0 (must not come back)
+    return Sae(SaeConfig(d_model=64, d_sae=D_SAE, k=K, layer=LAYER), W * 20, torch.randn(D_SAE, generator=g) - 2.0,
+               W.T.contiguous(), torch.zeros(64))
+
+
+@pytest.fixture(scope="module")
+def stats():
+    return FeatureStats(mean=np.random.default_rng(0).uniform(0.05, 1.0, D_SAE), freq=np.full(D_SAE, 0.1), n_tokens=100)
+
+
+def make_suite(pooling="last", batch_tokens=2048, max_batch=256) -> Suite:
+    return Suite(name="gpu-path", model=ModelSpec(id="random:qwen3", device="cpu"), sae=SaeSpec(path="unused"),
+                 layers=(LAYER,), pooling=pooling, benchmarks=(BenchmarkSpec(name="b", path="b.jsonl", text="text"),),
+                 encode=EncodeSpec(batch_tokens=batch_tokens, max_batch=max_batch))
+
+
+def runtime(bb, sae, stats, *poolings):
+    return pipeline.Runtime(bb, [EncoderHandle(p, LAYER, p, sae, stats if p == "top" else None, m=5) for p in poolings])
+
+
+def run(rt, suite, texts=TEXTS):
+    """encode_texts -> (batches, {encoder: {sample: {feature: (value, n_tokens)}}})."""
+    batches = list(pipeline.encode_texts(rt, np.arange(len(texts)), list(texts), suite))
+    out = {h.key: {} for h in rt.handles}
+    for b in batches:
+        for key, pb in b.pooled.items():
+            for i in b.ids.tolist():
+                out[key].setdefault(i, {})
+            for r, f, v, n in zip(pb.row.tolist(), pb.feature.tolist(), pb.value.tolist(), pb.n_tokens.tolist()):
+                out[key][int(b.ids[r])][f] = (v, n)
+    return batches, out
+
+
+def assert_same(got: dict, want: dict, rtol=1e-4):
+    assert got.keys() == want.keys()
+    for i in want:
+        assert got[i].keys() == want[i].keys(), f"sample {i}: features differ"
+        for f, (v, n) in want[i].items():
+            assert got[i][f][0] == pytest.approx(v, rel=rtol, abs=1e-6) and got[i][f][1] == n
+
+
+@pytest.fixture
+def spy_forward(bb, monkeypatch):
+    """Record the prompt lengths of every forward batch the pipeline runs."""
+    calls: list[list[int]] = []
+    real = bb.residuals
+
+    def residuals(ids_batch, layers):
+        calls.append([len(x) for x in ids_batch])
+        return real(ids_batch, layers)
+
+    monkeypatch.setattr(bb, "residuals", residuals)
+    return calls
+
+
+def oom_above(bb, max_rows: int):
+    """A forward pre-hook on layer 0 that fails like a GPU out of memory for batches over max_rows prompts."""
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[0] > max_rows:
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    return bb.layers_module[0].register_forward_pre_hook(hook, with_kwargs=True)
+
+
+# ---------------------------------------------------------------- batching under a token budget
+
+
+def test_batches_respect_token_budget_and_are_length_bucketed(bb, sae, spy_forward):
+    budget, max_batch = 40, 5
+    lengths = bb.tokenize(TEXTS).lengths
+    assert lengths.max() > budget and lengths.min() < 8  # real tokenizer lengths spread the batches
+    batches, _ = run(runtime(bb, sae, None, "last"), make_suite(batch_tokens=budget, max_batch=max_batch))
+    assert [len(c) for c in spy_forward] == [len(b.ids) for b in batches] and len(batches) > 2
+    seen = np.concatenate([b.ids for b in batches])
+    assert sorted(seen.tolist()) == list(range(len(TEXTS)))  # every prompt exactly once
+    for b, lens in zip(batches, spy_forward):
+        assert b.n_tokens.tolist() == lens == lengths[b.ids].tolist()
+        assert len(lens) <= max_batch and (len(lens) == 1 or max(lens) * len(lens) <= budget)
+        assert max(lens) <= budget or len(lens) == 1  # an over-budget prompt rides alone
+    # length-bucketed: longest first, and no batch's lengths interleave with another's
+    spans = [(max(c), min(c)) for c in spy_forward]
+    assert all(lo >= hi_next for (_, lo), (hi_next, _) in zip(spans, spans[1:]))
+
+
+def test_cpu_caps_the_token_budget():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert pipeline.batch_tokens(EncodeSpec(batch_tokens=16384), cuda) == 16384
+    assert pipeline.batch_tokens(EncodeSpec(batch_tokens=16384), cpu) == pipeline.CPU_BATCH_TOKENS
+    assert pipeline.batch_tokens(EncodeSpec(batch_tokens=512), cpu) == 512
+
+
+# ---------------------------------------------------------------- out of memory
+
+
+def test_oom_halves_batches_and_keeps_results_in_order(bb, sae, stats, spy_forward):
+    rt = runtime(bb, sae, stats, "last", "max", "top")
+    suite = make_suite(batch_tokens=2048)
+    clean_batches, clean = run(rt, suite)
+    assert max(len(b.ids) for b in clean_batches) > 2
+    n_clean = len(spy_forward)
+    h = oom_above(bb, 2)
+    try:
+        batches, got = run(rt, suite)
+    finally:
+        h.remove()
+    assert all(len(b.ids) <= 2 for b in batches)  # every yielded chunk fitted
+    assert len(spy_forward) - n_clean > len(batches)  # the failed tries ran too
+    order = np.concatenate([b.ids for b in batches]).tolist()
+    assert order == np.concatenate([b.ids for b in clean_batches]).tolist()  # same order, nothing lost
+    for key in clean:
+        assert_same(got[key], clean[key])
+
+
+def test_one_prompt_that_does_not_fit_fails_clearly(bb, sae):
+    n = int(bb.tokenize(TEXTS[:3]).lengths.max())  # the longest is tried first, and fails alone
+    h = oom_above(bb, 0)
+    try:
+        with pytest.raises(OutOfMemory, match=rf"a prompt of {n} tokens does not fit in cpu memory even alone.*"
+                                               r"lower model.max_length"):
+            run(runtime(bb, sae, None, "last"), make_suite(), TEXTS[:3])
+    finally:
+        h.remove()
+
+
+# ---------------------------------------------------------------- pooling against references
+
+
+def single_codes(bb, sae, text):
+    """One unpadded prompt: ids, and the SAE codes of EVERY position (acts, idx [T, k]) and the residual norms."""
+    ids = bb.tokenize([text]).ids[0]
+    x = bb.residuals([ids], [LAYER]).hidden[LAYER][0]
+    acts, idx = sae.encode(x)
+    return ids.tolist(), acts.tolist(), idx.tolist(), x.float().norm(dim=-1).tolist()
+
+
+def python_pool(bb, sae, text, pooling, ref_mean=None, m=5, spec=EncodeSpec()):
+    """Plain-Python pooling over tokens: what pool_max / pool_top compute on the device."""
+    ids, acts, idx, norms = single_codes(bb, sae, text)
+    special = set(bb.special_ids.tolist())
+    plain = [t for t, i in enumerate(ids) if i not in special]
+    median = statistics.median_low([norms[t] for t in plain])
+    keep = [t for t in plain if t != 0 and not norms[t] > spec.sink_factor * median]
+    acc, count = {}, {}
+    for t in keep:
+        for f, v in zip(idx[t], acts[t]):
+            if v > 0:
+                acc[f] = max(acc.get(f, 0.0), v) if pooling == "max" else acc.get(f, 0.0) + v
+                count[f] = count.get(f, 0) + 1
+    if pooling == "max":
+        return {f: (v, count[f]) for f, v in acc.items()}
+    score = {f: s / len(keep) / ref_mean[f] for f, s in acc.items()}
+    best = sorted(score, key=lambda f: (-score[f], f))[:m]
+    return {f: (score[f], count[f]) for f in best}
+
+
+def test_last_gathers_last_positions_before_the_sae(bb, sae, monkeypatch):
+    rows_seen = []
+    real = sae.encode
+
+    def encode(x):
+        rows_seen.append(tuple(x.shape))
+        return real(x)
+
+    monkeypatch.setattr(sae, "encode", encode)
+    batches, got = run(runtime(bb, sae, None, "last"), make_suite(batch_tokens=256))
+    # the SAE saw one row per prompt, never the [B, T] grid
+    assert rows_seen == [(len(b.ids), 64) for b in batches]
+    monkeypatch.undo()
+    want = {}
+    for i, text in enumerate(TEXTS):  # full encode of every position, then select the last one
+        ids, acts, idx, _ = single_codes(bb, sae, text)
+        last = max(t for t, tok in enumerate(ids) if tok not in set(bb.special_ids.tolist()))
+        want[i] = {f: (v, 1) for f, v in zip(idx[last], acts[last]) if v > 0}
+    assert_same(got["last"], want)
+
+
+@pytest.mark.parametrize("pooling", ["max", "top"])
+def test_max_and_top_on_device_equal_python_reference(bb, sae, stats, pooling):
+    _, got = run(runtime(bb, sae, stats, pooling), make_suite(batch_tokens=256))
+    ref = stats.reference_mean().tolist()
+    want = {i: python_pool(bb, sae, t, pooling, ref) for i, t in enumerate(TEXTS)}
+    assert sum(map(len, want.values())) > 3 * len(TEXTS)
+    assert_same(got[pooling], want)
+    special_tok = len(TEXTS) - 1  # the <|im_start|> token is masked, not pooled
+    assert len(got[pooling][special_tok]) > 0
+
+
+def test_only_nonzeros_come_back(bb, sae, stats):
+    batches, _ = run(runtime(bb, sae, stats, "last", "max", "top"), make_suite(batch_tokens=256))
+    acts = torch.cat([sae.encode(bb.residuals([ids], [LAYER]).hidden[LAYER][0])[0].flatten()
+                      for ids in bb.tokenize(TEXTS).ids])
+    assert (acts <= 0).any() and (acts > 0).any()  # the SAE does produce zeros among its top-k
+    for b in batches:
+        for pb in b.pooled.values():
+            assert isinstance(pb.value, np.ndarray) and (pb.value > 0).all() and (pb.n_tokens >= 1).all()
+            keys = list(zip(pb.row.tolist(), pb.feature.tolist()))
+            assert len(set(keys)) == len(keys) and pb.row.max(initial=0) < len(b.ids)
+        assert np.bincount(b.pooled["last"].row, minlength=len(b.ids)).max() <= K
+
+
+# ---------------------------------------------------------------- truncated forward
+
+
+def test_pipeline_forward_never_runs_later_layers(bb, sae):
+    calls = {n: 0 for n in range(4)}
+    norm_calls = []
+    handles = [layer.register_forward_pre_hook(lambda m, a, n=n: calls.__setitem__(n, calls[n] + 1))
+               for n, layer in enumerate(bb.layers_module)]
+    handles.append(bb.model.norm.register_forward_pre_hook(lambda m, a: norm_calls.append(1)))
+    try:
+        batches, _ = run(runtime(bb, sae, None, "last", "max"), make_suite(batch_tokens=128))
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(batches) > 1
+    assert calls == {0: len(batches), 1: len(batches), 2: 0, 3: 0} and norm_calls == []
+
+
+# ---------------------------------------------------------------- writes overlap compute
+
+
+def test_db_writes_overlap_the_next_batch(bb, sae, tmp_path, monkeypatch):
+    """encode_suite: the write of batch j cannot finish until batch j+1's forward has started."""
+    from qscope_eval.store import Store
+
+    suite = make_suite(batch_tokens=96, max_batch=4)
+    rows = pd.DataFrame({"benchmark": "b", "position": np.arange(len(TEXTS)), "text": TEXTS})
+    n_batches = len(plan_batches(bb.tokenize(TEXTS).lengths, 96, 4))
+    started = threading.Semaphore(0)  # one release per forward started
+    real_res, real_write = bb.residuals, pipeline.write_results
+    waited = []
+
+    def residuals(ids_batch, layers):
+        started.release()
+        return real_res(ids_batch, layers)
+
+    def write_results(store, encoders, batch):
+        j = len(waited)
+        if j < n_batches - 1:  # the first write waits for forward j+2 (the next batch's) to start
+            if j == 0:
+                assert started.acquire(timeout=30)
+            waited.append(started.acquire(timeout=30))
+        else:
+            waited.append(True)
+        return real_write(store, encoders, batch)
+
+    monkeypatch.setattr(bb, "residuals", residuals)
+    monkeypatch.setattr(pipeline, "write_results", write_results)
+    monkeypatch.setattr(pipeline, "load_rows", lambda s: rows)
+    monkeypatch.setattr(pipeline, "load_runtime", lambda s: runtime(bb, sae, None, "last"))
+    with Store(tmp_path / "x.duckdb") as store:
+        report = pipeline.encode_suite(suite, store, progress=False)
+        n_done = store.con.execute("SELECT count(*) FROM encoded").fetchall()[0][0]
+    assert len(waited) == n_batches > 2 and all(waited), "a write waited in vain for the next batch's forward"
+    assert report.n_encoded == n_done == len(TEXTS)
+
+
+# ---------------------------------------------------------------- the benchmark's GPU mode, dry run
+
+
+def test_encode_bench_gpu_mode_dry_run(capsys, monkeypatch):
+    path = Path(__file__).resolve().parents[1] / "bench" / "encode_bench.py"
+    spec = importlib.util.spec_from_file_location("encode_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "encode_bench", bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    rc = bench.main(["--gpu", "--device", "cpu", "--tiny", "--n", "12", "--baseline-n", "4", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "identity baseline vs encode_texts: OK (4 samples" in out
+    assert "identity encode_texts vs encode_suite + DB: OK (12 samples" in out
+    assert "ratio ours: encode_texts / baseline (model card)" in out
