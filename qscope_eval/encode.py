@@ -266,7 +266,7 @@ def iter_masked_residuals(backbone, texts: Sequence[str], layer: int, spec: Enco
     cannot bias which texts make the cut; stops once `max_tokens` tokens were yielded (the
     last batch is cut). Used for reference statistics and for SAE training data.
     """
-    from .backbone import plan_batches
+    from .backbone import batch_tokens, plan_batches
 
     spec = spec or EncodeSpec()
     texts = list(texts)
@@ -274,7 +274,7 @@ def iter_masked_residuals(backbone, texts: Sequence[str], layer: int, spec: Enco
     for g in range(0, len(texts), group):
         tok = backbone.tokenize(texts[g : g + group])
         lengths = np.array([len(x) for x in tok.ids], dtype=np.int64)
-        for batch in plan_batches(lengths, spec.batch_tokens, spec.max_batch):
+        for batch in plan_batches(lengths, batch_tokens(spec, backbone.device), spec.max_batch):
             res = backbone.residuals([tok.ids[i] for i in batch], [layer])
             hidden = res.hidden[layer]
             mask = token_mask(hidden, res.attention_mask, res.special_mask, spec.exclude_first, spec.sink_factor)

@@ -209,19 +209,9 @@ def prepare(suite: Suite, store: Store, rows=None, runtime: Runtime | None = Non
                     n_samples=len(order), benchmark_ids=bench_ids)
 
 
-CPU_BATCH_TOKENS = 2048
-"""Token budget cap off CUDA: on a CPU, bigger batches only add padding and lose cache locality
-(demo, 2 cores: 16384-token batches ran 1.37x slower than 2048-token ones; results are identical)."""
-
-
-def batch_tokens(spec, device) -> int:
-    """Tokens per forward batch: `encode.batch_tokens` on CUDA, at most CPU_BATCH_TOKENS elsewhere."""
-    return spec.batch_tokens if device.type == "cuda" else min(spec.batch_tokens, CPU_BATCH_TOKENS)
-
-
 def encode_texts(runtime: Runtime, ids: np.ndarray, texts: list[str], suite: Suite) -> Iterator[EncodedBatch]:
     """Pure compute: tokenize, batch under the token budget, forward, encode, pool. Yields per batch."""
-    from .backbone import plan_batches, run_with_oom_split
+    from .backbone import batch_tokens, plan_batches, run_with_oom_split
     from .encode import encode_batch
 
     bb = runtime.backbone

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import torch
 
-from qscope_eval import pipeline, toy
+from qscope_eval import backbone, pipeline, toy
 from qscope_eval.backbone import plan_batches
 from qscope_eval.encode import EncoderHandle
 from qscope_eval.errors import OutOfMemory
@@ -141,9 +141,9 @@ def test_batches_respect_token_budget_and_are_length_bucketed(bb, sae, spy_forwa
 
 def test_cpu_caps_the_token_budget():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert pipeline.batch_tokens(EncodeSpec(batch_tokens=16384), cuda) == 16384
-    assert pipeline.batch_tokens(EncodeSpec(batch_tokens=16384), cpu) == pipeline.CPU_BATCH_TOKENS
-    assert pipeline.batch_tokens(EncodeSpec(batch_tokens=512), cpu) == 512
+    assert backbone.batch_tokens(EncodeSpec(batch_tokens=16384), cuda) == 16384
+    assert backbone.batch_tokens(EncodeSpec(batch_tokens=16384), cpu) == backbone.CPU_BATCH_TOKENS
+    assert backbone.batch_tokens(EncodeSpec(batch_tokens=512), cpu) == 512
 
 
 # ---------------------------------------------------------------- out of memory
