@@ -69,7 +69,7 @@ def emit(data, fmt: str, rows=None, columns=None):
 
 def _fmt(v) -> str:
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:.4g}"
     if v is None:
         return "-"
     return str(v)
