@@ -123,8 +123,7 @@ def summarize(store: Store, suite: Suite, encoder_id: int, run_id: str, target: 
     ld = analysis.load(store, encoder_id, [b.name for b in suite.benchmarks])
     summary = analysis.audit_summary(store, ld, suite.name, run_id, target, sel.cost,
                                      min_support=sel.min_support, exact=exact)
-    store.save_run_features(run_id, {name: analysis.feature_set(ld.real, b, min_support=sel.min_support)
-                                     for b, name in enumerate(ld.real.benchmarks)})
+    store.save_run_features(run_id, analysis.feature_sets(ld.real, min_support=sel.min_support))
     return summary
 
 
@@ -189,7 +188,7 @@ def audit(suite: str, db: str, out: str, target: float | None = None, task_runne
             log.info("%s: %d samples, %d to encode, encoders %s", s.name, prep.n_samples, len(prep.pending_ids),
                      ", ".join(prep.encoders))
             n_encoded = _encode(prep, store, task_runner)
-            warnings = prep.warnings + pipeline.stored_warnings(store, prep, s)
+            warnings = pipeline.stored_warnings(store, prep, s)
             for w in warnings:
                 log.warning(w)
             enc = prep.main_encoders[0]  # the suite's first layer is the one the report shows

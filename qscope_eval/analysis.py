@@ -186,10 +186,11 @@ def select_samples(store: Store, ld: Loaded, target: float | None = 0.95, benchm
 
 # ---- the audit summary ---------------------------------------------------------------------
 
-def feature_set(es: EncodedSet, b: int, threshold: float = 0.0, min_support: int = 1) -> np.ndarray:
-    F = metrics.fired(es.X, threshold)
-    C = metrics.benchmark_features(es.M, F, min_support)
-    return C.indices[C.indptr[b]:C.indptr[b + 1]].copy()
+def feature_sets(es: EncodedSet, threshold: float = 0.0, min_support: int = 1) -> dict[str, np.ndarray]:
+    """F(D) of every benchmark (sorted feature ids), from one pass over the stored activations."""
+    C = metrics.benchmark_features(es.M, metrics.fired(es.X, threshold), min_support)
+    C.sort_indices()
+    return {name: C.indices[C.indptr[b]:C.indptr[b + 1]].copy() for b, name in enumerate(es.benchmarks)}
 
 
 def drift(store: Store, ld: Loaded, run_id: str, suite: str, threshold: float = 0.0, min_support: int = 1) -> dict | None:
@@ -199,8 +200,7 @@ def drift(store: Store, ld: Loaded, run_id: str, suite: str, threshold: float = 
         return None
     before = store.run_features(prev)
     rows = []
-    for b, name in enumerate(ld.real.benchmarks):
-        now = feature_set(ld.real, b, threshold, min_support)
+    for name, now in feature_sets(ld.real, threshold, min_support).items():
         old = before.get(name)
         if old is None:
             rows.append({"benchmark": name, "status": "new", "gained": int(now.size), "lost": 0})

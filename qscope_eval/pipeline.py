@@ -27,7 +27,7 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 
 from .errors import SaeError
-from .store import EncoderRow, Store, sample_id
+from .store import EncoderRow, Store
 from .suite import BenchmarkSpec, Suite
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,6 @@ class Prepared:
     n_samples: int
     """Distinct samples in the suite."""
     benchmark_ids: dict[str, np.ndarray] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def main_encoders(self) -> list[EncoderRow]:
@@ -185,14 +184,12 @@ def prepare(suite: Suite, store: Store, rows=None, runtime: Runtime | None = Non
     runtime = runtime or load_runtime(suite)
     bench_ids, texts = {}, {}
     for bench in suite.benchmarks:
-        b_rows = rows[rows["benchmark"] == bench.name]
-        bench_ids[bench.name] = np.array([sample_id(t) for t in b_rows["text"]], dtype=np.int64)
-        texts.update(zip(bench_ids[bench.name].tolist(), b_rows["text"].tolist()))
-    encoders = {}
-    for bench in suite.benchmarks:
-        b_rows = rows[rows["benchmark"] == bench.name]
+        b_texts = rows.loc[rows["benchmark"] == bench.name, "text"].tolist()
         spec = {k: v for k, v in bench.__dict__.items() if v is not None}
-        store.register_benchmark(bench.name, suite.name, spec, b_rows["text"].tolist(), bench.cost)
+        # the store content-addresses the texts; its ids are the ones to encode under
+        bench_ids[bench.name] = store.register_benchmark(bench.name, suite.name, spec, b_texts, bench.cost)
+        texts.update(zip(bench_ids[bench.name].tolist(), b_texts))
+    encoders = {}
     for h in runtime.handles:
         kind = "null" if h.key.endswith("|null") else "sae"
         encoders[h.key] = store.register_encoder(
@@ -277,7 +274,7 @@ def encode_suite(suite: Suite, store: Store, progress: bool = True,
         bar.close()
     if errors:
         raise errors[0]
-    warnings = list(prep.warnings) + stored_warnings(store, prep, suite)
+    warnings = stored_warnings(store, prep, suite)
     for w in warnings:
         log.warning(w)
     return EncodeReport(prep.n_samples, len(ids), prep.n_samples - len(ids), stats["truncated"], stats["tokens"],

@@ -68,7 +68,7 @@ def summary(tmp_path_factory):
         _encode(s, null, ids, lambda t: feats(t, 100))
     ld = analysis.load(s)
     s.start_run("r0", "synth", {})
-    s.save_run_features("r0", {**{n: analysis.feature_set(ld.real, b)[3:] for b, n in enumerate(ld.real.benchmarks)
+    s.save_run_features("r0", {**{n: f[3:] for n, f in analysis.feature_sets(ld.real).items()
                                   if n.startswith("bench")}, "retired": np.arange(5)})
     s.finish_run("r0", "completed", encoder_id=real.encoder_id)
     out = analysis.audit_summary(s, ld, "synth", run_id="r1")
