@@ -21,7 +21,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export DO_NOT_TRACK ?= 1
 
 DEMO_DB  ?= out/demo.duckdb
-DEMO_OUT ?= reports/demo
+DEMO_OUT ?= out/demo
 
 .PHONY: demo test venv clean bench
 

@@ -7,14 +7,19 @@ soon as its future completes, one transaction per forward batch. The store is th
 resume point: a rerun registers again and encodes only the samples still pending.
 
 Input errors (suite, benchmark files, model, SAE) fail in `load` before the first
-write, so bad input leaves the database as it was. From the first write on, the
+write, so bad input leaves the database as it was. (With Dask workers, `load` reads
+only the model's config and checks its weight files exist: the flow process never
+holds the model; a corrupt checkpoint then fails on the workers, as a failed run.) From the first write on, the
 run is recorded in `runs` (run_id = the Prefect flow-run id); a failure marks it
 `failed` with the error and re-raises.
 
     from flows.audit import audit
-    audit("demo", db="out/demo.duckdb", out="reports/demo")               # one process, local ephemeral Prefect
-    audit("demo", db="out/demo.duckdb", out="reports/demo", task_runner="dask=4")   # 4 local Dask workers
+    audit("demo", db="out/demo.duckdb", out="out/demo")               # one process, local ephemeral Prefect
+    audit("demo", db="out/demo.duckdb", out="out/demo", task_runner="dask=4")   # 4 local Dask workers
     audit(..., task_runner="dask=tcp://scheduler:8786")                    # an existing Dask cluster
+
+A suite with several layers gets one report per layer (the first at `out`, the others in
+`out/layer{L}/`), linked from a table of all layers.
 
 Dask workers need qscope-eval importable (and this folder on PYTHONPATH when it is not installed) and,
 for a remote cluster, a Prefect API they can reach (PREFECT_API_URL of a Prefect server).
@@ -88,18 +93,22 @@ def _share_api(runner):
 # ---- tasks: each one library call ------------------------------------------------------
 
 @task(**LOCAL)
-def load(suite: str) -> tuple[Suite, pd.DataFrame]:
-    """Read the suite and every benchmark; load and cross-check the model and SAEs. Writes nothing."""
+def load(suite: str, remote_workers: bool = False) -> tuple[Suite, pd.DataFrame, list[pipeline.EncoderInfo]]:
+    """Read the suite and every benchmark; cross-check the model and SAEs. Writes nothing.
+
+    In-process, the model is loaded here (cached: the shard tasks reuse it). With Dask workers
+    this process never runs the model, so only its config is read (check_encoders).
+    """
     s = load_suite(suite)
     rows = pipeline.load_rows(s)
-    pipeline.load_runtime(s)  # cached per process: prepare and in-process shards reuse it
-    return s, rows
+    encoders = pipeline.check_encoders(s) if remote_workers else pipeline.load_runtime(s).encoders
+    return s, rows, encoders
 
 
 @task(**LOCAL)
-def prepare(suite: Suite, store: Store, rows: pd.DataFrame) -> pipeline.Prepared:
+def prepare(suite: Suite, store: Store, rows: pd.DataFrame, encoders: list) -> pipeline.Prepared:
     """Register benchmarks and encoders; list the samples some encoder still lacks."""
-    return pipeline.prepare(suite, store, rows, pipeline.load_runtime(suite))
+    return pipeline.prepare(suite, store, rows, encoders)
 
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="encode-shard-{shard}", **LOCAL)
@@ -123,7 +132,7 @@ def summarize(store: Store, suite: Suite, encoder_id: int, run_id: str, target: 
     ld = analysis.load(store, encoder_id, [b.name for b in suite.benchmarks])
     summary = analysis.audit_summary(store, ld, suite.name, run_id, target, sel.cost,
                                      min_support=sel.min_support, exact=exact)
-    store.save_run_features(run_id, analysis.feature_sets(ld.real, min_support=sel.min_support))
+    store.save_run_features(run_id, analysis.feature_sets(ld.real, min_support=sel.min_support), encoder_id)
     return summary
 
 
@@ -177,23 +186,33 @@ def audit(suite: str, db: str, out: str, target: float | None = None, task_runne
     task_runner: None (in-process), `dask`, `dask=N` or `dask=ADDRESS`; exact: MILP selection.
     """
     log = get_run_logger()
-    parse_task_runner(task_runner)  # a bad spec fails now, not after the model has loaded
-    s, rows = load(suite)
+    remote = parse_task_runner(task_runner) is not None  # a bad spec fails now, before anything loads
+    s, rows, encoders = load(suite, remote)
+    if remote:
+        log.info("model and SAEs checked from their config and files; the weights load on the Dask workers only")
     run_id = str(flow_run.id or uuid.uuid4())
     params = {"suite": suite, "db": db, "out": out, "target": target, "task_runner": task_runner, "exact": exact}
     with Store(db) as store:
         store.start_run(run_id, s.name, params)
         try:
-            prep = prepare(s, store, rows)
+            prep = prepare(s, store, rows, encoders)
             log.info("%s: %d samples, %d to encode, encoders %s", s.name, prep.n_samples, len(prep.pending_ids),
                      ", ".join(prep.encoders))
             n_encoded = _encode(prep, store, task_runner)
             warnings = pipeline.stored_warnings(store, prep, s)
             for w in warnings:
                 log.warning(w)
-            enc = prep.main_encoders[0]  # the suite's first layer is the one the report shows
-            summary = summarize(store, s, enc.encoder_id, run_id, target or s.selection.target, exact)
-            summary["warnings"] = warnings
+            # one report per layer: the suite's first layer at `out`, each other layer in `out/layer{L}`
+            summaries = [summarize(store, s, e.encoder_id, run_id, target or s.selection.target, exact)
+                         for e in prep.main_encoders]
+            layers = analysis.layer_overview(summaries) if len(summaries) > 1 else None
+            for n, (sm, row) in enumerate(zip(summaries, layers or [{}])):
+                sm["warnings"] = warnings
+                if layers:
+                    sm["layers"], sm["layers_base"] = layers, "" if n == 0 else "../"
+                if n:
+                    render(sm, str(Path(out) / f"layer{row['layer']}"))
+            summary, enc = summaries[0], prep.main_encoders[0]
             files = render(summary, out)
             store.finish_run(run_id, "completed", enc.encoder_id, summary=summary, report_dir=str(Path(out).resolve()))
         except BaseException as e:

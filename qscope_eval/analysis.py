@@ -198,7 +198,7 @@ def drift(store: Store, ld: Loaded, run_id: str, suite: str, threshold: float = 
     prev = store.previous_run(suite, ld.real.encoder.encoder_id, before_run=run_id)
     if prev is None:
         return None
-    before = store.run_features(prev)
+    before = store.run_features(prev, ld.real.encoder.encoder_id)
     rows = []
     for name, now in feature_sets(ld.real, threshold, min_support).items():
         old = before.get(name)
@@ -245,3 +245,16 @@ def audit_summary(store: Store, ld: Loaded, suite: str, run_id: str | None = Non
     }
     out["sample_selection"].pop("chosen")  # ids live in SQL; the report needs the counts
     return out
+
+
+def layer_overview(summaries: list[dict]) -> list[dict]:
+    """One row per layer of a multi-layer audit (the first is the main report; layer L's sits in `layer{L}/`)."""
+    rows = []
+    for i, s in enumerate(summaries):
+        enc, sel, m = s["encoder"], s["selection"], s["metrics"]
+        share = sel.get("cost_share")
+        rows.append({"layer": enc["layer"], "encoder_id": enc["encoder_id"], "d_sae": enc["d_sae"],
+                     "features": m.get("suite_union"), "kept": list(sel["chosen"]), "n_benchmarks": len(sel["table"]),
+                     "coverage": sel.get("coverage"), "cost_saved": None if share is None else 1 - share,
+                     "report": "report.html" if i == 0 else f"layer{enc['layer']}/report.html"})
+    return rows

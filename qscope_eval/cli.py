@@ -99,7 +99,7 @@ class Group(click.Group):
 def cli(verbose):
     """qscope-eval: which benchmarks measure the same thing, and what none of them touch.
 
-    Example: qscope-eval audit demo --db out/demo.duckdb --out reports/demo
+    Example: qscope-eval audit demo --db out/demo.duckdb --out out/demo
     """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -93,7 +93,7 @@ def register(cli: click.Group) -> None:
         SUITE is a YAML path or a built-in name. Reruns resume: only samples not yet in --db are encoded.
         Runs in Prefect's local ephemeral mode unless PREFECT_API_URL names a server.
 
-        Example: qscope-eval audit demo --db out/demo.duckdb --out reports/demo --target 0.95
+        Example: qscope-eval audit demo --db out/demo.duckdb --out out/demo --target 0.95
         """
         from .suite import load_suite
 
@@ -121,7 +121,7 @@ def register(cli: click.Group) -> None:
     def report(db, out, encoder, suite_name, target, png, fmt):
         """Render the report from an existing database, without encoding anything.
 
-        Example: qscope-eval report --db out/demo.duckdb --out reports/demo --suite demo
+        Example: qscope-eval report --db out/demo.duckdb --out out/demo --suite demo
         """
         from .analysis import audit_summary, load
         from .report import render_report

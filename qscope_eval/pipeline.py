@@ -107,6 +107,12 @@ class Runtime:
     handles: list
     """encode.EncoderHandle per encoder key."""
 
+    @property
+    def encoders(self) -> list["EncoderInfo"]:
+        """The handles as registration needs them (the same list `check_encoders` gives without weights)."""
+        return [EncoderInfo(h.key, h.layer, "null" if h.key.endswith("|null") else "sae", h.sae.cfg.d_sae, h.sae.cfg.k)
+                for h in self.handles]
+
 
 _PLACEHOLDER = BenchmarkSpec(name="runtime", path="-")
 
@@ -126,47 +132,95 @@ def load_runtime(suite: Suite) -> Runtime:
     return _load_runtime_cached(suite.model, suite.sae, suite.layers, suite.pooling, suite.null, suite.encode)
 
 
-@lru_cache(maxsize=2)
-def _load_runtime_cached(model, sae_spec, layers, pooling, null, encode) -> Runtime:
+class EncoderInfo(NamedTuple):
+    """What registering an encoder needs, with or without the model in memory."""
+
+    key: str
+    """encoder_key(...): model@revision|sae|layer|pooling|kind."""
+    layer: int
+    """Layer whose residual it reads."""
+    kind: str
+    """'sae' or 'null'."""
+    d_sae: int
+    """Dictionary width."""
+    k: int
+    """TopK of the SAE."""
+
+
+def _runtime_suite(model, sae_spec, layers, pooling, null, encode) -> Suite:
     import dataclasses
 
-    suite = Suite(name="runtime", model=model, sae=sae_spec, layers=layers, pooling=pooling, null=null, encode=encode,
-                  benchmarks=(dataclasses.replace(_PLACEHOLDER),))
+    return Suite(name="runtime", model=model, sae=sae_spec, layers=layers, pooling=pooling, null=null, encode=encode,
+                 benchmarks=(dataclasses.replace(_PLACEHOLDER),))
+
+
+def _layer_parts(suite: Suite, layer: int, d_model: int, n_layers: int, device) -> tuple:
+    """(SAE on `device`, its stats, the null twin's stats) for one layer, checked against the model's shape."""
+    from .sae import check_compatible, load_feature_stats, load_sae
+
+    sae = load_sae(suite.sae, layer, device=device)
+    check_compatible(sae, d_model, n_layers)
+    stats = null_stats = None
+    if suite.pooling == "top":
+        where = _stats_dir(suite)
+        if where is None:
+            raise SaeError(
+                f"`top` pooling needs reference feature statistics for layer {layer}; compute them with "
+                f"`qscope-eval feature-stats SUITE --out DIR` and set `sae: {{feature_stats: DIR}}`"
+            )
+        stats = load_feature_stats(where, layer)
+        if suite.null:
+            # the null dictionary's reference means, computed on the same corpus by `feature-stats`
+            null_stats = load_feature_stats(where, layer, null=True)
+    return sae, stats, null_stats
+
+
+def _infos(suite: Suite, layer: int, sae, stats, null_stats) -> list[EncoderInfo]:
+    from .encode import EncoderHandle
+
+    # EncoderHandle runs the cross-checks (pooling, stats width); built on the loaded SAE, it costs nothing
+    EncoderHandle(encoder_key(suite, layer, "sae"), layer, suite.pooling, sae, stats, suite.encode.top_m)
+    if null_stats is not None and null_stats.d_sae != sae.cfg.d_sae:
+        raise SaeError(f"layer {layer}: the null encoder's feature stats cover {null_stats.d_sae} features but the SAE "
+                       f"has {sae.cfg.d_sae}; recompute them with `qscope-eval feature-stats`")
+    kinds = ("sae", "null") if suite.null else ("sae",)
+    return [EncoderInfo(encoder_key(suite, layer, kind), layer, kind, sae.cfg.d_sae, sae.cfg.k) for kind in kinds]
+
+
+def check_encoders(suite: Suite) -> list[EncoderInfo]:
+    """Every check `load_runtime` makes, from the model's config alone: no model weights are loaded.
+
+    For a process that coordinates but does not encode (the audit flow with Dask workers): the
+    layers fit the model, each SAE file loads and fits the model's width, the stats exist.
+    """
+    from .backbone import check_layers, inspect_model
+
+    info = inspect_model(suite.model)
+    check_layers(list(suite.layers), info.n_layers, suite.model.id)
+    out = []
+    for layer in suite.layers:
+        out += _infos(suite, layer, *_layer_parts(suite, layer, info.d_model, info.n_layers, "cpu"))
+    return out
+
+
+@lru_cache(maxsize=2)
+def _load_runtime_cached(model, sae_spec, layers, pooling, null, encode) -> Runtime:
+    suite = _runtime_suite(model, sae_spec, layers, pooling, null, encode)
     from .backbone import load_backbone
     from .encode import EncoderHandle
-    from .sae import check_compatible, load_feature_stats, load_sae, null_sae
+    from .sae import null_sae
 
     backbone = load_backbone(suite.model)
     backbone.check_layers(list(suite.layers))
     handles = []
     for layer in suite.layers:
-        sae = load_sae(suite.sae, layer, device=backbone.device)
-        check_compatible(sae, backbone.d_model, backbone.n_layers)
-        stats = None
-        if suite.pooling == "top":
-            where = _stats_dir(suite)
-            if where is None:
-                raise SaeError(
-                    f"`top` pooling needs reference feature statistics for layer {layer}; compute them with "
-                    f"`qscope-eval feature-stats SUITE --out DIR` and set `sae: {{feature_stats: DIR}}`"
-                )
-            stats = load_feature_stats(where, layer)
+        sae, stats, null_stats = _layer_parts(suite, layer, backbone.d_model, backbone.n_layers, backbone.device)
         handles.append(EncoderHandle(encoder_key(suite, layer, "sae"), layer, suite.pooling, sae, stats, suite.encode.top_m))
         if suite.null:
             null = null_sae(sae.cfg, seed=0).to(backbone.device)
-            null_stats = None
-            if suite.pooling == "top":
-                null_stats = _null_stats(backbone, null, suite, layer)
-            handles.append(EncoderHandle(encoder_key(suite, layer, "null"), layer, suite.pooling, null, null_stats, suite.encode.top_m))
+            handles.append(EncoderHandle(encoder_key(suite, layer, "null"), layer, suite.pooling, null, null_stats,
+                                         suite.encode.top_m))
     return Runtime(backbone, handles)
-
-
-def _null_stats(backbone, null, suite: Suite, layer: int):
-    """Reference means for the null dictionary, computed on the same corpus as the real SAE's
-    (`feature-stats` writes both; the null dictionary is fixed by shape and seed)."""
-    from .sae import load_feature_stats
-
-    return load_feature_stats(_stats_dir(suite), layer, null=True)
 
 
 # ---- the three stages -----------------------------------------------------------------
@@ -178,10 +232,13 @@ def load_rows(suite: Suite):
     return load_suite_rows(suite)
 
 
-def prepare(suite: Suite, store: Store, rows=None, runtime: Runtime | None = None) -> Prepared:
-    """Register benchmarks and encoders; list the samples some encoder still needs."""
+def prepare(suite: Suite, store: Store, rows=None, encoders: list[EncoderInfo] | None = None) -> Prepared:
+    """Register benchmarks and encoders; list the samples some encoder still needs.
+
+    `encoders`: from `load_runtime(suite).encoders` or `check_encoders(suite)` (default: the former).
+    """
     rows = load_rows(suite) if rows is None else rows
-    runtime = runtime or load_runtime(suite)
+    encoders_info = encoders if encoders is not None else load_runtime(suite).encoders
     bench_ids, texts = {}, {}
     for bench in suite.benchmarks:
         b_texts = rows.loc[rows["benchmark"] == bench.name, "text"].tolist()
@@ -190,11 +247,10 @@ def prepare(suite: Suite, store: Store, rows=None, runtime: Runtime | None = Non
         bench_ids[bench.name] = store.register_benchmark(bench.name, suite.name, spec, b_texts, bench.cost)
         texts.update(zip(bench_ids[bench.name].tolist(), b_texts))
     encoders = {}
-    for h in runtime.handles:
-        kind = "null" if h.key.endswith("|null") else "sae"
-        encoders[h.key] = store.register_encoder(
-            h.key, suite.model.id, suite.model.revision, sae_identity(suite, h.layer), h.layer, suite.pooling, kind,
-            h.sae.cfg.d_sae, {"pooling": pooling_tag(suite), "k": h.sae.cfg.k},
+    for e in encoders_info:
+        encoders[e.key] = store.register_encoder(
+            e.key, suite.model.id, suite.model.revision, sae_identity(suite, e.layer), e.layer, suite.pooling, e.kind,
+            e.d_sae, {"pooling": pooling_tag(suite), "k": e.k},
         )
     all_ids = np.concatenate(list(bench_ids.values()))
     pending = [store.pending(e.encoder_id, all_ids) for e in encoders.values()]
@@ -239,7 +295,7 @@ def encode_suite(suite: Suite, store: Store, progress: bool = True,
     t0 = time.perf_counter()
     rows = load_rows(suite)
     runtime = load_runtime(suite)
-    prep = prepare(suite, store, rows, runtime)
+    prep = prepare(suite, store, rows, runtime.encoders)
     ids = prep.pending_ids
     texts = [prep.texts[i] for i in ids.tolist()]
     bar = _progress(len(ids), suite.name, progress)

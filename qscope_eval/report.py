@@ -169,6 +169,24 @@ def _headline(summary: dict) -> str:
         f'<div class="card"><div class="v">{v}</div><div class="k">{_e(k)}</div></div>' for k, v in cards) + "</div>"
 
 
+def _layers(summary: dict) -> str:
+    """The layers of a multi-layer audit side by side, each linking to its own report ('' for one layer)."""
+    rows_in = summary.get("layers") or []
+    if len(rows_in) < 2:
+        return ""
+    here, base = (summary.get("encoder") or {}).get("encoder_id"), summary.get("layers_base", "")
+    rows = []
+    for r in rows_in:
+        name = f"layer {_e(r['layer'])}"
+        cell = f"<b>{name}</b> (this report)" if r["encoder_id"] == here else f'<a href="{_e(base + r["report"])}">{name}</a>'
+        rows.append([cell, f"{_num(r.get('features'))} of {_num(r.get('d_sae'))}",
+                     f"{len(r['kept'])} of {r['n_benchmarks']}: {_e(', '.join(r['kept']))}",
+                     _pct(r.get("coverage")), _pct(r.get("cost_saved"))])
+    return ("<h2>Layers</h2><p class='muted'>This audit encoded several layers; each has its own report. "
+            "Benchmarks redundant at every layer are the safest to drop.</p>"
+            + _table(["layer", "features fired", "recommended", "coverage kept", "cost saved"], rows))
+
+
 def _recommendation(summary: dict) -> str:
     s = summary["selection"]
     n_b = len(summary["metrics"]["benchmarks"])
@@ -342,6 +360,7 @@ charts.</p></noscript>
 <p id="render-error"></p>
 {_headline(summary)}
 {warn_html}
+{_layers(summary)}
 <h2>Recommendation: which benchmarks to keep</h2>
 {_recommendation(summary)}
 {div("selection")}

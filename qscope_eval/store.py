@@ -93,7 +93,8 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS run_features (
     run_id VARCHAR NOT NULL,           -- F(D) of each benchmark at that audit (drift between audits)
     benchmark VARCHAR NOT NULL,
-    feature INTEGER NOT NULL
+    feature INTEGER NOT NULL,
+    encoder_id INTEGER                 -- one F(D) per layer's encoder; NULL in files written before layers had their own
 );
 """
 
@@ -212,6 +213,8 @@ class Store:
             raise StoreError(f"{self.path} is a DuckDB file but not a qscope-eval database; use a new --db path")
         with self.transaction():
             self.con.execute(SCHEMA)
+            # additive migration of files from before per-layer drift (same schema version: old readers ignore it)
+            self.con.execute("ALTER TABLE run_features ADD COLUMN IF NOT EXISTS encoder_id INTEGER")
             self.con.execute(VIEWS)
             self.con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         version = int(self.con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchall()[0][0])
@@ -416,26 +419,37 @@ class Store:
             [_now(), status, encoder_id, error, json.dumps(summary, default=str) if summary is not None else None, report_dir, run_id],
         )
 
-    def save_run_features(self, run_id: str, features: dict[str, np.ndarray]) -> None:
-        """Record each benchmark's F(D) for this run, replacing any earlier record of it."""
+    def save_run_features(self, run_id: str, features: dict[str, np.ndarray], encoder_id: int | None = None) -> None:
+        """Record each benchmark's F(D) for this run and encoder, replacing any earlier record of it."""
         names = [b for b, f in features.items() for _ in range(len(f))]
         tbl = pa.table({"run_id": [run_id] * len(names), "benchmark": names,
-                        "feature": np.concatenate([np.asarray(f, np.int32) for f in features.values()] or [np.zeros(0, np.int32)])})
+                        "feature": np.concatenate([np.asarray(f, np.int32) for f in features.values()] or [np.zeros(0, np.int32)]),
+                        "encoder_id": pa.array([encoder_id] * len(names), pa.int32())})
         with self.transaction():
-            self.con.execute("DELETE FROM run_features WHERE run_id = ?", [run_id])
+            self.con.execute("DELETE FROM run_features WHERE run_id = ? AND encoder_id IS NOT DISTINCT FROM ?",
+                             [run_id, encoder_id])
             self.con.register("_rf", tbl)
-            self.con.execute("INSERT INTO run_features SELECT * FROM _rf")
+            self.con.execute("INSERT INTO run_features (run_id, benchmark, feature, encoder_id) "
+                             "SELECT run_id, benchmark, feature, encoder_id FROM _rf")
             self.con.unregister("_rf")
 
+    # A run_features row without encoder_id (older files) belongs to its run's own encoder.
+    _RF_ENCODER = "coalesce(f.encoder_id, (SELECT r.encoder_id FROM runs r WHERE r.run_id = f.run_id))"
+
     def previous_run(self, suite: str, encoder_id: int, before_run: str | None = None) -> str | None:
-        """The last completed run of `suite` on this encoder, other than `before_run`."""
+        """The last completed run of `suite` that recorded F(D) for this encoder (or ran on it), other than `before_run`."""
         row = self.con.execute(
-            "SELECT run_id FROM runs WHERE suite = ? AND encoder_id = ? AND status = 'completed' "
-            "AND run_id IS DISTINCT FROM ? ORDER BY finished_at DESC LIMIT 1", [suite, encoder_id, before_run]).fetchall()
+            "SELECT run_id FROM runs r WHERE suite = ? AND status = 'completed' AND run_id IS DISTINCT FROM ? "
+            f"AND (encoder_id = ? OR EXISTS (SELECT 1 FROM run_features f WHERE f.run_id = r.run_id "
+            f"AND {self._RF_ENCODER} = ?)) ORDER BY finished_at DESC LIMIT 1",
+            [suite, before_run, encoder_id, encoder_id]).fetchall()
         return row[0][0] if row else None
 
-    def run_features(self, run_id: str) -> dict[str, np.ndarray]:
-        df = self.con.execute("SELECT benchmark, feature FROM run_features WHERE run_id = ?", [run_id]).df()
+    def run_features(self, run_id: str, encoder_id: int | None = None) -> dict[str, np.ndarray]:
+        """F(D) per benchmark as recorded by `run_id` (for `encoder_id`; default: the run's own encoder)."""
+        df = self.con.execute(
+            f"SELECT benchmark, feature FROM run_features f WHERE run_id = ? AND {self._RF_ENCODER} IS NOT DISTINCT FROM "
+            "coalesce(?, (SELECT r.encoder_id FROM runs r WHERE r.run_id = ?))", [run_id, encoder_id, run_id]).df()
         return {b: np.sort(g["feature"].to_numpy()) for b, g in df.groupby("benchmark")}
 
     def previous_summary(self, suite: str, encoder_id: int, before_run: str | None = None) -> dict | None:

@@ -387,3 +387,19 @@ def test_cuda_bf16_matches_cpu(qwen3):
     ref = qwen3.residuals(tok.ids, [3])
     assert res.hidden[3].is_cuda and res.special_mask.is_cuda
     torch.testing.assert_close(res.hidden[3].float().cpu(), ref.hidden[3], atol=0.1, rtol=0.05)
+
+
+def test_plan_batches_keeps_padding_low_on_mixed_lengths():
+    from qscope_eval.backbone import MIN_FILL, SPREAD
+
+    # 40 prompts of 400 tokens, 40 of 100: at a 16 384 budget, filling greedily puts 40 long and 1 short
+    # prompt in one batch; the spread rule keeps each length in its own batch (no padding at all)
+    lengths = np.array([400] * 40 + [100] * 40)
+    batches = plan_batches(lengths, 16384, 256)
+    assert [sorted(set(lengths[b].tolist())) for b in batches] == [[400], [100]]
+    # ... but a batch is not closed below MIN_FILL of the budget (here ceil(2048 / 400) = 6 prompts): tiny
+    # batches would leave a GPU idle. Greedy filling gave one batch padded to 4800 tokens; this gives 3600.
+    mixed = np.array([400, 300, 200, 100] * 3)
+    assert MIN_FILL * 16384 == 2048 and SPREAD == 0.8
+    assert [sorted(mixed[b].tolist(), reverse=True) for b in plan_batches(mixed, 16384, 256)] == [
+        [400, 400, 400, 300, 300, 300], [200, 200, 200, 100, 100, 100]]

@@ -107,6 +107,42 @@ def test_audit_stores_reports_and_resumes(tiny, prefect_api, tmp_path):
     assert rows(db, "SELECT count(*) FROM runs WHERE status = 'completed'") == [(2,)]
 
 
+def test_two_layers_get_a_report_each_and_their_own_drift(tiny, prefect_api, tmp_path):
+    import shutil
+
+    import torch
+
+    from flows.audit import audit
+    from qscope_eval.sae import Sae, SaeConfig, save_sae
+
+    root = tmp_path / "two"
+    shutil.copytree(tiny.parent, root, ignore=shutil.ignore_patterns("*.duckdb", "bad*.yaml"))
+    gen = torch.Generator().manual_seed(1)
+    W = torch.nn.functional.normalize(torch.randn(128, 64, generator=gen), dim=1)
+    save_sae(Sae(SaeConfig(d_model=64, d_sae=128, k=8, layer=0), W, torch.zeros(128), W.T.contiguous(), torch.zeros(64)),
+             root / "sae")
+    suite = root / "tiny.yaml"
+    suite.write_text(suite.read_text().replace("layers: [1]", "layers: [1, 0]"))
+    db, out = tmp_path / "two.duckdb", tmp_path / "report"
+
+    first = audit(str(suite), str(db), str(out))
+    layers = first["summary"]["layers"]
+    assert [r["layer"] for r in layers] == [1, 0] and first["summary"]["encoder"]["layer"] == 1
+    assert [r["report"] for r in layers] == ["report.html", "layer0/report.html"]
+    sub = json.loads((out / "layer0" / "summary.json").read_text())
+    assert sub["encoder"]["layer"] == 0 and sub["encoder"]["encoder_id"] == layers[1]["encoder_id"]
+    assert sub["metrics"]["suite_union"] == layers[1]["features"] != layers[0]["features"]  # different SAEs
+    assert 'href="layer0/report.html"' in (out / "report.html").read_text()
+    assert 'href="../report.html"' in (out / "layer0" / "report.html").read_text()
+    # each layer records its own F(D), so the next audit's drift compares like with like
+    assert rows(db, "SELECT count(DISTINCT encoder_id) FROM run_features") == [(2,)]
+    again = audit(str(suite), str(db), str(out))
+    assert again["n_encoded"] == 0
+    for path in (out / "summary.json", out / "layer0" / "summary.json"):
+        drift = json.loads(path.read_text())["drift"]
+        assert drift["previous_run"] == first["run_id"] and {b["status"] for b in drift["benchmarks"]} == {"same"}
+
+
 def test_failure_is_recorded_and_reraised(tiny, prefect_api, tmp_path, monkeypatch):
     import qscope_eval.report
     from flows.audit import audit
@@ -179,6 +215,7 @@ def test_dask_runner_stores_the_same_results(tiny, prefect_api, tmp_path):
     print(f"CLI audit with dask=2: {time.perf_counter() - t0:.1f}s")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "keep " in r.stdout and r.stderr.count("Starting temporary server") == 1
+    assert "the weights load on the Dask workers only" in r.stdout + r.stderr  # the flow process never loads the model
     assert rows(tmp_path / "dask.duckdb", ACTIVATIONS) == rows(tmp_path / "thread.duckdb", ACTIVATIONS)
     same = "SELECT encoder_id, sample_id, n_tokens, truncated, n_features FROM encoded ORDER BY ALL"
     assert rows(tmp_path / "dask.duckdb", same) == rows(tmp_path / "thread.duckdb", same)

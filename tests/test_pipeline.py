@@ -157,3 +157,47 @@ def test_bad_input_is_one_line_and_leaves_db_unchanged(tiny, tmp_path, case):
     err = res.output.strip()
     assert err.startswith("Error: ") and "\n" not in err and needle in err, err
     assert snapshot(db) == before
+
+
+# ---- checking a suite without the model's weights (the flow process under Dask) ----------------
+
+def test_check_encoders_matches_the_runtime_without_loading_weights(tiny, monkeypatch):
+    from qscope_eval import backbone, pipeline
+
+    suite = load_suite(tiny)
+    expected = pipeline.load_runtime(suite).encoders
+    assert [e.kind for e in expected] == ["sae", "null"] and expected[0].d_sae == 128 and expected[0].k == 8
+
+    def no_weights(*a, **k):
+        raise AssertionError("check_encoders must not load the model")
+
+    monkeypatch.setattr(backbone, "load_backbone", no_weights)
+    monkeypatch.setattr("transformers.AutoModel.from_pretrained", no_weights)
+    assert pipeline.check_encoders(suite) == expected
+
+
+@pytest.mark.parametrize("case", ["missing SAE layer file", "layer outside the model", "not a tensor dict", "width mismatch"])
+def test_check_encoders_refuses_what_the_runtime_refuses(tiny, case):
+    from qscope_eval import pipeline
+    from qscope_eval.errors import QScopeError
+
+    text, needle = _bad_suites(tiny.parent)[case]
+    bad = tiny.parent / "bad_check.yaml"
+    bad.write_text(text.replace("name: tiny", "name: bad"))
+    with pytest.raises(QScopeError, match=needle):
+        pipeline.check_encoders(load_suite(bad))
+
+
+def test_check_encoders_wants_weight_files(tiny, tmp_path):
+    import shutil
+
+    from qscope_eval import pipeline
+    from qscope_eval.errors import ModelError
+
+    (tmp_path / "model").mkdir()
+    shutil.copy(tiny.parent / "model" / "config.json", tmp_path / "model" / "config.json")
+    suite = tmp_path / "s.yaml"
+    suite.write_text(tiny.read_text().replace("id: ./model", f"id: {tmp_path / 'model'}").replace("./sae", str(tiny.parent / "sae"))
+                     .replace("fruit.jsonl", str(tiny.parent / "fruit.jsonl")).replace("numbers.jsonl", str(tiny.parent / "numbers.jsonl")))
+    with pytest.raises(ModelError, match="no weights"):
+        pipeline.check_encoders(load_suite(suite))
