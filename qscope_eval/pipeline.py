@@ -90,8 +90,20 @@ def sae_identity(suite: Suite, layer: int) -> str:
     if suite.sae.release:
         return suite.sae.identity
     path = Path(suite.sae.path) / f"layer{layer}.sae.pt"
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else "missing"
-    return f"local:{Path(suite.sae.path).name}#{digest}"
+    if not path.is_file():
+        return f"local:{Path(suite.sae.path).name}#missing"
+    st = path.stat()  # a rewritten file has a new mtime or size, so the cache never serves a stale hash
+    return f"local:{Path(suite.sae.path).name}#{_file_digest(str(path.resolve()), st.st_mtime_ns, st.st_size)}"
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+    """First 12 hex digits of the file's sha256 (an encoder key is built several times per layer and run)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
 
 
 def encoder_key(suite: Suite, layer: int, kind: str) -> str:

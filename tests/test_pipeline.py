@@ -201,3 +201,22 @@ def test_check_encoders_wants_weight_files(tiny, tmp_path):
                      .replace("fruit.jsonl", str(tiny.parent / "fruit.jsonl")).replace("numbers.jsonl", str(tiny.parent / "numbers.jsonl")))
     with pytest.raises(ModelError, match="no weights"):
         pipeline.check_encoders(load_suite(suite))
+
+
+def test_local_sae_identity_follows_content_not_path(tiny, tmp_path):
+    import dataclasses
+    import shutil
+
+    from qscope_eval import pipeline
+
+    suite = load_suite(tiny)
+    key = pipeline.encoder_key(suite, 1, "sae")
+    moved = tmp_path / "elsewhere" / "sae"
+    shutil.copytree(tiny.parent / "sae", moved)
+    at = lambda path: dataclasses.replace(suite, sae=dataclasses.replace(suite.sae, path=str(path)))  # noqa: E731
+    assert pipeline.encoder_key(at(moved), 1, "sae") == key  # a moved checkout keeps its stored encoder
+    state = torch.load(moved / "layer1.sae.pt", weights_only=True)
+    state["b_enc"] = state["b_enc"] + 1.0  # "retrained": same shapes, new weights, same path
+    torch.save(state, moved / "layer1.sae.pt")
+    retrained = pipeline.encoder_key(at(moved), 1, "sae")
+    assert retrained != key and retrained.split("|")[1].startswith("local:sae#")
