@@ -103,8 +103,14 @@ def register(cli: click.Group) -> None:
         h = headline(res["summary"])
         h.update(n_samples=res["n_samples"], n_encoded=res["n_encoded"], html=res["html"],
                  summary_json=res["summary_json"], pngs=res["pngs"])
+        layers = res["summary"].get("layers")
+        if layers:
+            h["layers"] = layers
         if fmt == "table":
             _print_headline(h, res["html"])
+            for row in (layers or [])[1:]:  # the other layers' reports (the headline is the first layer's)
+                click.echo(f"layer {row['layer']}: keep {len(row['kept'])}/{row['n_benchmarks']} benchmarks, "
+                           f"{row['coverage']:.1%} of its features; report: {Path(out) / row['report']}")
         else:
             emit(h, fmt, rows=[{**h, "kept": " ".join(h["kept"])}],
                  columns=["suite", "run_id", "kept", "n_benchmarks", "coverage", "cost_saved", "html"])

@@ -142,6 +142,14 @@ def test_two_layers_get_a_report_each_and_their_own_drift(tiny, prefect_api, tmp
         drift = json.loads(path.read_text())["drift"]
         assert drift["previous_run"] == first["run_id"] and {b["status"] for b in drift["benchmarks"]} == {"same"}
 
+    from click.testing import CliRunner
+
+    from qscope_eval.cli import cli
+
+    res = CliRunner().invoke(cli, ["audit", str(suite), "--db", str(db), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "layer 0: keep " in res.output and f"report: {out / 'layer0' / 'report.html'}" in res.output
+
 
 def test_failure_is_recorded_and_reraised(tiny, prefect_api, tmp_path, monkeypatch):
     import qscope_eval.report
