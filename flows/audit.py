@@ -205,13 +205,13 @@ def audit(suite: str, db: str, out: str, target: float | None = None, task_runne
             # one report per layer: the suite's first layer at `out`, each other layer in `out/layer{L}`
             summaries = [summarize(store, s, e.encoder_id, run_id, target or s.selection.target, exact)
                          for e in prep.main_encoders]
-            layers = analysis.layer_overview(summaries) if len(summaries) > 1 else None
-            for n, (sm, row) in enumerate(zip(summaries, layers or [{}])):
+            layers = analysis.layer_overview(summaries) if len(summaries) > 1 else []
+            for sm in summaries:
                 sm["warnings"] = warnings
                 if layers:
-                    sm["layers"], sm["layers_base"] = layers, "" if n == 0 else "../"
-                if n:
-                    render(sm, str(Path(out) / f"layer{row['layer']}"))
+                    sm["layers"] = layers
+            for sm, row in zip(summaries[1:], layers[1:]):
+                render(sm, str((Path(out) / row["report"]).parent))
             summary, enc = summaries[0], prep.main_encoders[0]
             files = render(summary, out)
             store.finish_run(run_id, "completed", enc.encoder_id, summary=summary, report_dir=str(Path(out).resolve()))

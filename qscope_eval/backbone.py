@@ -20,8 +20,8 @@ Batches are right-padded; `special_mask` marks padding and special tokens
 from __future__ import annotations
 
 import gc
-import math
 import importlib.metadata
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -436,8 +436,6 @@ class ModelInfo(NamedTuple):
     """Residual width (hidden_size)."""
     n_layers: int
     """Number of decoder/encoder layers."""
-    model_type: str
-    """The (text) config's model_type."""
 
 
 def _load_config(spec: ModelSpec):
@@ -467,7 +465,7 @@ def inspect_model(spec: ModelSpec) -> ModelInfo:
     if local and not any(any(Path(source).glob(pattern)) for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json")):
         raise ModelError(f"{source} has a config.json but no weights (*.safetensors / *.bin); point model.id at the "
                          "folder that save_pretrained / `hf download` wrote")
-    return ModelInfo(int(config.hidden_size), int(config.num_hidden_layers), str(config.model_type))
+    return ModelInfo(int(config.hidden_size), int(config.num_hidden_layers))
 
 
 def check_layers(layers: Sequence[int], n_layers: int, name: str) -> None:

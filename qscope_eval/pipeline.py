@@ -122,8 +122,7 @@ class Runtime:
     @property
     def encoders(self) -> list["EncoderInfo"]:
         """The handles as registration needs them (the same list `check_encoders` gives without weights)."""
-        return [EncoderInfo(h.key, h.layer, "null" if h.key.endswith("|null") else "sae", h.sae.cfg.d_sae, h.sae.cfg.k)
-                for h in self.handles]
+        return _infos(self.handles)
 
 
 _PLACEHOLDER = BenchmarkSpec(name="runtime", path="-")
@@ -159,13 +158,6 @@ class EncoderInfo(NamedTuple):
     """TopK of the SAE."""
 
 
-def _runtime_suite(model, sae_spec, layers, pooling, null, encode) -> Suite:
-    import dataclasses
-
-    return Suite(name="runtime", model=model, sae=sae_spec, layers=layers, pooling=pooling, null=null, encode=encode,
-                 benchmarks=(dataclasses.replace(_PLACEHOLDER),))
-
-
 def _layer_parts(suite: Suite, layer: int, d_model: int, n_layers: int, device) -> tuple:
     """(SAE on `device`, its stats, the null twin's stats) for one layer, checked against the model's shape."""
     from .sae import check_compatible, load_feature_stats, load_sae
@@ -187,16 +179,22 @@ def _layer_parts(suite: Suite, layer: int, d_model: int, n_layers: int, device) 
     return sae, stats, null_stats
 
 
-def _infos(suite: Suite, layer: int, sae, stats, null_stats) -> list[EncoderInfo]:
+def _layer_handles(suite: Suite, layer: int, sae, stats, null_stats, null=None) -> list:
+    """The layer's EncoderHandles (which run the pooling / stats cross-checks): the SAE's and, with
+    `null: true`, its null twin's. `null=None` lets the SAE stand in for the twin (same cfg by
+    construction), for checks that must not build a random dictionary."""
     from .encode import EncoderHandle
 
-    # EncoderHandle runs the cross-checks (pooling, stats width); built on the loaded SAE, it costs nothing
-    EncoderHandle(encoder_key(suite, layer, "sae"), layer, suite.pooling, sae, stats, suite.encode.top_m)
-    if null_stats is not None and null_stats.d_sae != sae.cfg.d_sae:
-        raise SaeError(f"layer {layer}: the null encoder's feature stats cover {null_stats.d_sae} features but the SAE "
-                       f"has {sae.cfg.d_sae}; recompute them with `qscope-eval feature-stats`")
-    kinds = ("sae", "null") if suite.null else ("sae",)
-    return [EncoderInfo(encoder_key(suite, layer, kind), layer, kind, sae.cfg.d_sae, sae.cfg.k) for kind in kinds]
+    out = [EncoderHandle(encoder_key(suite, layer, "sae"), layer, suite.pooling, sae, stats, suite.encode.top_m)]
+    if suite.null:
+        out.append(EncoderHandle(encoder_key(suite, layer, "null"), layer, suite.pooling, null or sae, null_stats,
+                                 suite.encode.top_m))
+    return out
+
+
+def _infos(handles) -> list[EncoderInfo]:
+    return [EncoderInfo(h.key, h.layer, "null" if h.key.endswith("|null") else "sae", h.sae.cfg.d_sae, h.sae.cfg.k)
+            for h in handles]
 
 
 def check_encoders(suite: Suite) -> list[EncoderInfo]:
@@ -209,17 +207,19 @@ def check_encoders(suite: Suite) -> list[EncoderInfo]:
 
     info = inspect_model(suite.model)
     check_layers(list(suite.layers), info.n_layers, suite.model.id)
-    out = []
+    handles = []
     for layer in suite.layers:
-        out += _infos(suite, layer, *_layer_parts(suite, layer, info.d_model, info.n_layers, "cpu"))
-    return out
+        handles += _layer_handles(suite, layer, *_layer_parts(suite, layer, info.d_model, info.n_layers, "cpu"))
+    return _infos(handles)
 
 
 @lru_cache(maxsize=2)
 def _load_runtime_cached(model, sae_spec, layers, pooling, null, encode) -> Runtime:
-    suite = _runtime_suite(model, sae_spec, layers, pooling, null, encode)
+    import dataclasses
+
+    suite = Suite(name="runtime", model=model, sae=sae_spec, layers=layers, pooling=pooling, null=null, encode=encode,
+                  benchmarks=(dataclasses.replace(_PLACEHOLDER),))
     from .backbone import load_backbone
-    from .encode import EncoderHandle
     from .sae import null_sae
 
     backbone = load_backbone(suite.model)
@@ -227,11 +227,8 @@ def _load_runtime_cached(model, sae_spec, layers, pooling, null, encode) -> Runt
     handles = []
     for layer in suite.layers:
         sae, stats, null_stats = _layer_parts(suite, layer, backbone.d_model, backbone.n_layers, backbone.device)
-        handles.append(EncoderHandle(encoder_key(suite, layer, "sae"), layer, suite.pooling, sae, stats, suite.encode.top_m))
-        if suite.null:
-            null = null_sae(sae.cfg, seed=0).to(backbone.device)
-            handles.append(EncoderHandle(encoder_key(suite, layer, "null"), layer, suite.pooling, null, null_stats,
-                                         suite.encode.top_m))
+        null = null_sae(sae.cfg, seed=0).to(backbone.device) if suite.null else None
+        handles += _layer_handles(suite, layer, sae, stats, null_stats, null)
     return Runtime(backbone, handles)
 
 

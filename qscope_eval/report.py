@@ -174,7 +174,8 @@ def _layers(summary: dict) -> str:
     rows_in = summary.get("layers") or []
     if len(rows_in) < 2:
         return ""
-    here, base = (summary.get("encoder") or {}).get("encoder_id"), summary.get("layers_base", "")
+    here = (summary.get("encoder") or {}).get("encoder_id")
+    base = "" if rows_in[0]["encoder_id"] == here else "../"  # `report` paths are relative to the first layer's page
     rows = []
     for r in rows_in:
         name = f"layer {_e(r['layer'])}"
