@@ -6,7 +6,7 @@ LM head, so its full forward is AutoModel: all 6 layers and the pooler), the
 residual read by a forward hook on the layer, EVERY position encoded in fp32 by
 the SAE (pre = x @ W_enc.T + b_enc, top-k, ReLU), then pooled in Python (lists
 and dicts over the tokens) with exactly the pooling semantics of
-qscope_eval.encode (token mask: no special tokens, no position 0, no attention
+qscope_eval.model.encode (token mask: no special tokens, no position 0, no attention
 sinks; `last`, `max` or `top`).
 
 Identity check: per sample the same features with the same n_tokens, values
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from encode_common import Features
-from qscope_eval.sae import Sae
-from qscope_eval.suite import EncodeSpec
+from qscope_eval.model.sae import Sae
+from qscope_eval.data.suite import EncodeSpec
 
 
 # ---------------------------------------------------------------- the baseline: the model-card procedure
@@ -88,7 +88,7 @@ class ModelCardBaseline:
 
     def pool(self, ids: list[int], values: list[list[float]], indices: list[list[int]], norms: list[float],
              cut: bool = True) -> Features:
-        """The pooling of qscope_eval.encode, written as plain Python over tokens."""
+        """The pooling of qscope_eval.model.encode, written as plain Python over tokens."""
         keep = self.kept(ids, norms)
         if self.pooling == "last":
             t = keep[0]

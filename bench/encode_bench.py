@@ -7,7 +7,7 @@ the identity check.
 Baseline (the procedure of the Qwen-Scope model cards; bench/encode_baseline.py):
 one prompt at a time, a full forward of the model, the residual read by a hook
 on the layer, EVERY position encoded in fp32 by the SAE, pooled in Python with
-exactly the pooling semantics of qscope_eval.encode.
+exactly the pooling semantics of qscope_eval.model.encode.
 
 Ours: the production path. `encode_texts` is pipeline.encode_texts (tokenize,
 length-bucketed batches under the suite's token budget, forward stopped after
@@ -86,9 +86,9 @@ from encode_baseline import ModelCardBaseline, compare, explain, identity_line  
 from encode_common import Arm, Measure, budget, collect, fold, measure, print_table  # noqa: E402
 from encode_common import run_encode_texts, suite_arm  # noqa: E402
 from encode_gpu import gpu_mode  # noqa: E402
-from qscope_eval import pipeline  # noqa: E402
-from qscope_eval.sae import Sae, SaeConfig  # noqa: E402
-from qscope_eval.suite import SaeSpec, Suite  # noqa: E402
+from qscope_eval.jobs import pipeline  # noqa: E402
+from qscope_eval.model.sae import Sae, SaeConfig  # noqa: E402
+from qscope_eval.data.suite import SaeSpec, Suite  # noqa: E402
 
 
 # ---------------------------------------------------------------- CPU mode: the demo
@@ -96,7 +96,7 @@ from qscope_eval.suite import SaeSpec, Suite  # noqa: E402
 
 def demo_prompts(suite: Suite, n: int, seed: int):
     """n distinct real prompts drawn from all the demo's benchmarks (rows frame: benchmark, position, text)."""
-    from qscope_eval.sources import load_suite_rows
+    from qscope_eval.data.sources import load_suite_rows
 
     rows = load_suite_rows(suite)
     rows = rows.iloc[np.random.default_rng(seed).permutation(len(rows))]
@@ -142,7 +142,7 @@ def lockstep(baseline: ModelCardBaseline, runtime, suite: Suite, group: list[int
 
 
 def cpu_mode(args) -> int:
-    from qscope_eval.suite import load_suite
+    from qscope_eval.data.suite import load_suite
 
     demo = load_suite("demo")
     suite = dataclasses.replace(demo, pooling=args.pooling or demo.pooling, null=False,
@@ -217,10 +217,11 @@ def cpu_mode(args) -> int:
 
 def random_demo_sae(suite: Suite, out: Path) -> tuple[Path, str]:
     """Until the demo SAE exists: a random SAE of its shape (d_model 384, d_sae 4096, k 32) and its reference stats."""
-    from qscope_eval.backbone import load_backbone
-    from qscope_eval.encode import compute_feature_stats_many
-    from qscope_eval.sae import save_feature_stats, save_sae
-    from qscope_eval.sources import load_suite_rows
+    from qscope_eval.model.backbone import load_backbone
+    from qscope_eval.model.feature_stats import compute_feature_stats_many
+    from qscope_eval.model.sae import save_sae
+    from qscope_eval.model.feature_stats import save_feature_stats
+    from qscope_eval.data.sources import load_suite_rows
 
     layer = suite.layers[0]
     g = torch.Generator().manual_seed(1)

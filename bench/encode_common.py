@@ -22,8 +22,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from qscope_eval import pipeline
-from qscope_eval.suite import EncodeSpec, Suite
+from qscope_eval.jobs import pipeline
+from qscope_eval.data.suite import EncodeSpec, Suite
 
 MiB = 2**20
 _PROC = Path("/proc") / "self"
@@ -182,7 +182,7 @@ def suite_arm(runtime, rows, suite: Suite, db: Path, group: list[int]):
 
 def budget(spec: EncodeSpec, device: torch.device) -> int:
     """The token budget encode_texts batches under (backbone.batch_tokens caps it off CUDA)."""
-    from qscope_eval.backbone import batch_tokens
+    from qscope_eval.model.batching import batch_tokens
 
     return batch_tokens(spec, device)
 

@@ -38,10 +38,11 @@ import torch
 
 from encode_baseline import ModelCardBaseline, compare, explain, identity_line
 from encode_common import budget, print_table, run_encode_texts, run_rounds, suite_arm
-from qscope_eval import pipeline
-from qscope_eval.backbone import plan_batches
-from qscope_eval.sae import FeatureStats, Sae, SaeConfig
-from qscope_eval.suite import BenchmarkSpec, EncodeSpec, ModelSpec, SaeSpec, Suite
+from qscope_eval.model import encoders
+from qscope_eval.model.batching import plan_batches
+from qscope_eval.model.sae import Sae, SaeConfig
+from qscope_eval.model.feature_stats import FeatureStats
+from qscope_eval.data.suite import BenchmarkSpec, EncodeSpec, ModelSpec, SaeSpec, Suite
 
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s. First match wins.
 PEAK_BF16_TFLOPS = (
@@ -105,8 +106,8 @@ def synthetic_prompts(tokenizer, n: int, lo: int, hi: int, seed: int):
 def gpu_mode(args) -> int:
     from transformers import Qwen3ForCausalLM
 
-    from qscope_eval import toy
-    from qscope_eval.encode import EncoderHandle
+    from qscope_eval.model import toy
+    from qscope_eval.model.encode import EncoderHandle
 
     if args.tiny:
         config = toy.qwen3_1p7b_config(hidden_size=64, intermediate_size=192, num_hidden_layers=4,
@@ -136,7 +137,7 @@ def gpu_mode(args) -> int:
         mean = np.random.default_rng(0).uniform(0.01, 1.0, d_sae)
         stats = FeatureStats(mean=mean, freq=np.full(d_sae, 0.01), n_tokens=1)
     handle = EncoderHandle(f"random:qwen3|random-sae|L{layer}|{pooling}|sae", layer, pooling, sae, stats)
-    runtime = pipeline.Runtime(bb, [handle])
+    runtime = encoders.Runtime(bb, [handle])
     encode = EncodeSpec(batch_tokens=args.batch_tokens or EncodeSpec.batch_tokens)
     suite = Suite(name="gpu-bench", model=ModelSpec(id="random:qwen3", device=str(device)),
                   sae=SaeSpec(path="random-sae"), layers=(layer,), pooling=pooling,

@@ -3,7 +3,7 @@
 Builds a seeded synthetic store (100 000 samples in 10 benchmarks, d_sae 32 768,
 ~50 fired features per sample, Zipf-like feature frequencies, 2 % of samples
 shared by two benchmarks, 300 planted near-duplicate pairs), times every stage
-of qscope_eval.metrics / qscope_eval.select, then the same stages written the
+of qscope_eval.jobs.summary.metrics / qscope_eval.jobs.summary.select, then the same stages written the
 obvious way (one Python set of ints per sample, Counter per benchmark, R̂ via
 the closed form with lgamma in a loop per feature per n, lazy greedy on sets),
 checks that both give the same numbers, and prints a table.
@@ -32,7 +32,8 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from qscope_eval import metrics, select  # noqa: E402
+from qscope_eval.analysis import metrics, samples
+from qscope_eval.analysis import select  # noqa: E402
 
 D_SAE = 32_768
 N_BENCH = 10
@@ -106,7 +107,7 @@ def ours(X, M):
     rare = timed(t, "rarefied", lambda: [metrics.rarefied_coverage(k, int(N), nmin) for k, N in zip(per, Ns)])
     ch = timed(t, "chao1", lambda: [metrics.chao1(k) for k in per])
     sel = timed(t, "greedy select", lambda: select.greedy_cover(F, target=TARGET))
-    nd = timed(t, "near-duplicates", lambda: metrics.near_duplicates(F, M, 0.9))
+    nd = timed(t, "near-duplicates", lambda: samples.near_duplicates(F, M, 0.9))
     # not part of the pass, shown for scale: summarize() in one call, and every c_n of every benchmark
     extra = {}
     timed(extra, "summarize", lambda: metrics.summarize(X, M, [f"b{i}" for i in range(N_BENCH)], D_SAE))

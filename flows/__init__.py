@@ -8,7 +8,6 @@ only take effect if Prefect has not been imported yet; the CLI also sets
 `PREFECT_HOME` (default `./.prefect`) before importing Prefect.
 """
 
-import os
+from qscope_eval.jobs.audit import prefect_env
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+prefect_env(home=False)

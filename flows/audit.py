@@ -39,29 +39,15 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from qscope_eval import analysis, pipeline
-from qscope_eval.errors import QScopeError
-from qscope_eval.store import Store
-from qscope_eval.suite import Suite, load_suite
+from qscope_eval.model.encoders import EncoderInfo, check_encoders
 
-DEFAULT_DASK_WORKERS = 2
+from qscope_eval.jobs import pipeline
+from qscope_eval.jobs.audit import AuditSettings, parse_task_runner, render_layers, summarize_layers
+from qscope_eval.store import Store
+from qscope_eval.data.suite import Suite, load_suite
+
 # Nothing here is worth caching or persisting: the store is the cache, and shard results are big arrays.
 LOCAL = dict(cache_policy=NO_CACHE, persist_result=False)
-
-
-def parse_task_runner(spec: str | None) -> tuple[int, str | None] | None:
-    """`None` -> None (in-process); `dask` / `dask=N` -> (N local workers, None); `dask=ADDRESS` -> (0, ADDRESS)."""
-    if not spec:
-        return None
-    kind, eq, arg = spec.partition("=")
-    if kind != "dask" or (eq and not arg):
-        raise QScopeError(f"task runner {spec!r} is not understood; use `dask`, `dask=N` (N local workers) "
-                          f"or `dask=ADDRESS` (a running scheduler, e.g. tcp://10.0.0.5:8786)")
-    if arg.isdigit():
-        if int(arg) < 1:
-            raise QScopeError("dask=N needs N >= 1 workers")
-        return int(arg), None
-    return (0, arg) if arg else (DEFAULT_DASK_WORKERS, None)
 
 
 def make_task_runner(spec: str | None):
@@ -93,7 +79,7 @@ def _share_api(runner):
 # ---- tasks: each one library call ------------------------------------------------------
 
 @task(**LOCAL)
-def load(suite: str, remote_workers: bool = False) -> tuple[Suite, pd.DataFrame, list[pipeline.EncoderInfo]]:
+def load(suite: str, remote_workers: bool = False) -> tuple[Suite, pd.DataFrame, list[EncoderInfo]]:
     """Read the suite and every benchmark; cross-check the model and SAEs. Writes nothing.
 
     In-process, the model is loaded here (cached: the shard tasks reuse it). With Dask workers
@@ -101,7 +87,7 @@ def load(suite: str, remote_workers: bool = False) -> tuple[Suite, pd.DataFrame,
     """
     s = load_suite(suite)
     rows = pipeline.load_rows(s)
-    encoders = pipeline.check_encoders(s) if remote_workers else pipeline.load_runtime(s).encoders
+    encoders = check_encoders(s) if remote_workers else pipeline.load_runtime(s).encoders
     return s, rows, encoders
 
 
@@ -126,22 +112,15 @@ def write_shard(shard: int, store: Store, encoders: dict, batches: list[pipeline
 
 
 @task(**LOCAL)
-def summarize(store: Store, suite: Suite, encoder_id: int, run_id: str, target: float, exact: bool) -> dict:
-    """Metrics, selection, duplicates and drift (summary.json); records each benchmark's F(D) for the next drift."""
-    sel = suite.selection
-    ld = analysis.load(store, encoder_id, [b.name for b in suite.benchmarks])
-    summary = analysis.audit_summary(store, ld, suite.name, run_id, target, sel.cost,
-                                     min_support=sel.min_support, exact=exact)
-    store.save_run_features(run_id, analysis.feature_sets(ld.real, min_support=sel.min_support), encoder_id)
-    return summary
+def summarize(store: Store, settings: AuditSettings, run_id: str) -> list[dict]:
+    """Metrics, selection, duplicates and drift per layer (summary.json); records each F(D) for the next drift."""
+    return summarize_layers(store, settings, run_id, save_features=True)
 
 
 @task(**LOCAL)
-def render(summary: dict, out: str):
-    """The HTML/PNG report and summary.json under `out`."""
-    from qscope_eval.report import render_report
-
-    return render_report(summary, Path(out))
+def render(summaries: list[dict], out: str):
+    """The HTML/PNG report and summary.json of every layer under `out` (the first layer's is returned)."""
+    return render_layers(summaries, out)
 
 
 # ---- the flow ----------------------------------------------------------------------------
@@ -199,21 +178,15 @@ def audit(suite: str, db: str, out: str, target: float | None = None, task_runne
             log.info("%s: %d samples, %d to encode, encoders %s", s.name, prep.n_samples, len(prep.pending_ids),
                      ", ".join(prep.encoders))
             n_encoded = _encode(prep, store, task_runner)
-            warnings = pipeline.stored_warnings(store, prep, s)
-            for w in warnings:
+            settings = AuditSettings(s.name, tuple(b.name for b in s.benchmarks),
+                                     tuple(e.encoder_id for e in prep.main_encoders), target or s.selection.target,
+                                     s.selection.cost, s.selection.min_support, exact)
+            store.update_run_params(run_id, {**params, "settings": settings.to_params()})
+            summaries = summarize(store, settings, run_id)
+            for w in summaries[0]["warnings"]:
                 log.warning(w)
-            # one report per layer: the suite's first layer at `out`, each other layer in `out/layer{L}`
-            summaries = [summarize(store, s, e.encoder_id, run_id, target or s.selection.target, exact)
-                         for e in prep.main_encoders]
-            layers = analysis.layer_overview(summaries) if len(summaries) > 1 else []
-            for sm in summaries:
-                sm["warnings"] = warnings
-                if layers:
-                    sm["layers"] = layers
-            for sm, row in zip(summaries[1:], layers[1:]):
-                render(sm, str((Path(out) / row["report"]).parent))
             summary, enc = summaries[0], prep.main_encoders[0]
-            files = render(summary, out)
+            files = render(summaries, out)
             store.finish_run(run_id, "completed", enc.encoder_id, summary=summary, report_dir=str(Path(out).resolve()))
         except BaseException as e:
             _record_failure(store, run_id, e)

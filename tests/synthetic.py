@@ -45,8 +45,8 @@ def write_tiny_suite(root: Path, name: str = "tiny", extra: str = "", benchmarks
     """Tiny Qwen3 + random SAE (layer 1, d_sae 128, k 8) + two 10-prompt JSONL benchmarks; returns the suite YAML."""
     import torch
 
-    from qscope_eval.sae import Sae, SaeConfig, save_sae
-    from qscope_eval.toy import tiny_qwen3
+    from qscope_eval.model.sae import Sae, SaeConfig, save_sae
+    from qscope_eval.model.toy import tiny_qwen3
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

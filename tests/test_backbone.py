@@ -1,7 +1,7 @@
 """Backbone tests on tiny offline models: hook semantics, early stop, padding, batching, OOM splitting.
 
 Models (built once per session, no downloads): a tiny random Qwen3, Qwen3-MoE
-and multimodal Qwen3.5 checkpoint written by `qscope_eval.toy` with the real
+and multimodal Qwen3.5 checkpoint written by `qscope_eval.model.toy` with the real
 Qwen tokenizers, and the real all-MiniLM-L6-v2 (`asset:minilm`).
 """
 
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from qscope_eval import toy
-from qscope_eval.backbone import (Backbone, load_backbone, plan_batches, resolve_device, resolve_dtype,
-                                  run_with_oom_split)
+from qscope_eval.model import toy
+from qscope_eval.model.backbone import Backbone, load_backbone, resolve_device, resolve_dtype
+from qscope_eval.model.batching import plan_batches, run_with_oom_split
 from qscope_eval.errors import ModelError, OutOfMemory
-from qscope_eval.suite import ModelSpec
+from qscope_eval.data.suite import ModelSpec
 
 TEXTS = [
     "Question: Natalia sold clips to 48 of her friends in April. How many clips did she sell?",
@@ -390,7 +390,7 @@ def test_cuda_bf16_matches_cpu(qwen3):
 
 
 def test_plan_batches_keeps_padding_low_on_mixed_lengths():
-    from qscope_eval.backbone import MIN_FILL, SPREAD
+    from qscope_eval.model.batching import MIN_FILL, SPREAD
 
     # 40 prompts of 400 tokens, 40 of 100: at a 16 384 budget, filling greedily puts 40 long and 1 short
     # prompt in one batch; the spread rule keeps each length in its own batch (no padding at all)

@@ -6,20 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from qscope_eval import encode as enc
-from qscope_eval.encode import (
+from qscope_eval.model import encode as enc
+from qscope_eval.model.encode import (
     EncoderHandle,
     PooledBatch,
     encode_batch,
     pool_last,
     pool_max,
     pool_top,
-    saturation,
     token_mask,
 )
 from qscope_eval.errors import SaeError
-from qscope_eval.sae import FeatureStats, Sae, SaeConfig, null_sae
-from qscope_eval.suite import EncodeSpec
+from qscope_eval.model.sae import Sae, SaeConfig, null_sae
+from qscope_eval.model.feature_stats import FeatureStats
+from qscope_eval.data.suite import EncodeSpec
 
 
 class Res(NamedTuple):
@@ -244,7 +244,12 @@ def test_encoder_handle_checks():
         encode_batch(res, [EncoderHandle("x", 1, "max", sae)])
 
 
-def test_saturation_warning():
-    assert saturation(100, 4096, 0.9) is None
-    msg = saturation(4000, 4096, 0.9, what="benchmark gsm8k")
-    assert msg.startswith("benchmark gsm8k fires 4000 of 4096 features (98%)")
+def test_one_saturation_rule():
+    from qscope_eval.analysis.metrics import SATURATION_SHARE, is_saturated, saturation_warning
+
+    assert not is_saturated(100, 4096)
+    assert is_saturated(int(SATURATION_SHARE * 4096) + 1, 4096)
+    assert is_saturated(3687, 4096, 0.9) and not is_saturated(3686, 4096, 0.9)  # >= 0.9 x d_sae, as everywhere
+    assert list(is_saturated(np.array([10, 4000]), 4096)) == [False, True]
+    msg = saturation_warning("gsm8k", 4000, 4096)
+    assert "gsm8k" in msg and "4000/4096" in msg and "pooling: top" in msg

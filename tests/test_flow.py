@@ -49,7 +49,7 @@ ACTIVATIONS = "SELECT encoder_id, sample_id, feature, value, n_tokens FROM activ
 # ---- pure helpers (no Prefect API needed) ------------------------------------------------
 
 def test_parse_task_runner():
-    from flows.audit import DEFAULT_DASK_WORKERS, parse_task_runner
+    from qscope_eval.jobs.audit import DEFAULT_DASK_WORKERS, parse_task_runner
 
     assert parse_task_runner(None) is None and parse_task_runner("") is None
     assert parse_task_runner("dask") == (DEFAULT_DASK_WORKERS, None)
@@ -107,22 +107,28 @@ def test_audit_stores_reports_and_resumes(tiny, prefect_api, tmp_path):
     assert rows(db, "SELECT count(*) FROM runs WHERE status = 'completed'") == [(2,)]
 
 
-def test_two_layers_get_a_report_each_and_their_own_drift(tiny, prefect_api, tmp_path):
+def two_layer_suite(tiny: Path, root: Path, seed: int, **suite_args) -> Path:
+    """A copy of the tiny suite with a second SAE at layer 0, audited as `layers: [1, 0]`."""
     import shutil
 
     import torch
 
-    from flows.audit import audit
-    from qscope_eval.sae import Sae, SaeConfig, save_sae
+    from qscope_eval.model.sae import Sae, SaeConfig, save_sae
 
-    root = tmp_path / "two"
     shutil.copytree(tiny.parent, root, ignore=shutil.ignore_patterns("*.duckdb", "bad*.yaml"))
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(seed)
     W = torch.nn.functional.normalize(torch.randn(128, 64, generator=gen), dim=1)
     save_sae(Sae(SaeConfig(d_model=64, d_sae=128, k=8, layer=0), W, torch.zeros(128), W.T.contiguous(), torch.zeros(64)),
              root / "sae")
-    suite = root / "tiny.yaml"
+    suite = write_tiny_suite(root, **suite_args) if suite_args else root / "tiny.yaml"
     suite.write_text(suite.read_text().replace("layers: [1]", "layers: [1, 0]"))
+    return suite
+
+
+def test_two_layers_get_a_report_each_and_their_own_drift(tiny, prefect_api, tmp_path):
+    from flows.audit import audit
+
+    suite = two_layer_suite(tiny, tmp_path / "two", seed=1)
     db, out = tmp_path / "two.duckdb", tmp_path / "report"
 
     first = audit(str(suite), str(db), str(out))
@@ -151,6 +157,34 @@ def test_two_layers_get_a_report_each_and_their_own_drift(tiny, prefect_api, tmp
     assert "layer 0: keep " in res.output and f"report: {out / 'layer0' / 'report.html'}" in res.output
 
 
+def test_report_rerenders_exactly_what_the_audit_rendered(tiny, prefect_api, tmp_path):
+    """`qscope-eval report` re-renders every layer with the audit's cost kind, min_support and warnings."""
+    from click.testing import CliRunner
+
+    from flows.audit import audit
+    from qscope_eval.cli import cli
+
+    benches = ("  - {name: fruit, path: fruit.jsonl, text: q, cost: 5}\n"
+               "  - {name: numbers, path: numbers.jsonl, text: q, cost: 1}\n")
+    suite = two_layer_suite(tiny, tmp_path / "custom", seed=2, name="custom", benchmarks=benches,
+                            extra="selection: {cost: custom, min_support: 2, target: 0.9}\n")
+    db, out, again = tmp_path / "c.duckdb", tmp_path / "audit", tmp_path / "rerender"
+    audit(str(suite), str(db), str(out))
+
+    res = CliRunner().invoke(cli, ["report", "--db", str(db), "--out", str(again), "--no-png"])
+    assert res.exit_code == 0, res.output
+    for page in ("summary.json", "report.html", "layer0/summary.json", "layer0/report.html"):
+        assert (again / page).read_text() == (out / page).read_text(), page
+    summary = json.loads((again / "summary.json").read_text())
+    assert summary["selection"]["cost_kind"] == "custom" and summary["metrics"]["min_support"] == 2
+    assert [r["layer"] for r in summary["layers"]] == [1, 0]
+    # one encoder only, on request: that layer's page, at --out
+    res = CliRunner().invoke(cli, ["report", "--db", str(db), "--out", str(tmp_path / "one"), "--no-png",
+                                   "--encoder", str(summary["layers"][1]["encoder_id"])])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["encoder"]["layer"] == 0
+
+
 def test_failure_is_recorded_and_reraised(tiny, prefect_api, tmp_path, monkeypatch):
     import qscope_eval.report
     from flows.audit import audit
@@ -168,7 +202,7 @@ def test_failure_is_recorded_and_reraised(tiny, prefect_api, tmp_path, monkeypat
 
 def test_failed_shard_keeps_the_others_and_a_rerun_finishes(tiny, prefect_api, tmp_path, monkeypatch):
     from flows import audit as fa
-    from qscope_eval import pipeline
+    from qscope_eval.jobs import pipeline
 
     real = pipeline.encode_texts
     calls = []

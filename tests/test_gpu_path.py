@@ -23,12 +23,17 @@ import pandas as pd
 import pytest
 import torch
 
-from qscope_eval import backbone, pipeline, toy
-from qscope_eval.backbone import plan_batches
-from qscope_eval.encode import EncoderHandle
+from qscope_eval.model import encoders
+
+from qscope_eval.jobs import pipeline
+from qscope_eval.model import toy
+from qscope_eval.model import batching
+from qscope_eval.model.batching import plan_batches
+from qscope_eval.model.encode import EncoderHandle
 from qscope_eval.errors import OutOfMemory
-from qscope_eval.sae import FeatureStats, Sae, SaeConfig
-from qscope_eval.suite import BenchmarkSpec, EncodeSpec, ModelSpec, SaeSpec, Suite
+from qscope_eval.model.sae import Sae, SaeConfig
+from qscope_eval.model.feature_stats import FeatureStats
+from qscope_eval.data.suite import BenchmarkSpec, EncodeSpec, ModelSpec, SaeSpec, Suite
 
 LAYER = 1
 D_SAE, K = 256, 8
@@ -72,7 +77,7 @@ def make_suite(pooling="last", batch_tokens=2048, max_batch=256) -> Suite:
 
 
 def runtime(bb, sae, stats, *poolings):
-    return pipeline.Runtime(bb, [EncoderHandle(p, LAYER, p, sae, stats if p == "top" else None, m=5) for p in poolings])
+    return encoders.Runtime(bb, [EncoderHandle(p, LAYER, p, sae, stats if p == "top" else None, m=5) for p in poolings])
 
 
 def run(rt, suite, texts=TEXTS):
@@ -141,9 +146,9 @@ def test_batches_respect_token_budget_and_are_length_bucketed(bb, sae, spy_forwa
 
 def test_cpu_caps_the_token_budget():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert backbone.batch_tokens(EncodeSpec(batch_tokens=16384), cuda) == 16384
-    assert backbone.batch_tokens(EncodeSpec(batch_tokens=16384), cpu) == backbone.CPU_BATCH_TOKENS
-    assert backbone.batch_tokens(EncodeSpec(batch_tokens=512), cpu) == 512
+    assert batching.batch_tokens(EncodeSpec(batch_tokens=16384), cuda) == 16384
+    assert batching.batch_tokens(EncodeSpec(batch_tokens=16384), cpu) == batching.CPU_BATCH_TOKENS
+    assert batching.batch_tokens(EncodeSpec(batch_tokens=512), cpu) == 512
 
 
 # ---------------------------------------------------------------- out of memory

@@ -1,4 +1,4 @@
-"""Tests for qscope_eval.metrics: hand-checked examples, brute force and Monte Carlo."""
+"""Tests for qscope_eval.jobs.summary.metrics: hand-checked examples, brute force and Monte Carlo."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from qscope_eval import metrics as m
+from qscope_eval.analysis import metrics as m
+from qscope_eval.analysis import samples
 from qscope_eval.errors import QScopeError
 
 
@@ -201,7 +202,7 @@ def test_chao1_hand_examples():
 def test_novelty_suite_and_within():
     F = sets_to_F([{0, 1}, {1, 2}, {3}, {2, 4}, {5}], 6)
     M = m.membership_from_pairs([0, 0, 1, 1, 1], [0, 1, 1, 2, 3], 2, 5)  # sample 4 outside the suite
-    nov = m.novelty(M, F)
+    nov = samples.novelty(M, F)
     assert nov.suite.tolist() == [1, 0, 1, 1, 0]  # 0: f0; 2: f3; 3: f4 (f5's sample is outside)
     W = nov.within.toarray()
     assert W[0].tolist() == [1, 1, 0, 0, 0]  # within D0 = {0,1}: f0 for 0, f2 for 1
@@ -230,7 +231,7 @@ def test_near_duplicates_exact_against_all_pairs(t):
             s = set(rng.choice(80, rng.integers(1, 15), replace=False).tolist())
         sets.append(s)
     F = sets_to_F(sets, 80)
-    nd = m.near_duplicates(F, threshold=t, block_rows=37)
+    nd = samples.near_duplicates(F, threshold=t, block_rows=37)
     got = dict(zip(zip(nd.i.tolist(), nd.j.tolist()), nd.jaccard.tolist()))
     want = brute_pairs(sets, t)
     assert got.keys() == want.keys() and len(want) > 0
@@ -247,12 +248,12 @@ def test_near_duplicates_finds_planted_pairs_and_flags_benchmarks():
         sets[b] = s | {1999}
     F = sets_to_F(sets, 2000)
     M = m.membership(np.repeat([0, 1], 200))
-    nd = m.near_duplicates(F, M, threshold=0.9)
+    nd = samples.near_duplicates(F, M, threshold=0.9)
     assert set(zip(nd.i.tolist(), nd.j.tolist())) == planted
     assert dict(zip(zip(nd.i.tolist(), nd.j.tolist()), nd.same_benchmark.tolist())) == {
         (3, 250): False, (10, 11): True, (120, 399): False}
     with pytest.raises(m.MetricsError, match="threshold"):
-        m.near_duplicates(F, threshold=0)
+        samples.near_duplicates(F, threshold=0)
 
 
 # ----------------------------------------------------------------------------- bootstrap / summary

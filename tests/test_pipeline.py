@@ -14,10 +14,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from qscope_eval.model import encoders
+
 from qscope_eval.cli import cli
-from qscope_eval.pipeline import encode_suite
+from qscope_eval.jobs.pipeline import encode_suite
 from qscope_eval.store import Store
-from qscope_eval.suite import load_suite
+from qscope_eval.data.suite import load_suite
 from synthetic import write_tiny_suite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,9 +73,9 @@ def test_shared_prompts_are_encoded_once_and_count_in_both(tiny, tmp_path):
 
 KILLER = """
 import os, signal, sys, time
-from qscope_eval.pipeline import encode_suite
+from qscope_eval.jobs.pipeline import encode_suite
 from qscope_eval.store import Store
-from qscope_eval.suite import load_suite
+from qscope_eval.data.suite import load_suite
 seen = []
 def on_batch(n):
     seen.append(n)
@@ -162,7 +164,8 @@ def test_bad_input_is_one_line_and_leaves_db_unchanged(tiny, tmp_path, case):
 # ---- checking a suite without the model's weights (the flow process under Dask) ----------------
 
 def test_check_encoders_matches_the_runtime_without_loading_weights(tiny, monkeypatch):
-    from qscope_eval import backbone, pipeline
+    from qscope_eval.model import backbone
+    from qscope_eval.jobs import pipeline
 
     suite = load_suite(tiny)
     expected = pipeline.load_runtime(suite).encoders
@@ -173,25 +176,24 @@ def test_check_encoders_matches_the_runtime_without_loading_weights(tiny, monkey
 
     monkeypatch.setattr(backbone, "load_backbone", no_weights)
     monkeypatch.setattr("transformers.AutoModel.from_pretrained", no_weights)
-    assert pipeline.check_encoders(suite) == expected
+    assert encoders.check_encoders(suite) == expected
 
 
 @pytest.mark.parametrize("case", ["missing SAE layer file", "layer outside the model", "not a tensor dict", "width mismatch"])
 def test_check_encoders_refuses_what_the_runtime_refuses(tiny, case):
-    from qscope_eval import pipeline
     from qscope_eval.errors import QScopeError
 
     text, needle = _bad_suites(tiny.parent)[case]
     bad = tiny.parent / "bad_check.yaml"
     bad.write_text(text.replace("name: tiny", "name: bad"))
     with pytest.raises(QScopeError, match=needle):
-        pipeline.check_encoders(load_suite(bad))
+        encoders.check_encoders(load_suite(bad))
 
 
 def test_check_encoders_wants_weight_files(tiny, tmp_path):
     import shutil
 
-    from qscope_eval import pipeline
+
     from qscope_eval.errors import ModelError
 
     (tmp_path / "model").mkdir()
@@ -200,23 +202,24 @@ def test_check_encoders_wants_weight_files(tiny, tmp_path):
     suite.write_text(tiny.read_text().replace("id: ./model", f"id: {tmp_path / 'model'}").replace("./sae", str(tiny.parent / "sae"))
                      .replace("fruit.jsonl", str(tiny.parent / "fruit.jsonl")).replace("numbers.jsonl", str(tiny.parent / "numbers.jsonl")))
     with pytest.raises(ModelError, match="no weights"):
-        pipeline.check_encoders(load_suite(suite))
+        encoders.check_encoders(load_suite(suite))
 
 
 def test_local_sae_identity_follows_content_not_path(tiny, tmp_path):
     import dataclasses
     import shutil
 
-    from qscope_eval import pipeline
+
 
     suite = load_suite(tiny)
-    key = pipeline.encoder_key(suite, 1, "sae")
+    key = encoders.encoder_key(suite, 1, "sae")
     moved = tmp_path / "elsewhere" / "sae"
     shutil.copytree(tiny.parent / "sae", moved)
     at = lambda path: dataclasses.replace(suite, sae=dataclasses.replace(suite.sae, path=str(path)))  # noqa: E731
-    assert pipeline.encoder_key(at(moved), 1, "sae") == key  # a moved checkout keeps its stored encoder
+    assert encoders.encoder_key(at(moved), 1, "sae") == key  # a moved checkout keeps its stored encoder
     state = torch.load(moved / "layer1.sae.pt", weights_only=True)
     state["b_enc"] = state["b_enc"] + 1.0  # "retrained": same shapes, new weights, same path
     torch.save(state, moved / "layer1.sae.pt")
-    retrained = pipeline.encoder_key(at(moved), 1, "sae")
-    assert retrained != key and retrained.split("|")[1].startswith("local:sae#")
+    retrained = encoders.encoder_key(at(moved), 1, "sae")
+    assert retrained != key and retrained.sae.startswith("local:sae#")
+    assert encoders.EncoderKey.parse(str(retrained)) == retrained and retrained.twin("null").kind == "null"

@@ -5,7 +5,7 @@ import hashlib
 import pytest
 
 from qscope_eval.errors import QueryError
-from qscope_eval.query import run_sql
+from qscope_eval.store.query import run_sql
 from synthetic import build_store
 
 

@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 from synthetic import build_store
 
-from qscope_eval import analysis, charts
-from qscope_eval.report import embed_json, render_report, report_html, to_json_safe
+from qscope_eval.jobs import summary as analysis
+from qscope_eval.report import charts
+from qscope_eval.report.html import embed_json, render_report, report_html, to_json_safe
 
 BAD_NAME = "</script><script>alert(1)</script>"
 BAD_TEXT = "<img src=x onerror=alert(1)>"

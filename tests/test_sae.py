@@ -8,22 +8,20 @@ import pytest
 import torch
 
 from qscope_eval.errors import SaeError
-from qscope_eval.sae import (
+from qscope_eval.model.feature_stats import FeatureStats, load_feature_stats, save_feature_stats
+from qscope_eval.model.sae import (
     RELEASES,
-    FeatureStats,
     Sae,
     SaeConfig,
     check_compatible,
-    load_feature_stats,
     load_sae,
     null_sae,
     read_sae_file,
     release_info,
     releases_for_model,
-    save_feature_stats,
     save_sae,
 )
-from qscope_eval.suite import SaeSpec
+from qscope_eval.data.suite import SaeSpec
 
 
 def random_sae(d_model=8, d_sae=32, k=4, layer=3, seed=0) -> Sae:
@@ -309,7 +307,7 @@ def test_feature_stats_round_trip_and_floor(tmp_path):
 
 
 def test_sparse_backward_matches_dense_autograd():
-    from qscope_eval.train_sae import _TopKEncoder
+    from qscope_eval.model.train_sae import _TopKEncoder
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(16, 6, generator=g)
@@ -326,7 +324,7 @@ def test_sparse_backward_matches_dense_autograd():
 
 
 def test_train_sae_recovers_planted_dictionary():
-    from qscope_eval.train_sae import TrainConfig, train_sae
+    from qscope_eval.model.train_sae import TrainConfig, train_sae
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: thread start-up would dominate
@@ -351,10 +349,10 @@ def test_train_sae_recovers_planted_dictionary():
 @pytest.mark.slow
 def test_train_command_end_to_end_on_minilm(tmp_path):
     """Real backbone (the MiniLM asset): collect, train, write the directory, reload, recompute stats."""
-    from qscope_eval.backbone import load_backbone
-    from qscope_eval.sae import compute_feature_stats
-    from qscope_eval.suite import EncodeSpec, ModelSpec
-    from qscope_eval.train_sae import TrainConfig, collect_activations, train_sae_command
+    from qscope_eval.model.backbone import load_backbone
+    from qscope_eval.model.feature_stats import compute_feature_stats
+    from qscope_eval.data.suite import EncodeSpec, ModelSpec
+    from qscope_eval.model.train_sae import TrainConfig, collect_activations, train_sae_command
 
     texts = [f"Question {i}: what is {i} times {i + 3}? The answer is {i * (i + 3)}." for i in range(120)]
     cfg = TrainConfig(model="asset:minilm", layer=2, d_sae=128, k=8, steps=12, batch_tokens=512, warmup_steps=2,

@@ -1,4 +1,4 @@
-"""Tests for qscope_eval.select: brute-force optima, irredundancy, a reference greedy, errors."""
+"""Tests for qscope_eval.jobs.summary.select: brute-force optima, irredundancy, a reference greedy, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from qscope_eval import select as s
+from qscope_eval.analysis import select as s
 from qscope_eval.errors import QScopeError
 
 

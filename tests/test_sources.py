@@ -21,11 +21,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from qscope_eval import assets
+from qscope_eval.data import assets
 from qscope_eval.errors import SourceError
-from qscope_eval.lmeval_index import root_index, task_index
-from qscope_eval.sources import SampleRow, load_benchmark, load_suite_rows
-from qscope_eval.suite import BenchmarkSpec, load_suite, parse_suite
+from qscope_eval.data.lmeval_index import root_index, task_index
+from qscope_eval.data.sources import SampleRow, load_benchmark, load_suite_rows
+from qscope_eval.data.suite import BenchmarkSpec, load_suite, parse_suite
 
 DATA = Path(__file__).parent / "data"
 TASKS = DATA / "lm_tasks"
@@ -158,7 +158,7 @@ def test_task_index_cache_follows_folder_changes(tmp_path, monkeypatch):
     folder = shutil.copytree(TASKS, tmp_path / "tasks")
     first = root_index(folder)
     assert first["qscope_tiny"].kind == "task" and len(list((tmp_path / "cache" / "lmeval-index").glob("*.json"))) == 1
-    monkeypatch.setattr("qscope_eval.lmeval_index._build_root_index", lambda root: pytest.fail("cache not used"))
+    monkeypatch.setattr("qscope_eval.data.lmeval_index._build_root_index", lambda root: pytest.fail("cache not used"))
     assert root_index(folder) == first
     monkeypatch.undo()
     monkeypatch.setenv("QSCOPE_EVAL_CACHE", str(tmp_path / "cache"))

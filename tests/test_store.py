@@ -38,14 +38,31 @@ def test_replayed_batch_adds_nothing(tmp_path):
         assert len(s.pending(e.encoder_id, ids)) == 0
 
 
-def test_failed_transaction_leaves_file_as_it_was(tmp_path):
+def test_failed_transaction_leaves_file_as_it_was(tmp_path, monkeypatch):
+    """A write that fails INSIDE the transaction (after an INSERT ran) is rolled back: the file stays byte-identical."""
     path = tmp_path / "a.duckdb"
     with Store(path) as s:
         ids = s.register_benchmark("a", "x", {}, ["p", "q"])
         e = encoder(s)
-        with pytest.raises(Exception):
-            # a feature array that is too short fails mid-transaction, after the activations insert
-            s.write_batch(e.encoder_id, ids, [1, 1], [False, False], np.array([0, 1]), np.array([1]), np.array([1.0, 1.0]), np.array([1, 1]))
+    before = path.read_bytes()
+    good = (e.encoder_id, ids, [1, 1], [False, False], np.array([0, 1]), np.array([3, 4]), np.array([1.0, 2.0]), np.array([1, 1]))
+    seen = []
+    real_write_one = Store._write_one
+
+    def write_one_then_fail(self, *part):
+        n = real_write_one(self, *part)
+        # the first part's rows are in, inside the open transaction; now the second part fails
+        seen.append(self.con.execute("SELECT count(*) FROM activations").fetchall()[0][0])
+        if len(seen) == 2:
+            raise RuntimeError("disk full")
+        return n
+
+    monkeypatch.setattr(Store, "_write_one", write_one_then_fail)
+    with Store(path) as s, pytest.raises(RuntimeError, match="disk full"):
+        s.write_batches([good, good])
+    assert seen and seen[0] == 2, "the failure must come after an INSERT, inside the transaction"
+    monkeypatch.undo()
+    assert path.read_bytes() == before
     with Store(path) as s:
         assert s.con.execute("SELECT count(*) FROM activations").fetchall()[0][0] == 0
         assert s.con.execute("SELECT count(*) FROM encoded").fetchall()[0][0] == 0

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from qscope_eval.errors import SuiteError
-from qscope_eval.suite import builtin_suites, load_suite
+from qscope_eval.data.suite import builtin_suites, load_suite
 
 EXAMPLE = """
 name: release-audit

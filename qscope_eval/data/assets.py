@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from .errors import SourceError
+from qscope_eval.errors import SourceError
 
 PREFIX = "asset:"
 _MMLU_LETTERS = "ABCD"
@@ -181,3 +181,12 @@ def _write_jsonl_atomic(target: Path, rows: list[dict]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def local_path(ref: str, spec, what: str = "path") -> Path:
+    """A data file named in a benchmark spec (`asset:` reference or path) -> an existing local file."""
+    path = resolve(ref) if is_asset(ref) else Path(ref).expanduser().resolve()
+    if not path.is_file():
+        where = f" (from {ref})" if str(path) != ref else ""
+        raise SourceError(f"benchmark {spec.name!r}: {what} file {path}{where} does not exist; fix the path in the suite")
+    return path

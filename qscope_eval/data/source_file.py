@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import SourceError
-from .sources import local_path
-from .suite import BenchmarkSpec
+from qscope_eval.errors import SourceError
+from qscope_eval.data.assets import local_path
+from qscope_eval.data.suite import BenchmarkSpec
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".csv", ".csv.gz", ".parquet")
 DEFAULT_FIELD = "text"

@@ -24,126 +24,9 @@ import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
 
-from .errors import StoreError
-
-SCHEMA_VERSION = 1
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
-CREATE TABLE IF NOT EXISTS samples (
-    sample_id BIGINT PRIMARY KEY,      -- first 8 bytes of sha256(text), signed
-    text VARCHAR NOT NULL,
-    n_chars INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS benchmarks (
-    name VARCHAR PRIMARY KEY,
-    suite VARCHAR NOT NULL,            -- suite that last registered it
-    spec JSON NOT NULL,                -- the BenchmarkSpec as given
-    n_samples INTEGER NOT NULL,
-    cost DOUBLE,                       -- custom selection cost, if any
-    updated_at TIMESTAMP NOT NULL
-);
-CREATE TABLE IF NOT EXISTS memberships (
-    benchmark VARCHAR NOT NULL,
-    position INTEGER NOT NULL,         -- order within the benchmark (0-based)
-    sample_id BIGINT NOT NULL,
-    PRIMARY KEY (benchmark, position)
-);
-CREATE TABLE IF NOT EXISTS encoders (
-    encoder_id INTEGER PRIMARY KEY,
-    key VARCHAR UNIQUE NOT NULL,       -- model@rev|sae|layer|pooling(params)|kind
-    model VARCHAR NOT NULL,
-    model_revision VARCHAR NOT NULL,
-    sae VARCHAR NOT NULL,
-    layer INTEGER NOT NULL,
-    pooling VARCHAR NOT NULL,
-    kind VARCHAR NOT NULL,             -- 'sae' or 'null' (random dictionary baseline)
-    d_sae INTEGER NOT NULL,
-    params JSON NOT NULL,
-    created_at TIMESTAMP NOT NULL
-);
-CREATE TABLE IF NOT EXISTS encoded (
-    encoder_id INTEGER NOT NULL,
-    sample_id BIGINT NOT NULL,
-    n_tokens INTEGER NOT NULL,         -- prompt length after truncation
-    truncated BOOLEAN NOT NULL,
-    n_features INTEGER NOT NULL,
-    encoded_at TIMESTAMP NOT NULL,
-    PRIMARY KEY (encoder_id, sample_id)
-);
-CREATE TABLE IF NOT EXISTS activations (
-    encoder_id INTEGER NOT NULL,
-    sample_id BIGINT NOT NULL,
-    feature INTEGER NOT NULL,
-    value REAL NOT NULL,               -- pooled value (last/max: activation; top: score)
-    n_tokens INTEGER NOT NULL          -- tokens on which the feature fired
-);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id VARCHAR PRIMARY KEY,
-    suite VARCHAR NOT NULL,
-    encoder_id INTEGER,
-    started_at TIMESTAMP NOT NULL,
-    finished_at TIMESTAMP,
-    status VARCHAR NOT NULL,           -- running | completed | failed
-    error VARCHAR,
-    params JSON,
-    summary JSON,
-    report_dir VARCHAR
-);
-CREATE TABLE IF NOT EXISTS run_features (
-    run_id VARCHAR NOT NULL,           -- F(D) of each benchmark at that audit (drift between audits)
-    benchmark VARCHAR NOT NULL,
-    feature INTEGER NOT NULL,
-    encoder_id INTEGER                 -- one F(D) per layer's encoder; NULL in files written before layers had their own
-);
-"""
-
-# Views for the common questions. A feature "fires" for a sample when its
-# pooled value is > 0; thresholds can be changed in SQL on `activations`.
-VIEWS = """
-CREATE OR REPLACE VIEW sample_features AS
-SELECT a.encoder_id, m.benchmark, m.position, a.sample_id,
-       list(a.feature ORDER BY a.value DESC) AS features,
-       list(a.value ORDER BY a.value DESC) AS "values"
-FROM activations a JOIN memberships m USING (sample_id)
-GROUP BY ALL;
-
-CREATE OR REPLACE VIEW benchmark_features AS
-SELECT a.encoder_id, m.benchmark, a.feature, count(DISTINCT a.sample_id) AS n_samples
-FROM activations a JOIN memberships m USING (sample_id)
-WHERE a.value > 0
-GROUP BY ALL;
-
-CREATE OR REPLACE VIEW coverage AS
-SELECT bf.encoder_id, bf.benchmark,
-       any_value(b.n_samples) AS n_samples,
-       count(*) AS n_features,
-       count(*) / any_value(e.d_sae) AS share_of_dsae
-FROM benchmark_features bf JOIN benchmarks b ON b.name = bf.benchmark
-JOIN encoders e USING (encoder_id)
-GROUP BY ALL;
-
-CREATE OR REPLACE VIEW pairwise_overlap AS
-WITH inter AS (
-  SELECT x.encoder_id, x.benchmark AS a, y.benchmark AS b, count(*) AS n_shared
-  FROM benchmark_features x JOIN benchmark_features y
-    ON x.encoder_id = y.encoder_id AND x.feature = y.feature
-  GROUP BY ALL)
-SELECT i.encoder_id, i.a, i.b, i.n_shared, ca.n_features AS n_a, cb.n_features AS n_b,
-       i.n_shared / ca.n_features AS asym_a_to_b,
-       i.n_shared / least(ca.n_features, cb.n_features) AS sym,
-       i.n_shared / (ca.n_features + cb.n_features - i.n_shared) AS jaccard
-FROM inter i
-JOIN coverage ca ON ca.encoder_id = i.encoder_id AND ca.benchmark = i.a
-JOIN coverage cb ON cb.encoder_id = i.encoder_id AND cb.benchmark = i.b;
-
-CREATE OR REPLACE VIEW feature_frequency AS
-SELECT encoder_id, feature, count(DISTINCT sample_id) AS n_samples,
-       count(DISTINCT benchmark) AS n_benchmarks
-FROM activations JOIN memberships USING (sample_id)
-WHERE value > 0
-GROUP BY ALL;
-"""
+from qscope_eval.model.encoders import EncoderKey
+from qscope_eval.errors import StoreError
+from qscope_eval.store.schema import MIGRATIONS, SCHEMA, SCHEMA_DIGEST, SCHEMA_VERSION, VIEWS
 
 
 def sample_id(text: str) -> int:
@@ -169,6 +52,15 @@ class EncoderRow:
     kind: str
     d_sae: int
     params: dict
+
+    @property
+    def parsed_key(self) -> EncoderKey:
+        return EncoderKey.parse(self.key)
+
+    def to_dict(self, null_encoder_id: int | None = None) -> dict:
+        """The `encoder` object of every JSON output (coverage --json, summary.json)."""
+        return {"encoder_id": self.encoder_id, "key": self.key, "layer": self.layer, "pooling": self.pooling,
+                "d_sae": self.d_sae, "null_encoder_id": null_encoder_id}
 
 
 @dataclass(frozen=True)
@@ -211,12 +103,17 @@ class Store:
         tables = {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         if tables and "meta" not in tables:
             raise StoreError(f"{self.path} is a DuckDB file but not a qscope-eval database; use a new --db path")
-        with self.transaction():
-            self.con.execute(SCHEMA)
-            # additive migration of files from before per-layer drift (same schema version: old readers ignore it)
-            self.con.execute("ALTER TABLE run_features ADD COLUMN IF NOT EXISTS encoder_id INTEGER")
-            self.con.execute(VIEWS)
-            self.con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        meta = dict(self.con.execute("SELECT key, value FROM meta").fetchall()) if tables else {}
+        # Opening a current file writes nothing (a failed write then leaves it byte-identical); an older
+        # file gets the additive migrations once, in one transaction.
+        if meta.get("schema_digest") != SCHEMA_DIGEST:
+            with self.transaction():
+                self.con.execute(SCHEMA)
+                for statement in MIGRATIONS:
+                    self.con.execute(statement)
+                self.con.execute(VIEWS)
+                self.con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+                self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_digest', ?)", [SCHEMA_DIGEST])
         version = int(self.con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchall()[0][0])
         if version != SCHEMA_VERSION:
             raise StoreError(f"{self.path} has schema version {version}, this qscope-eval expects {SCHEMA_VERSION}; use a new --db path")
@@ -306,7 +203,7 @@ class Store:
 
     def null_for(self, enc: EncoderRow) -> EncoderRow | None:
         """The null-baseline encoder that rode along with `enc`, if any."""
-        key = enc.key.rsplit("|", 1)[0] + "|null"
+        key = str(EncoderKey.parse(enc.key).twin("null"))
         row = self.con.execute("SELECT encoder_id FROM encoders WHERE key = ?", [key]).fetchall()
         return self.encoder(row[0][0]) if row else None
 
@@ -460,6 +357,60 @@ class Store:
             [suite, encoder_id, before_run],
         ).fetchall()
         return json.loads(row[0][0]) if row else None
+
+
+    # ---- reads for jobs and the CLI (all SQL stays in this package) ----------------------
+
+    def benchmark_costs(self) -> dict[str, float | None]:
+        """Each benchmark's custom cost as registered (None where the suite gave none)."""
+        return dict(self.con.execute("SELECT name, cost FROM benchmarks").fetchall())
+
+    def suites(self) -> list[str]:
+        """Suites that registered benchmarks here."""
+        return [r[0] for r in self.con.execute("SELECT DISTINCT suite FROM benchmarks ORDER BY 1").fetchall()]
+
+    def suite_benchmarks(self, suite: str) -> list[str]:
+        """The benchmarks a suite registered, in registration order."""
+        return [r[0] for r in self.con.execute(
+            "SELECT name FROM benchmarks WHERE suite = ? ORDER BY updated_at, name", [suite]).fetchall()]
+
+    def suite_of(self, benchmarks: list[str]) -> str:
+        """The suite that registered these benchmarks, or `mixed` when several did."""
+        rows = self.con.execute("SELECT DISTINCT suite FROM benchmarks WHERE list_contains(?, name)", [benchmarks]).fetchall()
+        return rows[0][0] if len(rows) == 1 else "mixed"
+
+    def truncated(self, encoder_id: int, benchmarks: list[str]) -> tuple[int, int | None]:
+        """(prompts truncated to the model's maximum, the longest length kept) among these benchmarks' samples."""
+        n, longest = self.con.execute(
+            "SELECT count(*), max(n_tokens) FROM encoded WHERE encoder_id = ? AND truncated AND sample_id IN "
+            "(SELECT sample_id FROM memberships WHERE benchmark IN (SELECT unnest(?)))",
+            [encoder_id, list(benchmarks)]).fetchall()[0]
+        return int(n), longest
+
+    def footprints(self, encoder_id: int) -> dict[str, int]:
+        """Benchmark -> |F(D)| at min_support 1 (the `coverage` view)."""
+        return dict(self.con.execute("SELECT benchmark, n_features FROM coverage WHERE encoder_id = ?",
+                                     [encoder_id]).fetchall())
+
+    def last_run(self, suite: str, status: str = "completed") -> dict | None:
+        """The newest run of a suite with this status: run_id, started_at (ISO), params (dict), report_dir."""
+        row = self.con.execute(
+            "SELECT run_id, started_at, params, report_dir FROM runs WHERE suite = ? AND status = ? "
+            "ORDER BY started_at DESC LIMIT 1", [suite, status]).fetchone()
+        if row is None:
+            return None
+        return {"run_id": row[0], "started_at": row[1].isoformat(timespec="seconds") + "Z",
+                "params": json.loads(row[2]) if row[2] else {}, "report_dir": row[3]}
+
+    def run_started_at(self, run_id: str) -> str | None:
+        """A run's start time (ISO, UTC): the report's "generated" stamp, so a re-render matches the audit."""
+        row = self.con.execute("SELECT started_at FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        return None if row is None else row[0].isoformat(timespec="seconds") + "Z"
+
+    def update_run_params(self, run_id: str, params: dict) -> None:
+        """Record the settings an audit resolved (every layer, cost kind, min_support), for `report`."""
+        self.con.execute("UPDATE runs SET params = ? WHERE run_id = ?",
+                         [json.dumps(params, sort_keys=True, default=str), run_id])
 
 
 class _Transaction:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tokenizers import AddedToken
 
-from .errors import ModelError
+from qscope_eval.errors import ModelError
 
 # Qwen3's added tokens, in id order from 151643 (Qwen3.5: from 248044). Those
 # with special=False are ordinary added tokens in the Hub tokenizers too.
@@ -282,7 +282,7 @@ def random_qwen3(config=None, device: str = "auto", dtype: torch.dtype | None = 
     """
     from transformers import Qwen3Model
 
-    from .backbone import Backbone, resolve_device
+    from qscope_eval.model.backbone import Backbone, resolve_device
 
     config = config or qwen3_1p7b_config()
     dev = resolve_device(device)

@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import charts as _charts
+from qscope_eval.report import charts as _charts
 
 __all__ = ["ReportFiles", "render_report", "report_html", "write_summary_json", "to_json_safe", "embed_json",
            "warnings_for"]
@@ -337,6 +337,8 @@ _EMBED_JS = """
 """
 
 
+# Long on purpose: the page is assembled section by section in reading order; each section's
+# HTML comes from its own helper, this function only lays them out.
 def report_html(summary: dict, specs: dict[str, dict] | None = None, generated: str | None = None) -> str:
     """The page as a string; ``specs`` (chart name -> Vega-Lite dict) default to `charts.all_charts`."""
     if specs is None:

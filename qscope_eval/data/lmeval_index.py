@@ -22,9 +22,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .assets import cache_dir
-from .errors import SourceError
-from .suite import BenchmarkSpec
+from qscope_eval.data.assets import cache_dir
+from qscope_eval.errors import SourceError
+from qscope_eval.data.suite import BenchmarkSpec
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,17 @@ and never materialises a dense [B, T, d_sae] tensor: masked tokens are flattened
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from .errors import SaeError
-from .sae import FeatureStats, Sae
-from .suite import POOLINGS, EncodeSpec
+from qscope_eval.errors import SaeError
+from qscope_eval.model.sae import Sae
+from qscope_eval.data.suite import POOLINGS, EncodeSpec
+
+if TYPE_CHECKING:  # annotations only: feature_stats imports this module
+    from qscope_eval.model.feature_stats import FeatureStats
 
 # Bound on the [chunk, d_sae] fp32 pre-activation block: 2**27 floats = 512 MiB.
 PRE_ACT_BUDGET = 2**27
@@ -60,8 +63,12 @@ class EncoderHandle:
     """Reference statistics; required for `top` pooling."""
     m: int = 32
     """`top` pooling: features kept per prompt."""
+    kind: str = "sae"
+    """`sae`, or `null` for the random-dictionary twin (as in its EncoderKey)."""
 
     def __post_init__(self):
+        if self.kind not in ("sae", "null"):
+            raise SaeError(f"encoder {self.key}: kind must be `sae` or `null`, not {self.kind!r}")
         if self.pooling not in POOLINGS:
             raise SaeError(f"encoder {self.key}: pooling {self.pooling!r} is not one of {', '.join(POOLINGS)}")
         if self.sae.cfg.layer != self.layer:
@@ -246,15 +253,6 @@ def encode_batch(residuals, encoders: Sequence[EncoderHandle], spec: EncodeSpec 
     return out
 
 
-def saturation(n_features_fired: int, d_sae: int, warn_at: float = 0.9, what: str = "a benchmark") -> str | None:
-    """A warning when `what` fires at least warn_at x d_sae features, else None (DESIGN §3, `max`)."""
-    share = n_features_fired / d_sae
-    if share < warn_at:
-        return None
-    return (f"{what} fires {n_features_fired} of {d_sae} features ({share:.0%}): the footprint is saturated and coverage "
-            f"stops discriminating; use `pooling: top` or `last`, or a wider SAE")
-
-
 # ---------------------------------------------------------------- corpus iteration (stats, training)
 
 
@@ -266,7 +264,7 @@ def iter_masked_residuals(backbone, texts: Sequence[str], layer: int, spec: Enco
     cannot bias which texts make the cut; stops once `max_tokens` tokens were yielded (the
     last batch is cut). Used for reference statistics and for SAE training data.
     """
-    from .backbone import batch_tokens, plan_batches
+    from qscope_eval.model.batching import batch_tokens, plan_batches
 
     spec = spec or EncodeSpec()
     texts = list(texts)
@@ -284,30 +282,3 @@ def iter_masked_residuals(backbone, texts: Sequence[str], layer: int, spec: Enco
                 return
             seen += flat.shape[0]
             yield flat
-
-
-# ---------------------------------------------------------------- reference statistics for `top`
-
-
-def compute_feature_stats_many(backbone, saes: Sequence[Sae], texts: Sequence[str], layer: int,
-                               spec: EncodeSpec | None = None, corpus: str = "") -> list[FeatureStats]:
-    """sae.compute_feature_stats for several SAEs of one layer (e.g. the SAE and its null twin), one forward pass."""
-    return feature_stats_from_acts(saes, iter_masked_residuals(backbone, texts, layer, spec), corpus)
-
-
-def feature_stats_from_acts(saes: Sequence[Sae], acts, corpus: str = "") -> list[FeatureStats]:
-    """Statistics of each SAE over masked residuals: a [N, d_model] tensor or an iterable of such chunks."""
-    chunks = acts.split(65536) if isinstance(acts, torch.Tensor) else acts
-    sums = [torch.zeros(s.cfg.d_sae, dtype=torch.float64, device=s.device) for s in saes]
-    fires = [torch.zeros(s.cfg.d_sae, dtype=torch.float64, device=s.device) for s in saes]
-    n = 0
-    for flat in chunks:  # [N_tok, d_model]
-        for sae, total, fired in zip(saes, sums, fires):
-            z, idx = encode_tokens(sae, flat.to(sae.device))  # [N_tok, k]
-            total.index_add_(0, idx.flatten(), z.flatten().double())
-            fired.index_add_(0, idx.flatten(), (z.flatten() > 0).double())
-        n += flat.shape[0]
-    if n == 0:
-        raise SaeError("the reference corpus left no tokens after masking; give longer or more texts")
-    return [FeatureStats(mean=(t / n).cpu().numpy(), freq=(f / n).cpu().numpy(), n_tokens=n, corpus=corpus)
-            for t, f in zip(sums, fires)]

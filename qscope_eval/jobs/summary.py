@@ -13,12 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from . import metrics
-from . import select as sel
-from .errors import QScopeError
-from .store import EncodedSet, Store
+from qscope_eval.analysis import metrics, samples
+from qscope_eval.analysis import select as sel
+from qscope_eval.data.suite import COSTS
+from qscope_eval.errors import QScopeError
+from qscope_eval.store import EncodedSet, Store
 
-COST_KINDS = ("samples", "tokens", "custom")
+COST_KINDS = COSTS  # the suite spec owns the list
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,7 @@ def overlap_report(ld: Loaded, kind: str = "asym", threshold: float = 0.0, min_s
 
 
 def _encoder_dict(ld: Loaded) -> dict:
-    e = ld.real.encoder
-    return {"encoder_id": e.encoder_id, "key": e.key, "layer": e.layer, "pooling": e.pooling, "d_sae": e.d_sae,
-            "null_encoder_id": ld.null.encoder.encoder_id if ld.null else None}
+    return ld.real.encoder.to_dict(ld.null.encoder.encoder_id if ld.null else None)
 
 
 # ---- selection ---------------------------------------------------------------------
@@ -88,7 +87,7 @@ def benchmark_costs(store: Store, es: EncodedSet, kind: str) -> np.ndarray:
         return np.asarray(es.M.sum(axis=1)).ravel().astype(float)
     if kind == "tokens":
         return np.asarray(es.M.astype(np.int64) @ es.n_tokens).ravel().astype(float)
-    rows = dict(store.con.execute("SELECT name, cost FROM benchmarks").fetchall())
+    rows = store.benchmark_costs()
     missing = [b for b in es.benchmarks if not rows.get(b)]
     if missing:
         raise QScopeError(f"--cost custom needs a `cost:` for every benchmark in the suite; missing: {', '.join(missing)}")
@@ -217,7 +216,7 @@ def duplicates_report(store: Store, ld: Loaded, threshold: float = 0.9, limit: i
     es = ld.real
     per_sample = np.asarray(es.M.sum(axis=0)).ravel()
     exact = int((per_sample > 1).sum())
-    nd = metrics.near_duplicates(metrics.fired(es.X), es.M, threshold)
+    nd = samples.near_duplicates(metrics.fired(es.X), es.M, threshold)
     order = np.argsort(-nd.jaccard, kind="stable")[:limit]
     texts = store.texts(es.sample_ids[np.concatenate([nd.i[order], nd.j[order]])]) if order.size else {}
     MT = es.M.T.tocsr()

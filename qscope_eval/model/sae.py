@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
-from .errors import SaeError
-from .suite import SaeSpec
+from qscope_eval.errors import SaeError
+from qscope_eval.data.suite import SaeSpec
 
 KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
 HOOKS = ("resid_post",)
@@ -379,86 +378,3 @@ def null_sae(like: SaeConfig, seed: int = 0) -> Sae:
 
 
 # ---------------------------------------------------------------- reference statistics (`top` pooling)
-
-
-@dataclass(frozen=True)
-class FeatureStats:
-    """Per-feature activation statistics of one SAE layer over a reference corpus."""
-
-    mean: np.ndarray
-    """[d_sae] float64: mean activation per token (0 on tokens where the feature did not fire)."""
-    freq: np.ndarray
-    """[d_sae] float64: share of reference tokens on which the feature fired."""
-    n_tokens: int
-    """Reference tokens counted (after the pooling token mask)."""
-    corpus: str = ""
-    """Free-text description of the reference corpus."""
-
-    def __post_init__(self):
-        if self.mean.ndim != 1 or self.mean.shape != self.freq.shape:
-            raise SaeError(f"feature stats need 1-d mean and freq of equal length, got {self.mean.shape} and {self.freq.shape}")
-        if self.n_tokens < 1:
-            raise SaeError("feature stats were computed over no tokens; give a non-empty reference corpus")
-
-    @property
-    def d_sae(self) -> int:
-        return int(self.mean.shape[0])
-
-    @property
-    def n_dead(self) -> int:
-        """Features that never fired on the reference corpus."""
-        return int((self.freq <= 0).sum())
-
-    def reference_mean(self) -> np.ndarray:
-        """[d_sae] float32 divisor for `top` scores, with dead features floored.
-
-        A feature that never fired on the reference corpus has mean 0, which would make its
-        score infinite. We floor it at the smallest positive mean: such a feature is still
-        ranked as highly distinctive (it is), but finitely, and ties with the rarest live
-        feature. With no live feature at all the floor is 1e-6.
-        """
-        pos = self.mean[self.mean > 0]
-        floor = float(pos.min()) if pos.size else 1e-6
-        return np.maximum(self.mean, floor).astype(np.float32)
-
-
-def stats_path(directory: str | Path, layer: int, null: bool = False) -> Path:
-    """`layer{n}.stats.npz`, or `layer{n}.null.stats.npz` for the null dictionary's statistics."""
-    return Path(directory) / f"layer{layer}{'.null' if null else ''}.stats.npz"
-
-
-def save_feature_stats(stats: FeatureStats, directory: str | Path, layer: int, null: bool = False) -> Path:
-    """Write the stats beside the SAE as plain arrays (no pickle)."""
-    path = stats_path(directory, layer, null)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, mean=stats.mean.astype(np.float64), freq=stats.freq.astype(np.float64),
-             n_tokens=np.int64(stats.n_tokens), corpus=np.str_(stats.corpus))
-    return path
-
-
-def load_feature_stats(directory: str | Path, layer: int, null: bool = False) -> FeatureStats:
-    """Read stats written by save_feature_stats; SaeError naming the command that makes them."""
-    path = stats_path(directory, layer, null)
-    if not path.exists():
-        raise SaeError(
-            f"no reference statistics {path} for `top` pooling; make them with `qscope-eval feature-stats` "
-            f"over a reference corpus, or use `pooling: last`"
-        )
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return FeatureStats(mean=data["mean"].astype(np.float64), freq=data["freq"].astype(np.float64),
-                                n_tokens=int(data["n_tokens"]), corpus=str(data["corpus"]) if "corpus" in data else "")
-    except (OSError, ValueError, KeyError) as e:
-        raise SaeError(f"{path} is not a valid feature-stats file ({e}); recompute it with `qscope-eval feature-stats`") from None
-
-
-def compute_feature_stats(backbone, sae: Sae, texts: list[str], layer: int, encode_spec=None, corpus: str = "") -> FeatureStats:
-    """Mean activation and firing frequency of every feature over `texts`' tokens.
-
-    Counts exactly the tokens that `max`/`top` pooling reads (same token mask: no padding,
-    special tokens, position 0 or sinks), so the ratio in `top` compares like with like.
-    Several SAEs in one pass (the SAE and its null twin): encode.compute_feature_stats_many.
-    """
-    from .encode import compute_feature_stats_many  # encode imports this module
-
-    return compute_feature_stats_many(backbone, [sae], texts, layer, encode_spec, corpus)[0]

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from . import assets
-from .errors import SourceError
-from .suite import BenchmarkSpec, Suite
+from qscope_eval.errors import SourceError
+from qscope_eval.data.suite import BenchmarkSpec, Suite
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,11 +57,11 @@ def load_benchmark(
     if limit is not None and limit < 1:
         raise SourceError(f"benchmark {spec.name!r}: limit must be >= 1, got {limit}")
     if spec.task is not None:
-        from .source_lmeval import task_texts
+        from qscope_eval.data.source_lmeval import task_texts
 
         texts = task_texts(spec, limit=limit, task_paths=tuple(task_paths), seed=seed)
     else:
-        from .source_file import file_texts
+        from qscope_eval.data.source_file import file_texts
 
         texts = file_texts(spec, limit=limit)
     return rows_from_texts(spec, texts)
@@ -78,15 +76,6 @@ def load_suite_rows(suite: Suite, seed: int = DEFAULT_SEED) -> pd.DataFrame:
         rows.extend(load_benchmark(bench, limit=suite.limit_for(bench), task_paths=suite.task_paths, seed=seed))
     frame = pd.DataFrame(rows, columns=list(SampleRow._fields))
     return frame.astype({"benchmark": str, "position": "int64", "text": str})
-
-
-def local_path(ref: str, spec: BenchmarkSpec, what: str = "path") -> Path:
-    """A data file named in a benchmark (`asset:` reference or path) -> an existing local file."""
-    path = assets.resolve(ref) if assets.is_asset(ref) else Path(ref).expanduser().resolve()
-    if not path.is_file():
-        where = f" (from {ref})" if str(path) != ref else ""
-        raise SourceError(f"benchmark {spec.name!r}: {what} file {path}{where} does not exist; fix the path in the suite")
-    return path
 
 
 def rows_from_texts(spec: BenchmarkSpec, texts: Iterable[tuple[int, str]]) -> list[SampleRow]:

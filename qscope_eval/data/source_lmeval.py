@@ -26,10 +26,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .errors import SourceError
-from .lmeval_index import TaskEntry, lookup_task, task_index
-from .sources import local_path
-from .suite import BenchmarkSpec
+from qscope_eval.errors import SourceError
+from qscope_eval.data.lmeval_index import TaskEntry, lookup_task, task_index
+from qscope_eval.data.assets import local_path
+from qscope_eval.data.suite import BenchmarkSpec
 
 _SCORING_KEYS = ("metric_list", "filter_list", "process_results")
 _STRUCTURAL_KEYS = ("tag", "group", "task_list", "include")  # lm-eval's factory drops these too
@@ -107,7 +107,7 @@ def task_config(spec: BenchmarkSpec, entry: TaskEntry) -> tuple[dict[str, Any], 
     split = spec.split or default_split
     if spec.data_files:
         files = {s: str(local_path(p, spec, what=f"data_files.{s}")) for s, p in spec.data_files.items()}
-        from .source_file import file_format
+        from qscope_eval.data.source_file import file_format
 
         builders = {_BUILDERS[file_format(Path(f))] for f in files.values()}
         for part, f in files.items():
@@ -196,7 +196,7 @@ def _offline() -> bool:
 
 def _fields_hint(cfg: dict[str, Any]) -> str:
     """' (the data has fields: a, b)' from the first local file's first row, or '' if unreadable."""
-    from .source_file import read_records
+    from qscope_eval.data.source_file import read_records
 
     try:
         first = next(iter(cfg["dataset_kwargs"]["data_files"].values()))

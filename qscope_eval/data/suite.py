@@ -31,12 +31,12 @@ from typing import Any
 
 import yaml
 
-from .errors import SuiteError
+from qscope_eval.errors import SuiteError
 
 POOLINGS = ("last", "max", "top")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 COSTS = ("samples", "tokens", "custom")
-SUITES_DIR = Path(__file__).parent / "suites"
+SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -261,8 +261,9 @@ def resolve_path(value: str, base: Path) -> str:
     return str((base / value).resolve())
 
 
-def _looks_local(model_id: str) -> bool:
-    return model_id.startswith(("./", "../", "/", "~", "asset:"))
+def looks_local(model_id: str) -> bool:
+    """Is this model id a local path (or an asset) rather than a hub id? The one rule, for the suite and the backbone."""
+    return model_id.startswith(("./", "../", "/", "~", ".\\", "asset:"))
 
 
 def parse_suite(data: Any, source: Path | None = None) -> Suite:
@@ -277,7 +278,7 @@ def parse_suite(data: Any, source: Path | None = None) -> Suite:
         if key not in data:
             raise SuiteError(f"the suite has no `{key}:`; add it (see `qscope-eval suites` for an example)")
     model = dict(data["model"]) if isinstance(data["model"], dict) else {"id": data["model"]}
-    if isinstance(model.get("id"), str) and _looks_local(model["id"]) and not model["id"].startswith("asset:"):
+    if isinstance(model.get("id"), str) and looks_local(model["id"]) and not model["id"].startswith("asset:"):
         model["id"] = resolve_path(str(Path(model["id"]).expanduser()), base)
     sae = dict(data["sae"]) if isinstance(data["sae"], dict) else data["sae"]
     if isinstance(sae, dict):

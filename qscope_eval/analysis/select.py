@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from .errors import QScopeError
+from qscope_eval.errors import QScopeError
 
 __all__ = ["SelectionError", "Selection", "RandomBaseline", "greedy_cover", "exact_cover",
            "max_coverage", "random_baseline"]
@@ -129,6 +129,8 @@ def _need(p: _Problem, target: float) -> float:
 
 
 # ----------------------------------------------------------------------------- greedy core
+# Long on purpose: the incremental-gain bookkeeping (CSC index, block maxima) only stays exact
+# and O(nnz) when it lives in one loop; split, its invariants would cross function boundaries.
 def _greedy(p: _Problem, need: float = math.inf, budget: float = math.inf,
             max_picks: int | None = None, allowed: np.ndarray | None = None):
     """Cost-ratio greedy with exact incremental gains; returns (order, curve_cost, curve_covered).
@@ -259,6 +261,8 @@ def greedy_cover(incidence: Any, costs: Any = None, target: float = 1.0, weights
     return _selection(p, rows, target, curve, "greedy", status="greedy + irredundant clean-up")
 
 
+# Long on purpose: one MILP build (element collapsing, constraints, HiGHS call, gap read-back);
+# the steps share the collapsed problem and reading them top to bottom is the clearest check.
 def exact_cover(incidence: Any, costs: Any = None, target: float = 1.0, time_limit: float = 30.0,
                 weights: Any = None, rel_gap: float = 1e-6) -> Selection:
     """Minimum-cost partial set cover by MILP (HiGHS); falls back to greedy if no solution in time.

@@ -27,8 +27,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import SaeError
-from .sae import Sae, SaeConfig
+from qscope_eval.errors import SaeError
+from qscope_eval.model.sae import Sae, SaeConfig
 
 Log = Callable[[str], None]
 
@@ -144,6 +144,8 @@ def evaluate(sae: Sae, acts: torch.Tensor, chunk: int = 8192) -> tuple[float, to
     return err / max(tot, 1e-12), fired
 
 
+# Long on purpose: the training loop (warm-up, decay, sparse backward, dead-feature count,
+# held-out FVU) reads best as one piece; its parts share the optimizer state.
 def train_sae(acts: torch.Tensor, cfg: TrainConfig, heldout: torch.Tensor | None = None,
               log: Log | None = None, log_every: int = 100) -> tuple[Sae, TrainStats]:
     """Train a TopK SAE on activations [N, d_model]; evaluate on `heldout` (else a random cfg.heldout share)."""
@@ -216,7 +218,7 @@ def train_sae(acts: torch.Tensor, cfg: TrainConfig, heldout: torch.Tensor | None
 def collect_activations(backbone, texts: Sequence[str], layer: int, max_tokens: int | None = None,
                         encode_spec=None) -> torch.Tensor:
     """[N, d_model] fp32 CPU residuals of `texts` at `layer`: the tokens pooling reads, in text order."""
-    from .encode import iter_masked_residuals
+    from qscope_eval.model.encode import iter_masked_residuals
 
     parts = [flat.float().cpu() for flat in iter_masked_residuals(backbone, texts, layer, encode_spec, max_tokens)]
     if not parts or sum(p.shape[0] for p in parts) == 0:
@@ -254,10 +256,11 @@ def train_sae_command(texts: Sequence[str], out_dir: str | Path, cfg: TrainConfi
     Texts are shuffled with the seed; `cfg.heldout` of them are held out for FVU. Pass an
     already loaded `backbone` to skip loading `cfg.model`.
     """
-    from .backbone import load_backbone
-    from .encode import feature_stats_from_acts
-    from .sae import null_sae, save_feature_stats, save_sae
-    from .suite import ModelSpec
+    from qscope_eval.model.backbone import load_backbone
+    from qscope_eval.model.feature_stats import feature_stats_from_acts
+    from qscope_eval.model.sae import null_sae, save_sae
+    from qscope_eval.model.feature_stats import save_feature_stats
+    from qscope_eval.data.suite import ModelSpec
 
     log = log or (lambda _m: None)
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
@@ -301,12 +304,12 @@ def training_md(r: TrainReport, command: str = "", corpus: str = "", stats_dead_
         f"# TopK SAE for `{c.model}`, layer {c.layer}",
         "",
         "Qwen-Scope file format (`layer{n}.sae.pt`: W_enc, b_enc, W_dec, b_dec, fp32); trained by",
-        "`qscope_eval.train_sae` (recipe: DESIGN §8).",
+        "`qscope_eval.model.train_sae` (recipe: DESIGN §8).",
         "",
         "## Reproduce",
         "",
         "```",
-        command or "qscope_eval.train_sae.train_sae_command(texts, out_dir, cfg)",
+        command or "qscope_eval.model.train_sae.train_sae_command(texts, out_dir, cfg)",
         "```",
         "",
         "## Setup",
@@ -362,7 +365,7 @@ def demo_training_texts() -> list[str]:
     """MMLU questions of every subject the demo does not audit + GSM8K test items past the demo's first 200."""
     import json
 
-    from .assets import mmlu_subjects, resolve
+    from qscope_eval.data.assets import mmlu_subjects, resolve
 
     texts = []
     for subject in mmlu_subjects():
@@ -384,6 +387,6 @@ def train_demo_sae(out_dir: str | Path, steps: int = 1800, max_tokens: int = 400
     corpus = (f"MMLU test questions (lm-eval zero-shot prompt) of the {57 - len(DEMO_MMLU_SUBJECTS)} subjects the demo "
               f"does not audit, plus GSM8K test items {DEMO_GSM8K_LIMIT + 1}-1319 (`Question: ...\\nAnswer:`); "
               f"excluded: {', '.join(DEMO_MMLU_SUBJECTS)} and the first {DEMO_GSM8K_LIMIT} GSM8K items")
-    command = (f"python -c \"from qscope_eval.train_sae import train_demo_sae; "
+    command = (f"python -c \"from qscope_eval.model.train_sae import train_demo_sae; "
                f"train_demo_sae('{out_dir}', steps={steps}, max_tokens={max_tokens}, seed={seed})\"")
     return train_sae_command(demo_training_texts(), out_dir, cfg, corpus=corpus, command=command, log=log)

@@ -16,7 +16,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from .errors import QueryError
+from qscope_eval.errors import QueryError
 
 DEFAULT_TIMEOUT_S = 30.0
 

@@ -1,0 +1,118 @@
+"""CLI commands that read a database: `coverage`, `overlap`, `select`, `sql`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from qscope_eval.cli.common import db_option, emit, encoder_option, metric_options, output_options
+from qscope_eval.data.suite import COSTS
+
+
+# ---- metrics and selection ---------------------------------------------------------------
+
+def _loaded(db, encoder):
+    from qscope_eval.jobs.summary import load
+    from qscope_eval.store import Store
+
+    store = Store(db)
+    return store, load(store, encoder)
+
+
+@click.command()
+@db_option()
+@encoder_option
+@metric_options
+@output_options
+def coverage(db, encoder, threshold, min_support, fmt):
+    """Coverage per benchmark: |F(D)|, shares, R-hat, AUC(c), rarefied coverage, Chao1.
+
+    Example: qscope-eval coverage --db out/demo.duckdb --json
+    """
+    from qscope_eval.jobs.summary import coverage_report
+
+    store, ld = _loaded(db, encoder)
+    with store:
+        rep = coverage_report(ld, threshold, min_support)
+    emit(rep, fmt, rows=rep["benchmarks"], columns=["name", "n_samples", "n_features", "share_of_dsae", "share_of_union",
+                                                    "r_hat", "auc", "rarefied_coverage", "chao1", "null_n_features"])
+
+
+@click.command()
+@db_option()
+@encoder_option
+@click.option("--kind", type=click.Choice(["asym", "sym", "jaccard"]), default="asym", show_default=True,
+              help="asym: share of the row benchmark's features the column benchmark has (report Eq. 10).")
+@metric_options
+@output_options
+def overlap(db, encoder, kind, threshold, min_support, fmt):
+    """Pairwise overlap matrix between benchmarks (null baseline beside it when present).
+
+    Example: qscope-eval overlap --db out/demo.duckdb --kind sym
+    """
+    from qscope_eval.jobs.summary import overlap_report
+
+    store, ld = _loaded(db, encoder)
+    with store:
+        rep = overlap_report(ld, kind, threshold, min_support)
+    rows = [{"benchmark": a, **{b: rep["matrix"][i][j] for j, b in enumerate(rep["names"])}} for i, a in enumerate(rep["names"])]
+    emit(rep, fmt, rows=rows, columns=["benchmark"] + rep["names"])
+
+
+@click.command("select")
+@db_option()
+@encoder_option
+@click.option("--target", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
+              help="Share of the feature union to keep.")
+@click.option("--level", type=click.Choice(["benchmark", "sample"]), default="benchmark", show_default=True)
+@click.option("--cost", type=click.Choice(COSTS), default="samples", show_default=True,
+              help="Benchmark cost (benchmark level).")
+@click.option("--benchmark", default=None, help="Sample level: select within this benchmark (default: the suite).")
+@click.option("--n", type=click.IntRange(min=1), default=None, help="Sample level: best N samples instead of a target.")
+@click.option("--token-budget", type=click.IntRange(min=1), default=None, help="Sample level: best samples within this many tokens.")
+@click.option("--exact", is_flag=True, help="Exact MILP (HiGHS) instead of lazy greedy; reports the gap if stopped.")
+@click.option("--time-limit", type=float, default=30.0, show_default=True, help="Seconds for --exact.")
+@metric_options
+@output_options
+def select_cmd(db, encoder, target, level, cost, benchmark, n, token_budget, exact, time_limit, threshold, min_support, fmt):
+    """Recommend the smallest benchmark (or sample) subset that keeps a target share of coverage.
+
+    Example: qscope-eval select --db out/demo.duckdb --target 0.95 --level benchmark --cost tokens
+    """
+    from qscope_eval.jobs.summary import select_benchmarks, select_samples
+
+    store, ld = _loaded(db, encoder)
+    with store:
+        if level == "benchmark":
+            rep = select_benchmarks(store, ld, target, cost, exact, time_limit, threshold, min_support)
+            rows = rep["table"]
+        else:
+            rep = select_samples(store, ld, target, benchmark, n, token_budget, exact, time_limit, threshold)
+            rows = [{k: rep[k] for k in ("level", "benchmark", "method", "n_candidates", "covered", "coverage",
+                                         "cost", "chosen_tokens", "total_tokens", "gap")}
+                    | {"n_chosen": len(rep["chosen"]), "random_baseline": (rep["random_baseline"] or {}).get("mean")}]
+    emit(rep, fmt, rows=rows)
+    if fmt == "table" and level == "benchmark":
+        rb = rep["random_baseline"] or {}
+        click.echo(f"\nkeep {len(rep['chosen'])}/{len(rows)} benchmarks: coverage {rep['coverage']:.1%} of the union "
+                   f"at {rep['cost_share']:.1%} of the cost ({rep['method']}); random subset of the same cost: "
+                   f"{(rb.get('mean') or 0):.1%}")
+
+
+@click.command()
+@db_option()
+@click.argument("query")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds before the query is stopped.")
+@click.option("--limit", "max_rows", type=int, default=None, help="At most this many rows.")
+@output_options
+def sql(db, query, timeout, max_rows, fmt):
+    """Run read-only SQL on the database (no writes, no files, no network, time-limited).
+
+    Example: qscope-eval sql --db out/demo.duckdb "SELECT benchmark, n_features FROM coverage ORDER BY 2 DESC"
+    """
+    from qscope_eval.store.query import run_sql
+
+    df = run_sql(db, query, timeout_s=timeout, max_rows=max_rows)
+    rows = json.loads(df.to_json(orient="records", date_format="iso"))
+    emit(rows, fmt, rows=rows, columns=list(df.columns))

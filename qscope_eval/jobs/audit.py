@@ -1,0 +1,153 @@
+"""The one audit orchestration: settings -> one summary per layer -> one report per layer.
+
+Both the Prefect flow (flows/audit.py, after encoding) and `qscope-eval report`
+(re-rendering from a database) call `summarize_layers` and `render_layers`, so a
+re-render of an audit's run gives the same pages and summaries: every layer, the
+suite's cost kind and min_support, the truncation warnings, the run's own
+timestamp. The settings an audit resolved are stored in its `runs.params`.
+
+Also here, because the CLI and the flow both need them: Prefect's environment
+defaults and the task-runner parser (neither imports Prefect).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from qscope_eval.errors import QScopeError
+from qscope_eval.jobs import summary as sm
+from qscope_eval.jobs.pipeline import truncation_warnings
+from qscope_eval.store import Store
+
+DEFAULT_DASK_WORKERS = 2
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
+def prefect_env(home: bool = True) -> None:
+    """Environment defaults for Prefect; must run before `import prefect` (settings are read then)."""
+    if home:
+        os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def parse_task_runner(spec: str | None) -> tuple[int, str | None] | None:
+    """`None` -> None (in-process); `dask` / `dask=N` -> (N local workers, None); `dask=ADDRESS` -> (0, ADDRESS)."""
+    if not spec:
+        return None
+    kind, eq, arg = spec.partition("=")
+    if kind != "dask" or (eq and not arg):
+        raise QScopeError(f"task runner {spec!r} is not understood; use `dask`, `dask=N` (N local workers) "
+                          f"or `dask=ADDRESS` (a running scheduler, e.g. tcp://10.0.0.5:8786)")
+    if arg.isdigit():
+        if int(arg) < 1:
+            raise QScopeError("dask=N needs N >= 1 workers")
+        return int(arg), None
+    return (0, arg) if arg else (DEFAULT_DASK_WORKERS, None)
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """What an audit's summaries depend on besides the data (stored in runs.params as `settings`)."""
+
+    suite: str
+    """Suite name (audit history is grouped by it)."""
+    benchmarks: tuple[str, ...]
+    """The suite's benchmarks, in suite order."""
+    encoder_ids: tuple[int, ...]
+    """Main (SAE) encoder of each layer; the first one's report is the main page."""
+    target: float = 0.95
+    """Share of coverage the recommendation keeps."""
+    cost: str = "samples"
+    """Benchmark cost kind: samples, tokens or custom."""
+    min_support: int = 1
+    """A feature counts for a benchmark when it fires in at least this many of its samples."""
+    exact: bool = False
+    """Exact MILP selection instead of lazy greedy."""
+
+    def __post_init__(self):
+        if not self.encoder_ids:
+            raise QScopeError(f"suite {self.suite!r} has no encoded layer in this database; run `qscope-eval audit` first")
+        if self.cost not in sm.COST_KINDS:
+            raise QScopeError(f"cost {self.cost!r} is not one of {', '.join(sm.COST_KINDS)}")
+        if not 0 < self.target <= 1:
+            raise QScopeError(f"target must be in (0, 1], got {self.target}")
+
+    def to_params(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_params(cls, params: dict) -> "AuditSettings":
+        fields = {k: params[k] for k in cls.__dataclass_fields__ if k in params}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def summarize_layers(store: Store, settings: AuditSettings, run_id: str | None,
+                     save_features: bool = False) -> list[dict]:
+    """One summary.json dict per layer (the first is the main report); `save_features` records F(D) for drift."""
+    warnings = truncation_warnings(store, [store.encoder(e) for e in settings.encoder_ids], list(settings.benchmarks))
+    generated = store.run_started_at(run_id) if run_id else None
+    summaries = []
+    for encoder_id in settings.encoder_ids:
+        ld = sm.load(store, encoder_id, list(settings.benchmarks))
+        s = sm.audit_summary(store, ld, settings.suite, run_id, settings.target, settings.cost,
+                             min_support=settings.min_support, exact=settings.exact)
+        if save_features:
+            store.save_run_features(run_id, sm.feature_sets(ld.real, min_support=settings.min_support), encoder_id)
+        s["warnings"] = list(warnings)
+        if generated:
+            s["generated_at"] = generated
+        summaries.append(s)
+    if len(summaries) > 1:
+        layers = sm.layer_overview(summaries)
+        for s in summaries:
+            s["layers"] = layers
+    return summaries
+
+
+def layer_dirs(summaries: list[dict], out: str | Path) -> list[Path]:
+    """Where each layer's report goes: the first layer at `out`, each other layer in `out/layer{L}`."""
+    rows = summaries[0].get("layers") or [{"report": "report.html"}]
+    return [(Path(out) / row["report"]).parent for row in rows]
+
+
+def render_layers(summaries: list[dict], out: str | Path, png: bool = True):
+    """Render every layer's report; returns the main (first) layer's ReportFiles."""
+    from qscope_eval.report import render_report
+
+    files = [render_report(s, d, png=png) for s, d in zip(summaries, layer_dirs(summaries, out))]
+    return files[0]
+
+
+def rerender_settings(store: Store, suite: str | None = None, encoder: str | int | None = None,
+                      target: float | None = None) -> tuple[AuditSettings, str | None]:
+    """The settings to re-render: the suite's last completed audit (every layer, its cost and min_support),
+    or, for a database that was only encoded, all its SAE encoders with the defaults. Returns (settings, run_id)."""
+    suites = store.suites()
+    if suite is None:
+        if len(suites) != 1:
+            raise QScopeError(f"this database holds several suites ({', '.join(suites)}); name one with --suite")
+        suite = suites[0]
+    elif suite not in suites:
+        raise QScopeError(f"no benchmarks of suite {suite!r} in this database; suites there: {', '.join(suites) or 'none'}")
+    run = store.last_run(suite)
+    saved = (run or {}).get("params", {}).get("settings")
+    if saved:
+        settings, run_id = AuditSettings.from_params(saved), run["run_id"]
+    else:  # encoded but never audited (or audited by a version that did not store its settings)
+        benches = tuple(store.suite_benchmarks(suite))
+        ids = tuple(e.encoder_id for e in store.encoders() if e.kind == "sae")
+        settings, run_id = AuditSettings(suite, benches, ids), (run or {}).get("run_id")
+    changes = {}
+    if encoder is not None:
+        changes["encoder_ids"] = (store.encoder(encoder).encoder_id,)
+    if target is not None:
+        changes["target"] = target
+    if changes:
+        settings = AuditSettings(**{**asdict(settings), **changes})
+    return settings, run_id

@@ -1,0 +1,219 @@
+"""The encode job: suite -> benchmark rows -> model + SAEs -> pooled features in the store.
+
+Order matters for "bad input leaves the database as it was": every benchmark
+is loaded, the model and every SAE are loaded and checked against each other
+BEFORE the first write. Then benchmarks and encoders are registered, and only
+the samples each encoder has not stored yet are encoded. Batches are written
+by a background thread (one transaction per forward batch) while the next
+batch computes, so a killed run loses at most the batch in flight.
+
+The same pieces serve the Prefect flow: `prepare` (registration and the
+pending list), `encode_texts` (pure compute: a shard on any worker) and
+`write_results` (the single writer).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, NamedTuple
+
+import numpy as np
+
+from qscope_eval.analysis.metrics import is_saturated, saturation_warning
+from qscope_eval.model.encoders import EncoderInfo, Runtime, load_runtime, pooling_tag, sae_identity
+from qscope_eval.store import EncoderRow, Store
+from qscope_eval.data.suite import Suite
+
+log = logging.getLogger(__name__)
+
+
+class EncodedBatch(NamedTuple):
+    """One forward batch's results: per encoder key, a PooledBatch (COO rows index `ids`)."""
+
+    ids: np.ndarray
+    n_tokens: np.ndarray
+    truncated: np.ndarray
+    pooled: dict
+
+
+@dataclass
+class Prepared:
+    """What an encode run will do: registered encoders and the texts still to encode."""
+
+    suite: Suite
+    encoders: dict[str, EncoderRow]
+    """encoder key -> store row (main SAE encoders and their null twins)."""
+    pending_ids: np.ndarray
+    """Sample ids some encoder still lacks (unique, suite order)."""
+    texts: dict[int, str]
+    """sample id -> text, for the pending ids."""
+    n_samples: int
+    """Distinct samples in the suite."""
+    benchmark_ids: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def main_encoders(self) -> list[EncoderRow]:
+        return [e for e in self.encoders.values() if e.kind == "sae"]
+
+
+@dataclass(frozen=True)
+class EncodeReport:
+    """Counts and timings of one encode run."""
+
+    n_samples: int
+    n_encoded: int
+    n_skipped: int
+    n_truncated: int
+    n_tokens: int
+    seconds: float
+    encoders: list[str]
+    warnings: list[str]
+
+
+# ---- the three stages -----------------------------------------------------------------
+
+def load_rows(suite: Suite):
+    """All benchmarks' rows (a DataFrame: benchmark, position, text). Fails before any write."""
+    from qscope_eval.data.sources import load_suite_rows
+
+    return load_suite_rows(suite)
+
+
+def prepare(suite: Suite, store: Store, rows=None, encoders: list[EncoderInfo] | None = None) -> Prepared:
+    """Register benchmarks and encoders; list the samples some encoder still needs.
+
+    `encoders`: from `load_runtime(suite).encoders` or `check_encoders(suite)` (default: the former).
+    """
+    rows = load_rows(suite) if rows is None else rows
+    encoders_info = encoders if encoders is not None else load_runtime(suite).encoders
+    bench_ids, texts = {}, {}
+    for bench in suite.benchmarks:
+        b_texts = rows.loc[rows["benchmark"] == bench.name, "text"].tolist()
+        spec = {k: v for k, v in bench.__dict__.items() if v is not None}
+        # the store content-addresses the texts; its ids are the ones to encode under
+        bench_ids[bench.name] = store.register_benchmark(bench.name, suite.name, spec, b_texts, bench.cost)
+        texts.update(zip(bench_ids[bench.name].tolist(), b_texts))
+    encoders = {}
+    for e in encoders_info:
+        encoders[e.key] = store.register_encoder(
+            e.key, suite.model.id, suite.model.revision, sae_identity(suite, e.layer), e.layer, suite.pooling, e.kind,
+            e.d_sae, {"pooling": pooling_tag(suite), "k": e.k},
+        )
+    all_ids = np.concatenate(list(bench_ids.values()))
+    pending = [store.pending(e.encoder_id, all_ids) for e in encoders.values()]
+    pending_ids = np.unique(np.concatenate(pending)) if pending else np.zeros(0, np.int64)
+    # keep suite order so a resumed run continues where it stopped
+    order = {i: n for n, i in enumerate(dict.fromkeys(all_ids.tolist()))}
+    pending_ids = np.array(sorted(pending_ids.tolist(), key=order.__getitem__), dtype=np.int64)
+    return Prepared(suite, encoders, pending_ids, {i: texts[i] for i in pending_ids.tolist()},
+                    n_samples=len(order), benchmark_ids=bench_ids)
+
+
+def encode_texts(runtime: Runtime, ids: np.ndarray, texts: list[str], suite: Suite) -> Iterator[EncodedBatch]:
+    """Pure compute: tokenize, batch under the token budget, forward, encode, pool. Yields per batch."""
+    from qscope_eval.model.batching import batch_tokens, plan_batches, run_with_oom_split
+    from qscope_eval.model.encode import encode_batch
+
+    bb = runtime.backbone
+    tok = bb.tokenize(texts)
+    lengths = np.array([len(x) for x in tok.ids], dtype=np.int64)
+    layers = sorted({h.layer for h in runtime.handles})
+    for batch in plan_batches(lengths, batch_tokens(suite.encode, bb.device), suite.encode.max_batch):
+        def run(idx):
+            res = bb.residuals([tok.ids[i] for i in idx], layers)
+            return encode_batch(res, runtime.handles, suite.encode)
+        for idx, pooled in run_with_oom_split(list(batch), run, single_message=lambda i: bb.oom_message(tok.ids[i])):
+            idx = np.asarray(idx)
+            yield EncodedBatch(ids[idx], lengths[idx], tok.truncated[idx], pooled)
+
+
+def write_results(store: Store, encoders: dict[str, EncoderRow], batch: EncodedBatch) -> int:
+    """All encoders' results for one batch in one transaction. Returns samples newly stored (main encoders)."""
+    parts = []
+    for key, pb in batch.pooled.items():
+        e = encoders[key]
+        parts.append((e.encoder_id, batch.ids, batch.n_tokens, batch.truncated, pb.row, pb.feature, pb.value, pb.n_tokens))
+    return store.write_batches(parts)
+
+
+def encode_suite(suite: Suite, store: Store, progress: bool = True,
+                 on_batch: Callable[[int], None] | None = None) -> EncodeReport:
+    """The whole encode job on one machine, with DB writes overlapped with compute."""
+    t0 = time.perf_counter()
+    rows = load_rows(suite)
+    runtime = load_runtime(suite)
+    prep = prepare(suite, store, rows, runtime.encoders)
+    ids = prep.pending_ids
+    texts = [prep.texts[i] for i in ids.tolist()]
+    bar = _progress(len(ids), suite.name, progress)
+    done = queue.Queue(maxsize=2)
+    errors: list[BaseException] = []
+    stats = {"truncated": 0, "tokens": 0, "written": 0}
+
+    def writer():
+        while (item := done.get()) is not None:
+            if errors:
+                continue
+            try:
+                write_results(store, prep.encoders, item)
+            except BaseException as e:  # surfaced in the main thread
+                errors.append(e)
+
+    thread = threading.Thread(target=writer, name="qscope-writer", daemon=True)
+    thread.start()
+    try:
+        for batch in encode_texts(runtime, ids, texts, suite):
+            if errors:
+                break
+            done.put(batch)
+            stats["truncated"] += int(batch.truncated.sum())
+            stats["tokens"] += int(batch.n_tokens.sum())
+            bar.update(len(batch.ids))
+            if on_batch:
+                on_batch(len(batch.ids))
+    finally:
+        done.put(None)
+        thread.join()
+        bar.close()
+    if errors:
+        raise errors[0]
+    warnings = stored_warnings(store, prep, suite)
+    for w in warnings:
+        log.warning(w)
+    return EncodeReport(prep.n_samples, len(ids), prep.n_samples - len(ids), stats["truncated"], stats["tokens"],
+                        time.perf_counter() - t0, list(prep.encoders), warnings)
+
+
+def truncation_warnings(store: Store, encoders: list[EncoderRow], benchmarks: list[str]) -> list[str]:
+    """Prompts cut to the model's maximum length (read from the store, so a resumed run reports them too)."""
+    for e in encoders:
+        n, longest = store.truncated(e.encoder_id, benchmarks)
+        if n:
+            return [f"{n} prompts were longer than the model's maximum ({longest} tokens) and were truncated "
+                    f"(layer {e.layer}); set model.max_length to change it"]
+    return []
+
+
+def stored_warnings(store: Store, prep: Prepared, suite: Suite) -> list[str]:
+    """What the reader of `encode` must know about the stored data: truncated prompts, saturated benchmarks.
+
+    The audit's report shows saturation from the metrics' own flag (same rule), so it takes only
+    truncation_warnings.
+    """
+    out = truncation_warnings(store, prep.main_encoders, list(prep.benchmark_ids))
+    for e in prep.main_encoders:
+        for bench, n in store.footprints(e.encoder_id).items():
+            if bench in prep.benchmark_ids and is_saturated(n, e.d_sae, suite.encode.saturation_warn):
+                out.append(saturation_warning(bench, n, e.d_sae, f" at layer {e.layer} with {suite.pooling} pooling"))
+    return out
+
+
+def _progress(total: int, name: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"encode {name}", unit="sample", disable=not enabled or total == 0,
+                dynamic_ncols=True, smoothing=0.1)

@@ -1,0 +1,130 @@
+"""The DuckDB schema: tables, views for the common questions, additive migrations, and the digest
+that lets a current file open without writing anything (see Store._init_schema)."""
+
+import hashlib
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS samples (
+    sample_id BIGINT PRIMARY KEY,      -- first 8 bytes of sha256(text), signed
+    text VARCHAR NOT NULL,
+    n_chars INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS benchmarks (
+    name VARCHAR PRIMARY KEY,
+    suite VARCHAR NOT NULL,            -- suite that last registered it
+    spec JSON NOT NULL,                -- the BenchmarkSpec as given
+    n_samples INTEGER NOT NULL,
+    cost DOUBLE,                       -- custom selection cost, if any
+    updated_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS memberships (
+    benchmark VARCHAR NOT NULL,
+    position INTEGER NOT NULL,         -- order within the benchmark (0-based)
+    sample_id BIGINT NOT NULL,
+    PRIMARY KEY (benchmark, position)
+);
+CREATE TABLE IF NOT EXISTS encoders (
+    encoder_id INTEGER PRIMARY KEY,
+    key VARCHAR UNIQUE NOT NULL,       -- model@rev|sae|layer|pooling(params)|kind
+    model VARCHAR NOT NULL,
+    model_revision VARCHAR NOT NULL,
+    sae VARCHAR NOT NULL,
+    layer INTEGER NOT NULL,
+    pooling VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,             -- 'sae' or 'null' (random dictionary baseline)
+    d_sae INTEGER NOT NULL,
+    params JSON NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS encoded (
+    encoder_id INTEGER NOT NULL,
+    sample_id BIGINT NOT NULL,
+    n_tokens INTEGER NOT NULL,         -- prompt length after truncation
+    truncated BOOLEAN NOT NULL,
+    n_features INTEGER NOT NULL,
+    encoded_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (encoder_id, sample_id)
+);
+CREATE TABLE IF NOT EXISTS activations (
+    encoder_id INTEGER NOT NULL,
+    sample_id BIGINT NOT NULL,
+    feature INTEGER NOT NULL,
+    value REAL NOT NULL,               -- pooled value (last/max: activation; top: score)
+    n_tokens INTEGER NOT NULL          -- tokens on which the feature fired
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    suite VARCHAR NOT NULL,
+    encoder_id INTEGER,
+    started_at TIMESTAMP NOT NULL,
+    finished_at TIMESTAMP,
+    status VARCHAR NOT NULL,           -- running | completed | failed
+    error VARCHAR,
+    params JSON,
+    summary JSON,
+    report_dir VARCHAR
+);
+CREATE TABLE IF NOT EXISTS run_features (
+    run_id VARCHAR NOT NULL,           -- F(D) of each benchmark at that audit (drift between audits)
+    benchmark VARCHAR NOT NULL,
+    feature INTEGER NOT NULL,
+    encoder_id INTEGER                 -- one F(D) per layer's encoder; NULL in files written before layers had their own
+);
+"""
+
+# Views for the common questions. A feature "fires" for a sample when its
+# pooled value is > 0; thresholds can be changed in SQL on `activations`.
+VIEWS = """
+CREATE OR REPLACE VIEW sample_features AS
+SELECT a.encoder_id, m.benchmark, m.position, a.sample_id,
+       list(a.feature ORDER BY a.value DESC) AS features,
+       list(a.value ORDER BY a.value DESC) AS "values"
+FROM activations a JOIN memberships m USING (sample_id)
+GROUP BY ALL;
+
+CREATE OR REPLACE VIEW benchmark_features AS
+SELECT a.encoder_id, m.benchmark, a.feature, count(DISTINCT a.sample_id) AS n_samples
+FROM activations a JOIN memberships m USING (sample_id)
+WHERE a.value > 0
+GROUP BY ALL;
+
+CREATE OR REPLACE VIEW coverage AS
+SELECT bf.encoder_id, bf.benchmark,
+       any_value(b.n_samples) AS n_samples,
+       count(*) AS n_features,
+       count(*) / any_value(e.d_sae) AS share_of_dsae
+FROM benchmark_features bf JOIN benchmarks b ON b.name = bf.benchmark
+JOIN encoders e USING (encoder_id)
+GROUP BY ALL;
+
+CREATE OR REPLACE VIEW pairwise_overlap AS
+WITH inter AS (
+  SELECT x.encoder_id, x.benchmark AS a, y.benchmark AS b, count(*) AS n_shared
+  FROM benchmark_features x JOIN benchmark_features y
+    ON x.encoder_id = y.encoder_id AND x.feature = y.feature
+  GROUP BY ALL)
+SELECT i.encoder_id, i.a, i.b, i.n_shared, ca.n_features AS n_a, cb.n_features AS n_b,
+       i.n_shared / ca.n_features AS asym_a_to_b,
+       i.n_shared / least(ca.n_features, cb.n_features) AS sym,
+       i.n_shared / (ca.n_features + cb.n_features - i.n_shared) AS jaccard
+FROM inter i
+JOIN coverage ca ON ca.encoder_id = i.encoder_id AND ca.benchmark = i.a
+JOIN coverage cb ON cb.encoder_id = i.encoder_id AND cb.benchmark = i.b;
+
+CREATE OR REPLACE VIEW feature_frequency AS
+SELECT encoder_id, feature, count(DISTINCT sample_id) AS n_samples,
+       count(DISTINCT benchmark) AS n_benchmarks
+FROM activations JOIN memberships USING (sample_id)
+WHERE value > 0
+GROUP BY ALL;
+"""
+
+
+# Additive migrations of older files (same schema version: old readers ignore the additions).
+MIGRATIONS = (
+    "ALTER TABLE run_features ADD COLUMN IF NOT EXISTS encoder_id INTEGER",  # per-layer drift
+)
+SCHEMA_DIGEST = hashlib.sha256("\n".join((SCHEMA, *MIGRATIONS, VIEWS)).encode()).hexdigest()[:16]
