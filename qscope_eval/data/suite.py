@@ -183,6 +183,33 @@ class SelectionSpec:
 
 
 @dataclass(frozen=True)
+class ValidationSpec:
+    """Optional audit step: check the feature proxy against lm-eval per-sample logs (DESIGN §5a)."""
+
+    logs: tuple[str, ...]
+    """lm-eval --output_path folders (or run folders) holding samples_<task>_<timestamp>.jsonl files."""
+    metric: str | None = None
+    """Per-sample metric (default: each task's first, e.g. acc, exact_match)."""
+    filter: str | None = None
+    """lm-eval filter when a task logs several (default: the first)."""
+    reference: str | None = None
+    """Benchmark to control for in partial score correlations (the report uses MMLU)."""
+    draws: int = 2000
+    """Monte Carlo draws per benchmark for R(D)."""
+    replicates: int = 500
+    """Bootstrap replicates (models resampled)."""
+
+    def __post_init__(self):
+        if not self.logs:
+            raise SuiteError("validation.logs must list at least one folder of lm-eval sample logs")
+        missing = [p for p in self.logs if not Path(p).exists()]
+        if missing:
+            raise SuiteError(f"validation.logs: {', '.join(missing)} not found; give lm-eval --output_path folders")
+        if self.draws < 100 or self.replicates < 50:
+            raise SuiteError("validation: draws >= 100 and replicates >= 50 are required")
+
+
+@dataclass(frozen=True)
 class Suite:
     """A validated suite."""
 
@@ -208,6 +235,8 @@ class Suite:
     """Batching and pooling knobs."""
     selection: SelectionSpec = field(default_factory=SelectionSpec)
     """Selection defaults."""
+    validation: ValidationSpec | None = None
+    """Audit step: validate against lm-eval sample logs of several models (None: skip)."""
     source: str | None = None
     """The file this suite was read from."""
 
@@ -304,7 +333,8 @@ def parse_suite(data: Any, source: Path | None = None) -> Suite:
             elif b.get("data_files") is not None:
                 raise SuiteError(f"{where}.data_files must map split names to files, e.g. {{test: data/x.jsonl}}")
         benches.append(_build(BenchmarkSpec, b, where))
-    kwargs = {k: v for k, v in data.items() if k not in ("model", "sae", "layers", "benchmarks", "encode", "selection", "task_paths")}
+    kwargs = {k: v for k, v in data.items()
+              if k not in ("model", "sae", "layers", "benchmarks", "encode", "selection", "task_paths", "validation")}
     return Suite(
         model=_build(ModelSpec, model, "model"),
         sae=_build(SaeSpec, sae, "sae"),
@@ -313,9 +343,20 @@ def parse_suite(data: Any, source: Path | None = None) -> Suite:
         task_paths=tuple(resolve_path(p, base) for p in data.get("task_paths") or ()),
         encode=_build(EncodeSpec, data.get("encode") or {}, "encode"),
         selection=_build(SelectionSpec, data.get("selection") or {}, "selection"),
+        validation=_validation(data.get("validation"), base),
         source=str(source) if source else None,
         **kwargs,
     )
+
+
+def _validation(v: Any, base: Path) -> ValidationSpec | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict) or not isinstance(v.get("logs", []), (list, str)):
+        raise SuiteError("validation must be a mapping with `logs:` (a list of folders), e.g. {logs: [runs/]}")
+    logs = v.get("logs", [])
+    logs = [logs] if isinstance(logs, str) else logs
+    return _build(ValidationSpec, {**v, "logs": tuple(resolve_path(str(p), base) for p in logs)}, "validation")
 
 
 def builtin_suites() -> dict[str, Path]:

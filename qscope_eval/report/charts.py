@@ -13,6 +13,8 @@ import math
 import altair as alt
 import numpy as np
 
+from .report_validation import charts as _validation_charts
+
 __all__ = ["CHARTS", "all_charts", "coverage_chart", "overlap_chart", "redundancy_chart", "curves_chart",
            "selection_chart", "frequency_chart"]
 
@@ -269,4 +271,5 @@ CHARTS = {"selection": selection_chart, "coverage": coverage_chart, "redundancy"
 
 def all_charts(summary: dict) -> dict:
     """Every chart of the report, by name (the PNG file stem and the HTML element id)."""
-    return {name: fn(summary) for name, fn in CHARTS.items()}
+    # the validation section's charts exist only when summary["validation"] does
+    return {**{name: fn(summary) for name, fn in CHARTS.items()}, **_validation_charts(summary)}
