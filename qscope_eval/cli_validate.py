@@ -18,6 +18,7 @@ def _r_rows(out: dict) -> list[dict]:
 
 def _match_rows(out: dict) -> list[dict]:
     return [{"task": m["task"], "benchmark": m["benchmark"], "docs": m["n_docs"], "matched": m["n_matched"],
+             "by_doc": m["by_doc"],
              "unmatched": ", ".join(f"{k}: {v}" for k, v in m["unmatched"].items()) or "-"} for m in out["matching"]]
 
 

@@ -18,6 +18,9 @@ store's prompt texts after whitespace normalisation, as the stored text being
 - the suffix of the prompt minus a constant tail (chat templates close every
   prompt with the same end-of-turn / assistant markers): the tail length is
   calibrated per file on its first prompts.
+- failing those (a prompt template of the user's own, or stored prompts with few-shot
+  examples), the one stored text holding the doc's longest field shown in the prompt,
+  about as near its end as in the prompt (a few-shot example sits further up).
 The longest stored suffix wins (a shorter one is a suffix of it). A match is kept
 only if the doc agrees with it (the doc's longest string field found in the prompt
 must be inside the stored text), and a normalised text shared by two stored samples

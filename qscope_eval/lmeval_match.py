@@ -1,7 +1,7 @@
 """Match logged lm-eval prompts to the store's samples, and logged tasks to stored benchmarks.
 
 See lmeval_logs.py for the rules (whole prompt, suffix, suffix before a constant
-chat-template tail; doc check; ambiguity is never guessed). A logged task is
+chat-template tail, then the doc's fields; doc check; ambiguity is never guessed). A logged task is
 assigned to the stored benchmark that holds most of its matched samples, so
 benchmark names never need to agree; docs matched to samples outside that
 benchmark, and tasks that another task already claimed, are reported.
@@ -18,6 +18,7 @@ from typing import Any
 from .lmeval_logs import CALIBRATE, MAX_TAIL, MIN_SUFFIX, TaskLog, normalize
 
 REASONS = ("no stored prompt", "ambiguous", "doc mismatch", "other benchmark")
+DOC_SLACK = 100  # characters a stored template may add after the doc's field beyond what lm-eval's adds
 
 
 class SampleIndex:
@@ -31,6 +32,30 @@ class SampleIndex:
         self.raw = texts
         # reversed texts, sorted: "stored text is a suffix of p" == "reversed text is a prefix of reversed p"
         self.rev = sorted(n[::-1] for n in self.by_norm if len(n) >= MIN_SUFFIX)
+
+    def _corpus(self) -> tuple[str, list[int], list[str]]:
+        """All normalised texts joined by NUL (built on first use): one C-speed `find` scans them all."""
+        if not hasattr(self, "_joined"):
+            norms = list(self.by_norm)
+            starts, pos = [], 0
+            for n in norms:
+                starts.append(pos)
+                pos += len(n) + 1
+            self._joined = ("\0".join(norms), starts, norms)
+        return self._joined
+
+    def containing(self, field: str, max_rest: int, limit: int = 50) -> set[str]:
+        """Stored texts holding `field` with at most `max_rest` characters after it (its own question is last
+        in a prompt; a few-shot example of it sits further from the end)."""
+        joined, starts, norms = self._corpus()
+        hits, pos, seen = set(), joined.find(field), 0
+        while pos != -1 and seen < limit:
+            k = bisect.bisect_right(starts, pos) - 1
+            rest = len(norms[k]) - (pos - starts[k] + len(field))
+            if 0 <= rest <= max_rest:
+                hits.add(norms[k])
+            pos, seen = joined.find(field, pos + 1), seen + 1
+        return hits
 
     def longest_suffix(self, p: str) -> str | None:
         """The longest stored (normalised) text that is a suffix of normalised prompt p."""
@@ -74,14 +99,31 @@ class Match:
     sample_id: int | None
     reason: str | None
     """None when matched, else one of REASONS."""
+    how: str | None = None
+    """`prompt` (the stored text ends the prompt) or `doc` (the doc's longest field ends a stored text)."""
+
+
+def _by_doc(idx: SampleIndex, doc: Any, p: str) -> str | None | bool:
+    """Fallback for prompts rendered with another template: the stored text holding the doc's longest field
+    (>= 20 characters, shown in the prompt) about as near its end as in the prompt. False: ambiguous."""
+    fields = [f for f in _strings(doc, []) if len(f) >= 20 and f in p]
+    if not fields:
+        return None
+    f = max(fields, key=len)
+    hits = idx.containing(f, max_rest=len(p) - (p.rfind(f) + len(f)) + DOC_SLACK)
+    return (hits.pop() if hits else None) if len(hits) <= 1 else False
 
 
 def _match_one(idx: SampleIndex, prompt: str, doc: Any, tail: int) -> Match:
     p = normalize(prompt)
     cut = p[:len(p) - tail].rstrip() if tail else p
-    hit = idx.longest_suffix(cut)
+    hit, how = idx.longest_suffix(cut), "prompt"
     if hit is None and tail:
         hit = idx.longest_suffix(p)
+    if hit is None:
+        hit, how = _by_doc(idx, doc, p), "doc"
+        if hit is False:
+            return Match(None, "ambiguous")
     if hit is None:
         return Match(None, "no stored prompt")
     ids = idx.by_norm[hit]
@@ -92,7 +134,7 @@ def _match_one(idx: SampleIndex, prompt: str, doc: Any, tail: int) -> Match:
         ids = raw
     if not doc_agrees(doc, p, hit):
         return Match(None, "doc mismatch")
-    return Match(ids[0], None)
+    return Match(ids[0], None, how)
 
 
 def calibrate_tail(idx: SampleIndex, prompts: list[str]) -> int:
@@ -121,6 +163,8 @@ class TaskMatch:
     """Distinct doc_ids logged for the task (over all models)."""
     n_matched: int
     """Docs matched to a sample of `benchmark`."""
+    by_doc: int = 0
+    """Of those, matched through the doc's fields (another prompt template) rather than the prompt's text."""
     unmatched: dict[str, int] = field(default_factory=dict)
     """Reason -> docs."""
     samples: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -157,7 +201,7 @@ def _assign(task: str, doc_match: dict, votes: Counter, members: dict[int, set[s
             per_doc[d] = m
     if not votes:
         why = Counter(m.reason for m in per_doc.values())
-        return TaskMatch(task, None, len(docs), 0, dict(why),
+        return TaskMatch(task, None, len(docs), 0, 0, dict(why),
                          note=f"{task}: none of its {len(docs)} prompts is stored (not in the suite, or rendered "
                               "differently, e.g. with include_target); skipped")
     sizes = Counter(b for bs in members.values() for b in bs)
@@ -172,7 +216,8 @@ def _assign(task: str, doc_match: dict, votes: Counter, members: dict[int, set[s
         elif bench not in members.get(m.sample_id, ()):
             why["other benchmark"] += 1
     n_matched = len({d for _, d in samples})
-    return TaskMatch(task, bench, len(docs), n_matched, dict(why), samples)
+    by_doc = len({d for (model, d), m in doc_match.items() if m.how == "doc" and (model, d) in samples})
+    return TaskMatch(task, bench, len(docs), n_matched, by_doc, dict(why), samples)
 
 
 def _one_task_per_benchmark(results: list[TaskMatch]) -> list[TaskMatch]:

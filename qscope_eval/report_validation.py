@@ -92,7 +92,7 @@ def section(summary: dict, e, table, chart_div) -> str:
         return ""
     f = lambda x, d=3: "–" if x is None else f"{x:.{d}f}"  # noqa: E731
     verdicts = "".join(f"<li>{e(line)}</li>" for line in v["verdicts"])
-    match_rows = [[e(m["task"]), e(m["benchmark"] or "–"), str(m["n_docs"]), str(m["n_matched"]),
+    match_rows = [[e(m["task"]), e(m["benchmark"] or "–"), str(m["n_docs"]), str(m["n_matched"]), str(m.get("by_doc", 0)),
                    e(", ".join(f"{k}: {n}" for k, n in m["unmatched"].items()) or "–")] for m in v["matching"]]
     r_rows = [[e(b["name"]), str(b["n_models"]), str(b["n_items"]), f"{f(b['r'])} ± {f(b['r_se'])}",
                f"[{f(b['r_lo'])}, {f(b['r_hi'])}]", f(b["r_null"]), f(b["r_hat"]), f(b["auc"])] for b in v["benchmarks"]]
@@ -107,7 +107,7 @@ Eqs. 4–6) = mean over n of E[Kendall τ between the model ranking on a random 
 ({v['replicates']} replicates). R_null: R with each item's results shuffled across models. The report
 found ρ(R, R-hat) ≈ 0.85 and overlap vs score correlation Spearman 0.61 (0.71 partial, controlling for MMLU).</p>
 <ul class="lead">{verdicts}</ul>
-{table(["logged task", "stored benchmark", "docs", "matched", "unmatched"], match_rows, "num")}
+{table(["logged task", "stored benchmark", "docs", "matched", "by doc fields", "unmatched"], match_rows, "num")}
 {table(["benchmark", "models", "items", "R", "R interval", "R_null", "R-hat", "AUC"], r_rows, "num")}
 {chart_div("validation_r")}
 {table(["statistic", "method", "value", "interval", "benchmarks / pairs", "models"], ag_rows, "num")}

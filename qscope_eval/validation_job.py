@@ -12,6 +12,7 @@ the recommendation's own measure can be registered there.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from collections import defaultdict
@@ -20,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from . import analysis, metrics
 from . import validation as V
@@ -158,14 +160,28 @@ def _matrix(A: np.ndarray | None) -> list | None:
     return None if A is None else [[_f(x) for x in row] for row in A]
 
 
-def _feature_side(store: Store, encoder, names: list[str]) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Encoder info, per-benchmark R̂/AUC/N, and every applicable overlap measure, over `names`."""
+def _feature_side(store: Store, encoder, benches: list[BenchScores]) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """Encoder info, per-benchmark R̂/AUC/N and every applicable overlap measure, on the SAME samples as R
+    (each benchmark's scored items, not all it stores: R and R̂ of one D must see one D); and stored sizes."""
+    names = [b.name for b in benches]
     ld = analysis.load(store, encoder, names)
+    stored = np.asarray(ld.real.M.sum(axis=1)).ravel()
+    rows, cols = [], []
+    for k, b in enumerate(benches):
+        pos = np.searchsorted(ld.real.sample_ids, b.sample_ids)
+        ok = (pos < len(ld.real.sample_ids)) & (ld.real.sample_ids[np.minimum(pos, len(ld.real.sample_ids) - 1)] == b.sample_ids)
+        if not ok.all():
+            raise V.ValidationError(f"{(~ok).sum()} scored samples of {b.name} are not encoded by encoder "
+                                    f"{ld.real.encoder.encoder_id}; run `qscope-eval encode` for its suite first")
+        rows += [k] * len(pos)
+        cols += pos.tolist()
+    M = sp.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(len(benches), len(ld.real.sample_ids)))
+    ld = analysis.Loaded(dataclasses.replace(ld.real, M=M), ld.null and dataclasses.replace(ld.null, M=M))
     sm = analysis.suite_metrics(ld)
     per = {"r_hat": np.array([r.r_hat for r in sm.redundancy]), "auc": np.array([r.auc for r in sm.redundancy]),
            "n_samples": sm.coverage.n_samples.astype(np.float64)}
     overlaps = {k: fn(ld, sm) for k, fn in OVERLAP_MEASURES.items()}
-    return analysis._encoder_dict(ld), per, {k: v for k, v in overlaps.items() if v is not None}
+    return analysis._encoder_dict(ld), per, {k: v for k, v in overlaps.items() if v is not None}, stored
 
 
 def _verdicts(res: V.ValidationResult, n_models: int) -> list[str]:
@@ -177,7 +193,9 @@ def _verdicts(res: V.ValidationResult, n_models: int) -> list[str]:
             line = V.verdict(a, LABELS[ov], "score correlation", n_models)
             null = by.get(("null_sym~score_pearson", "spearman"))
             if null is not None and ov == "sym" and math.isfinite(null.value):
-                line += f" (null dictionary: ρ = {null.value:.2f})"
+                same = a.lo is not None and math.isfinite(a.lo) and null.value >= a.lo
+                line += (f"; a random dictionary does as well (ρ = {null.value:.2f}): the SAE adds nothing visible here"
+                         if same else f" (null dictionary: ρ = {null.value:.2f})")
             lines.append(line)
     a = by.get(("r~r_hat", "spearman"))
     line = V.verdict(a, "the feature redundancy R̂", "performance-based redundancy R", n_models)
@@ -187,7 +205,7 @@ def _verdicts(res: V.ValidationResult, n_models: int) -> list[str]:
     return lines + [line]
 
 
-def _result_dict(vid, cfg, enc, benches, names, models, per, overlaps, res, ref, matches, notes, r_null) -> dict:
+def _result_dict(vid, cfg, enc, benches, names, models, per, overlaps, res, ref, matches, notes, r_null, stored) -> dict:
     K = len(names)
     corr = res.corr
     bench_rows = []
@@ -196,7 +214,7 @@ def _result_dict(vid, cfg, enc, benches, names, models, per, overlaps, res, ref,
         bench_rows.append({"name": b.name, "task": b.match.task, "n_models": len(b.models), "n_items": int(b.C.shape[1]),
                            "r": _f(red.r), "r_se": _f(red.se), "r_lo": _f(res.r_lo[k]), "r_hi": _f(res.r_hi[k]),
                            "r_null": _f(r_null[k]), "r_hat": _f(per["r_hat"][k]), "auc": _f(per["auc"][k]),
-                           "n_samples": int(per["n_samples"][k]), "scores": scores,
+                           "n_stored": int(stored[k]), "scores": scores,
                            "tau_curve": {"n": [int(x) for x in red.ns], "tau": [_f(x) for x in red.tau_n]}})
     a, b = V.pairs_of(np.arange(K))
     pairs = [{"a": names[i], "b": names[j], "n_models": int(corr.n_models[i, j]),
@@ -208,6 +226,7 @@ def _result_dict(vid, cfg, enc, benches, names, models, per, overlaps, res, ref,
         "draws": cfg.draws, "replicates": res.replicates, "level": res.level, "seed": cfg.seed,
         "reference": None if ref is None else names[ref],
         "matching": [{"task": m.task, "benchmark": m.benchmark, "n_docs": m.n_docs, "n_matched": m.n_matched,
+                      "by_doc": m.by_doc,
                       "unmatched": m.unmatched, "note": m.note} for m in matches],
         "benchmarks": bench_rows,
         "score_correlation": {"names": names, "pearson": _matrix(corr.pearson), "spearman": _matrix(corr.spearman),
@@ -243,7 +262,7 @@ def run_validation(store: Store, paths: list[str], cfg: ValidateConfig = Validat
             "add the logs of more models")
     names = [b.name for b in benches]
     ref = _resolve_reference(cfg.reference, benches)
-    enc, per, overlaps = _feature_side(store, encoder, names)
+    enc, per, overlaps, stored = _feature_side(store, encoder, benches)
     col = {m: j for j, m in enumerate(models)}
     S = np.full((len(benches), len(models)), np.nan)
     for k, b in enumerate(benches):
@@ -254,7 +273,7 @@ def run_validation(store: Store, paths: list[str], cfg: ValidateConfig = Validat
     res = V.validate(inp, cfg.replicates, cfg.seed, cfg.level)
     r_null = [_null_r(b.C, max(cfg.draws // 2, 100), cfg.seed + 7919 + k) for k, b in enumerate(benches)]
     vid = str(uuid.uuid4())
-    out = _result_dict(vid, cfg, enc, benches, names, models, per, overlaps, res, ref, matches, notes, r_null)
+    out = _result_dict(vid, cfg, enc, benches, names, models, per, overlaps, res, ref, matches, notes, r_null, stored)
     if save:
         used = df.merge(pd.DataFrame([(b.name, m) for b in benches for m in b.models], columns=["benchmark", "model"]))
         sources = {tl.model: str(tl.path.parent) for tl in logs.tasks}

@@ -113,3 +113,13 @@ def plant_features(store: Store, seed: int = 0, d: int = 360, k: int = 8, half_w
         store.write_batch(enc.encoder_id, todo, np.full(len(todo), 50), np.zeros(len(todo), bool), np.array(rows),
                           np.array(feats), rng.random(n) + 0.1, np.ones(n, int))
     return enc.encoder_id
+
+
+if __name__ == "__main__":  # python tests/lmeval_fixtures.py OUT [N_MODELS] [SEED]: planted logs for trying `validate`
+    import sys
+
+    target = Path(sys.argv[1])
+    if target.exists() and any(target.iterdir()):
+        sys.exit(f"{target} is not empty; give a new folder")
+    plant_models(target, *(int(x) for x in sys.argv[2:4]))
+    print(f"wrote {len(list(target.iterdir()))} model folders of lm-eval sample logs to {target}")

@@ -186,3 +186,18 @@ def test_tasks_go_to_the_benchmark_holding_their_prompts_whatever_the_names():
 def test_copying_the_genuine_run_keeps_it_readable(tmp_path):
     run = shutil.copytree(DUMMY, tmp_path / "copy")
     assert {t.task for t in read_logs([run]).tasks} == {t.task for t in read_logs([DUMMY]).tasks}
+
+
+def test_another_template_matches_by_the_docs_fields_unless_a_few_shot_example_is_all_there_is():
+    t = _bio_log()
+    # the user's own template: the stored text is no suffix of the prompt, but the doc's question ends both
+    mine = _bio_log(prompts=[f"Subject: biology\nQ: {d['question']}\nOptions: " + " | ".join(d["choices"]) + "\nYour answer:"
+                             for d in t.docs])
+    texts = {1000 + i: mmlu_text(d) for i, d in enumerate(t.docs)}
+    [m] = match_tasks([mine], SampleIndex(texts), {s: {"hs_bio"} for s in texts})
+    assert (m.n_matched, m.by_doc) == (20, 20)
+    assert all(m.samples[("m", d)] == 1000 + i for i, d in enumerate(t.doc_ids))
+    # stored few-shot prompts: doc 0 itself is not stored, but its question is an example inside doc 1's prompt
+    shots = {2000 + i: mmlu_text(t.docs[0]) + " C\n\n" + mmlu_text(d) for i, d in enumerate(t.docs) if i > 0}
+    [m] = match_tasks([mine], SampleIndex(shots), {s: {"hs_bio"} for s in shots})
+    assert ("m", 0) not in m.samples and m.n_matched == 19

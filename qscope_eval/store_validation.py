@@ -1,0 +1,51 @@
+"""Store reads and writes of the validation against behaviour (DESIGN §5a): models, per-sample scores, results.
+
+A mixin of `store.Store` (kept apart so store.py stays one screenful per concern); the
+tables themselves are in store.SCHEMA. Scores of a (model, benchmark) are replaced as a
+whole, together with the validation result, in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pandas as pd
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class ValidationTables:
+    """Methods on a Store (self.con: the DuckDB connection; self.transaction(): BEGIN/COMMIT)."""
+
+    # ---- validation against behaviour (DESIGN §5a) ------------------------------------
+    def stored_prompts(self) -> tuple[dict[int, str], dict[int, set[str]]]:
+        """Every benchmark sample's text, and sample -> the benchmarks it belongs to."""
+        rows = self.con.execute("SELECT m.sample_id, s.text, list(DISTINCT m.benchmark) FROM memberships m "
+                                "JOIN samples s USING (sample_id) GROUP BY ALL").fetchall()
+        return {r[0]: r[1] for r in rows}, {r[0]: set(r[2]) for r in rows}
+
+    def save_validation(self, validation_id: str, encoder_id: int | None, params: dict, result: dict,
+                        models: pd.DataFrame, scores: pd.DataFrame) -> None:
+        """Models, their per-sample scores (replacing earlier ones of the same model and benchmark) and the result, in ONE transaction."""
+        with self.transaction():
+            self.con.register("_models", models[["model", "source"]])
+            self.con.execute("INSERT OR REPLACE INTO models SELECT model, source, ? FROM _models", [_now()])
+            self.con.unregister("_models")
+            cols = ["model", "benchmark", "sample_id", "value", "metric", "filter", "task", "doc_id"]
+            self.con.register("_scores", scores[cols])
+            self.con.execute("DELETE FROM sample_scores s WHERE EXISTS (SELECT 1 FROM _scores n "
+                             "WHERE n.model = s.model AND n.benchmark = s.benchmark)")
+            self.con.execute(f"INSERT INTO sample_scores SELECT {', '.join(cols)} FROM _scores")
+            self.con.unregister("_scores")
+            self.con.execute("INSERT INTO validations VALUES (?, ?, ?, ?, ?)",
+                             [validation_id, _now(), encoder_id, json.dumps(params, sort_keys=True, default=str),
+                              json.dumps(result, default=str)])
+
+    def latest_validation(self, encoder_id: int) -> dict | None:
+        """The newest stored validation result for this encoder, if any."""
+        row = self.con.execute("SELECT result FROM validations WHERE encoder_id = ? ORDER BY created_at DESC LIMIT 1",
+                               [encoder_id]).fetchall()
+        return json.loads(row[0][0]) if row else None
