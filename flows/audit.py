@@ -45,6 +45,7 @@ from qscope_eval.jobs import pipeline
 from qscope_eval.jobs.audit import AuditSettings, parse_task_runner, render_layers, summarize_layers
 from qscope_eval.store import Store
 from qscope_eval.data.suite import Suite, load_suite
+from qscope_eval.errors import QScopeError
 
 # Nothing here is worth caching or persisting: the store is the cache, and shard results are big arrays.
 LOCAL = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -118,6 +119,22 @@ def summarize(store: Store, settings: AuditSettings, run_id: str) -> list[dict]:
 
 
 @task(**LOCAL)
+def validate(store: Store, suite: Suite, encoder_id: int) -> str | None:
+    """The suite's `validation:` step (feature proxy vs lm-eval per-sample logs), stored for `summarize` to show.
+
+    Returns None, or why it was skipped: the audit's own results stand, and the report says so."""
+    from qscope_eval.jobs.validation import ValidateConfig, run_validation
+
+    v = suite.validation
+    cfg = ValidateConfig(metric=v.metric, filter=v.filter, reference=v.reference, draws=v.draws, replicates=v.replicates)
+    try:
+        run_validation(store, list(v.logs), cfg, encoder=encoder_id)
+    except QScopeError as e:
+        return f"validation against behaviour skipped: {e}"
+    return None
+
+
+@task(**LOCAL)
 def render(summaries: list[dict], out: str):
     """The HTML/PNG report and summary.json of every layer under `out` (the first layer's is returned)."""
     return render_layers(summaries, out)
@@ -182,7 +199,10 @@ def audit(suite: str, db: str, out: str, target: float | None = None, task_runne
                                      tuple(e.encoder_id for e in prep.main_encoders), target or s.selection.target,
                                      s.selection.cost, s.selection.min_support, exact)
             store.update_run_params(run_id, {**params, "settings": settings.to_params()})
+            why = validate(store, s, settings.encoder_ids[0]) if s.validation is not None else None
             summaries = summarize(store, settings, run_id)
+            if why:
+                summaries[0]["warnings"].append(why)
             for w in summaries[0]["warnings"]:
                 log.warning(w)
             summary, enc = summaries[0], prep.main_encoders[0]

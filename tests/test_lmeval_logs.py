@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from lmeval_fixtures import DUMMY
-from qscope_eval.lmeval_logs import LogError, TaskLog, read_logs, read_task_file
-from qscope_eval.lmeval_match import SampleIndex, calibrate_tail, match_tasks
+from qscope_eval.data.lmeval_logs import LogError, TaskLog, read_logs, read_task_file
+from qscope_eval.data.lmeval_match import SampleIndex, calibrate_tail, match_tasks
 
 GSM8K = next(DUMMY.glob("samples_my_gsm8k_*.jsonl"))
 BIO = next(DUMMY.glob("samples_my_mmlu_high_school_biology_*.jsonl"))

@@ -9,6 +9,7 @@ GSM8K, MMLU with descriptions, task names of our own) copied to 24 models with p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -20,10 +21,10 @@ from click.testing import CliRunner
 
 from lmeval_fixtures import BENCH_OF, SUITE_BENCHMARKS, TOPIC, plant_features, plant_models
 from qscope_eval.cli import cli
-from qscope_eval.pipeline import encode_suite
+from qscope_eval.jobs.pipeline import encode_suite
 from qscope_eval.store import Store
-from qscope_eval.suite import load_suite
-from qscope_eval.validation_job import ValidateConfig, run_validation
+from qscope_eval.data.suite import load_suite
+from qscope_eval.jobs.validation import ValidateConfig, run_validation
 from synthetic import write_tiny_suite
 
 TABLES = ["models", "sample_scores", "validations", "samples", "memberships", "activations"]
@@ -184,5 +185,11 @@ def test_suite_key_runs_validation_in_the_audit_flow_step(base, db, tmp_path):
     from flows.audit import validate
     with Store(db) as store:
         enc = store.encoder().encoder_id
-        result, why = validate.fn(store, s, enc)
-    assert why is None and result["n_models"] == 24 and result["encoder"]["encoder_id"] == enc
+        assert validate.fn(store, s, enc) is None
+        result = store.latest_validation(enc)
+    assert result["n_models"] == 24 and result["encoder"]["encoder_id"] == enc
+    two = _copy_logs(logs, tmp_path / "two", 2)  # fewer than 3 models: the step is skipped with a reason, the audit goes on
+    s_bad = dataclasses.replace(s, validation=dataclasses.replace(s.validation, logs=(str(two),)))
+    with Store(db) as store:
+        why = validate.fn(store, s_bad, enc)
+    assert why.startswith("validation against behaviour skipped: ") and "at least 3 models" in why

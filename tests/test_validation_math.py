@@ -1,4 +1,4 @@
-"""validation.py on small hand-made matrices: R(D) (Eqs. 4–6), τ-b, the model bootstrap, score correlations."""
+"""analysis/validation.py on small hand-made matrices: R(D) (Eqs. 4–6), τ-b, the model bootstrap, score correlations."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from qscope_eval import validation as V
+from qscope_eval.analysis import validation as V
 
 
 def test_identical_ranking_on_every_subset_gives_r_one():

@@ -2,7 +2,7 @@
 thresholds), the output helper, and the group class that turns library errors into one line.
 
 Commands live in small modules beside this one (cli/encode.py, cli/metrics.py, cli/jobs.py,
-cli/sae.py) and import only from here; cli/main.py adds them to the group.
+cli/sae.py, cli/validate.py) and import only from here; cli/main.py adds them to the group.
 """
 
 from __future__ import annotations

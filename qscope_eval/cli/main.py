@@ -17,6 +17,7 @@ from qscope_eval.cli import encode as _encode
 from qscope_eval.cli import jobs as _jobs
 from qscope_eval.cli import metrics as _metrics
 from qscope_eval.cli import sae as _sae
+from qscope_eval.cli import validate as _validate
 from qscope_eval.cli.common import Group
 
 
@@ -37,6 +38,7 @@ COMMANDS = [
     _metrics.coverage, _metrics.overlap, _metrics.select_cmd, _metrics.sql,
     _jobs.audit, _jobs.report,
     _sae.train_sae, _sae.feature_stats,
+    _validate.validate,
 ]
 for _command in COMMANDS:
     cli.add_command(_command)

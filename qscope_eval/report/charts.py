@@ -13,7 +13,7 @@ import math
 import altair as alt
 import numpy as np
 
-from .report_validation import charts as _validation_charts
+from qscope_eval.report.validation import charts as _validation_charts
 
 __all__ = ["CHARTS", "all_charts", "coverage_chart", "overlap_chart", "redundancy_chart", "curves_chart",
            "selection_chart", "frequency_chart"]

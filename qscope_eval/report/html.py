@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qscope_eval.report import charts as _charts
+from qscope_eval.report.validation import section as _validation_section
 
 __all__ = ["ReportFiles", "render_report", "report_html", "write_summary_json", "to_json_safe", "embed_json",
            "warnings_for"]
@@ -376,6 +377,7 @@ charts.</p></noscript>
 <p class="muted">O(A → B) = |F(A) ∩ F(B)| / |F(A)|: how much of A is already covered by B (Qwen-Scope Eq. 10).
 A high value in row A, column B means B makes A largely redundant; the matrix is not symmetric.</p>
 {div("overlap")}
+{_validation_section(summary, _e, _table, div)}
 <h2>Sample-level selection</h2>
 {_samples(summary)}
 <h2>Duplicates</h2>

@@ -27,6 +27,7 @@ import scipy.sparse as sp
 from qscope_eval.model.encoders import EncoderKey
 from qscope_eval.errors import StoreError
 from qscope_eval.store.schema import MIGRATIONS, SCHEMA, SCHEMA_DIGEST, SCHEMA_VERSION, VIEWS
+from qscope_eval.store.validation import ValidationTables
 
 
 def sample_id(text: str) -> int:
@@ -80,7 +81,7 @@ class EncodedSet:
     """Row names of M, in suite/registration order."""
 
 
-class Store:
+class Store(ValidationTables):
     """A qscope-eval DuckDB file opened for writing (one writer at a time)."""
 
     def __init__(self, path: str | Path):

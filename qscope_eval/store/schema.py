@@ -73,6 +73,30 @@ CREATE TABLE IF NOT EXISTS run_features (
     feature INTEGER NOT NULL,
     encoder_id INTEGER                 -- one F(D) per layer's encoder; NULL in files written before layers had their own
 );
+-- validation against behaviour (lm-eval per-sample logs, DESIGN §5a); added later: IF NOT EXISTS keeps old files working
+CREATE TABLE IF NOT EXISTS models (
+    model VARCHAR PRIMARY KEY,         -- lm-eval's model (results' model_args pretrained=...) or the run folder
+    source VARCHAR,                    -- run folder(s) its scores were read from
+    added_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sample_scores (
+    model VARCHAR NOT NULL,
+    benchmark VARCHAR NOT NULL,        -- the stored benchmark the logged task matched
+    sample_id BIGINT NOT NULL,         -- joins samples, memberships, activations
+    value DOUBLE NOT NULL,             -- the metric's per-sample value (acc, exact_match: 0/1)
+    metric VARCHAR NOT NULL,
+    filter VARCHAR NOT NULL,
+    task VARCHAR NOT NULL,             -- lm-eval task name as logged
+    doc_id INTEGER NOT NULL,           -- lm-eval doc_id (first one if a prompt was logged twice)
+    PRIMARY KEY (model, benchmark, sample_id)
+);
+CREATE TABLE IF NOT EXISTS validations (
+    validation_id VARCHAR PRIMARY KEY,
+    created_at TIMESTAMP NOT NULL,
+    encoder_id INTEGER,                -- the encoder whose features were compared with behaviour
+    params JSON,
+    result JSON                        -- the `validate --json` document
+);
 """
 
 # Views for the common questions. A feature "fires" for a sample when its
@@ -113,6 +137,10 @@ SELECT i.encoder_id, i.a, i.b, i.n_shared, ca.n_features AS n_a, cb.n_features A
 FROM inter i
 JOIN coverage ca ON ca.encoder_id = i.encoder_id AND ca.benchmark = i.a
 JOIN coverage cb ON cb.encoder_id = i.encoder_id AND cb.benchmark = i.b;
+
+CREATE OR REPLACE VIEW model_scores AS
+SELECT model, benchmark, any_value(metric) AS metric, count(*) AS n_samples, avg(value) AS score
+FROM sample_scores GROUP BY ALL;
 
 CREATE OR REPLACE VIEW feature_frequency AS
 SELECT encoder_id, feature, count(DISTINCT sample_id) AS n_samples,

@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .lmeval_logs import CALIBRATE, MAX_TAIL, MIN_SUFFIX, TaskLog, normalize
+from qscope_eval.data.lmeval_logs import CALIBRATE, MAX_TAIL, MIN_SUFFIX, TaskLog, normalize
 
 REASONS = ("no stored prompt", "ambiguous", "doc mismatch", "other benchmark")
 DOC_SLACK = 100  # characters a stored template may add after the doc's field beyond what lm-eval's adds

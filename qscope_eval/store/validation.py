@@ -1,7 +1,7 @@
 """Store reads and writes of the validation against behaviour (DESIGN §5a): models, per-sample scores, results.
 
-A mixin of `store.Store` (kept apart so store.py stays one screenful per concern); the
-tables themselves are in store.SCHEMA. Scores of a (model, benchmark) are replaced as a
+A mixin of `store.db.Store` (kept apart: one concern per module); the tables themselves
+are in store/schema.py. Scores of a (model, benchmark) are replaced as a
 whole, together with the validation result, in one transaction.
 """
 

@@ -1,8 +1,8 @@
 """The validate job: lm-eval sample logs + a store -> does the feature proxy track behaviour? (DESIGN §5a)
 
-Glue only: lmeval_logs reads the logs, lmeval_match matches them to stored
-samples, validation.py does the math, the store keeps models, per-sample scores
-and the result. Everything is computed before the single write transaction, so
+Glue only: data/lmeval_logs reads the logs, data/lmeval_match matches them to
+stored samples, analysis/validation does the math, the store keeps models,
+per-sample scores and the result (store/validation). Everything is computed before the single write transaction, so
 a fatal error (no logs, nothing matched, fewer than 3 models) writes nothing.
 
 Overlap measures are pluggable: OVERLAP_MEASURES maps a name to a function of the
@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import uuid
+from datetime import datetime, timezone
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
@@ -23,11 +24,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import analysis, metrics
-from . import validation as V
-from .lmeval_logs import LogSet, read_logs
-from .lmeval_match import SampleIndex, TaskMatch, match_tasks
-from .store import Store
+from qscope_eval.analysis import metrics
+from qscope_eval.analysis import validation as V
+from qscope_eval.data.lmeval_logs import LogSet, read_logs
+from qscope_eval.data.lmeval_match import SampleIndex, TaskMatch, match_tasks
+from qscope_eval.jobs import summary as sm_
+from qscope_eval.store import Store
 
 
 @dataclass(frozen=True)
@@ -56,19 +58,19 @@ class ValidateConfig:
             raise V.ValidationError("validate: draws >= 100, replicates >= 50, min_items >= 2 and 0.5 < level < 1 are required")
 
 
-def _sym(ld: analysis.Loaded, sm: metrics.SuiteMetrics) -> np.ndarray:
+def _sym(ld: sm_.Loaded, sm: metrics.SuiteMetrics) -> np.ndarray:
     return sm.overlap.sym
 
 
-def _freq(ld: analysis.Loaded, sm: metrics.SuiteMetrics) -> np.ndarray:
+def _freq(ld: sm_.Loaded, sm: metrics.SuiteMetrics) -> np.ndarray:
     return V.frequency_weighted_overlap(metrics.benchmark_features(ld.real.M, metrics.fired(ld.real.X)))
 
 
-def _null_sym(ld: analysis.Loaded, sm: metrics.SuiteMetrics) -> np.ndarray | None:
+def _null_sym(ld: sm_.Loaded, sm: metrics.SuiteMetrics) -> np.ndarray | None:
     return None if sm.null_overlap is None else sm.null_overlap.sym
 
 
-OVERLAP_MEASURES: dict[str, Callable[[analysis.Loaded, metrics.SuiteMetrics], np.ndarray | None]] = {
+OVERLAP_MEASURES: dict[str, Callable[[sm_.Loaded, metrics.SuiteMetrics], np.ndarray | None]] = {
     "sym": _sym,                  # the report's Eq. 11
     "freq_weighted": _freq,       # Σ_f min(p_a(f), p_b(f)): alike firing distributions
     "null_sym": _null_sym,        # Eq. 11 on the random-dictionary twin: what geometry alone gives
@@ -164,7 +166,7 @@ def _feature_side(store: Store, encoder, benches: list[BenchScores]) -> tuple[di
     """Encoder info, per-benchmark R̂/AUC/N and every applicable overlap measure, on the SAME samples as R
     (each benchmark's scored items, not all it stores: R and R̂ of one D must see one D); and stored sizes."""
     names = [b.name for b in benches]
-    ld = analysis.load(store, encoder, names)
+    ld = sm_.load(store, encoder, names)
     stored = np.asarray(ld.real.M.sum(axis=1)).ravel()
     rows, cols = [], []
     for k, b in enumerate(benches):
@@ -176,12 +178,12 @@ def _feature_side(store: Store, encoder, benches: list[BenchScores]) -> tuple[di
         rows += [k] * len(pos)
         cols += pos.tolist()
     M = sp.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(len(benches), len(ld.real.sample_ids)))
-    ld = analysis.Loaded(dataclasses.replace(ld.real, M=M), ld.null and dataclasses.replace(ld.null, M=M))
-    sm = analysis.suite_metrics(ld)
+    ld = sm_.Loaded(dataclasses.replace(ld.real, M=M), ld.null and dataclasses.replace(ld.null, M=M))
+    sm = sm_.suite_metrics(ld)
     per = {"r_hat": np.array([r.r_hat for r in sm.redundancy]), "auc": np.array([r.auc for r in sm.redundancy]),
            "n_samples": sm.coverage.n_samples.astype(np.float64)}
     overlaps = {k: fn(ld, sm) for k, fn in OVERLAP_MEASURES.items()}
-    return analysis._encoder_dict(ld), per, {k: v for k, v in overlaps.items() if v is not None}, stored
+    return sm_._encoder_dict(ld), per, {k: v for k, v in overlaps.items() if v is not None}, stored
 
 
 def _verdicts(res: V.ValidationResult, n_models: int) -> list[str]:
@@ -222,7 +224,7 @@ def _result_dict(vid, cfg, enc, benches, names, models, per, overlaps, res, ref,
               "score_partial": None if corr.partial_pearson is None else _f(corr.partial_pearson[i, j]),
               **{f"overlap_{k}": _f(v[i, j]) for k, v in overlaps.items()}} for i, j in zip(a, b)]
     return {
-        "validation_id": vid, "encoder": enc, "n_models": len(models), "models": models,
+        "validation_id": vid, "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "encoder": enc, "n_models": len(models), "models": models,
         "draws": cfg.draws, "replicates": res.replicates, "level": res.level, "seed": cfg.seed,
         "reference": None if ref is None else names[ref],
         "matching": [{"task": m.task, "benchmark": m.benchmark, "n_docs": m.n_docs, "n_matched": m.n_matched,

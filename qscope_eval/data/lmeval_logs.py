@@ -39,7 +39,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import QScopeError
+from qscope_eval.errors import QScopeError
 
 KNOWN_METRICS = ("acc", "exact_match", "pass@1", "pass_at_1", "acc_norm", "em", "f1", "mc2", "mc1", "bleu", "rouge1")
 _STANDARD_KEYS = {"doc_id", "doc", "target", "arguments", "resps", "filtered_resps", "filter", "metrics",

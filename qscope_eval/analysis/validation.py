@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
-from .errors import QScopeError
+from qscope_eval.errors import QScopeError
 
 MIN_MODELS = 3   # a ranking correlation over fewer models is meaningless
 MIN_UNITS = 3    # benchmarks (or pairs) behind a correlation
