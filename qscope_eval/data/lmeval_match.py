@@ -18,6 +18,7 @@ from typing import Any
 from qscope_eval.data.lmeval_logs import CALIBRATE, MAX_TAIL, MIN_SUFFIX, TaskLog, normalize
 
 REASONS = ("no stored prompt", "ambiguous", "doc mismatch", "other benchmark")
+DOC_PROBE = 24   # doc-field fallback tries per task before giving up when none succeeds
 DOC_SLACK = 100  # characters a stored template may add after the doc's field beyond what lm-eval's adds
 
 
@@ -114,14 +115,31 @@ def _by_doc(idx: SampleIndex, doc: Any, p: str) -> str | None | bool:
     return (hits.pop() if hits else None) if len(hits) <= 1 else False
 
 
-def _match_one(idx: SampleIndex, prompt: str, doc: Any, tail: int) -> Match:
+class DocBudget:
+    """The doc-field fallback scans every stored text: it stays on for a task only while it finds something
+    (a task that is not in the suite would otherwise cost one scan per document and model)."""
+
+    def __init__(self, probe: int = DOC_PROBE):
+        self.probe, self.tries, self.hits = probe, 0, 0
+
+    def allowed(self) -> bool:
+        return self.hits > 0 or self.tries < self.probe
+
+    def record(self, found: bool) -> None:
+        self.tries += 1
+        self.hits += int(found)
+
+
+def _match_one(idx: SampleIndex, prompt: str, doc: Any, tail: int, budget: DocBudget | None = None) -> Match:
     p = normalize(prompt)
     cut = p[:len(p) - tail].rstrip() if tail else p
     hit, how = idx.longest_suffix(cut), "prompt"
     if hit is None and tail:
         hit = idx.longest_suffix(p)
-    if hit is None:
+    if hit is None and (budget is None or budget.allowed()):
         hit, how = _by_doc(idx, doc, p), "doc"
+        if budget is not None:
+            budget.record(hit is not None)
         if hit is False:
             return Match(None, "ambiguous")
     if hit is None:
@@ -180,13 +198,14 @@ def match_tasks(logs: list[TaskLog], idx: SampleIndex, members: dict[int, set[st
     results = []
     for task, tls in sorted(by_task.items()):
         doc_match: dict[tuple[str, int], Match] = {}
+        cache: dict[tuple[str, int], Match] = {}  # models share a task's prompts: match each once
+        budget = DocBudget()
         for tl in tls:
             tail = calibrate_tail(idx, tl.prompts)
-            cache: dict[str, Match] = {}
             for d, p, doc in zip(tl.doc_ids, tl.prompts, tl.docs):
-                if p not in cache:
-                    cache[p] = _match_one(idx, p, doc, tail)
-                doc_match[(tl.model, d)] = cache[p]
+                if (p, tail) not in cache:
+                    cache[(p, tail)] = _match_one(idx, p, doc, tail, budget)
+                doc_match[(tl.model, d)] = cache[(p, tail)]
         votes = Counter(b for m in {x.sample_id for x in doc_match.values() if x.sample_id is not None}
                         for b in members.get(m, ()))
         results.append(_assign(task, doc_match, votes, members))

@@ -118,7 +118,12 @@ def _matrices(df: pd.DataFrame, matches: list[TaskMatch], cfg: ValidateConfig, n
     for tm in matches:
         if tm.benchmark is None:
             continue
-        wide = df[df.benchmark == tm.benchmark].pivot(index="model", columns="sample_id", values="value")
+        part = df[df.benchmark == tm.benchmark]
+        metrics_used = sorted(part.metric.unique())
+        if len(metrics_used) > 1:  # e.g. one model's log lacks `acc`: scores on different scales do not rank
+            notes.append(f"{tm.benchmark}: models were scored with different metrics ({', '.join(metrics_used)}); "
+                         "pass --metric to use one")
+        wide = part.pivot(index="model", columns="sample_id", values="value")
         have = wide.notna().mean(axis=1)
         thin = sorted(have.index[have < 0.5])
         if thin:
