@@ -201,3 +201,27 @@ def test_another_template_matches_by_the_docs_fields_unless_a_few_shot_example_i
     shots = {2000 + i: mmlu_text(t.docs[0]) + " C\n\n" + mmlu_text(d) for i, d in enumerate(t.docs) if i > 0}
     [m] = match_tasks([mine], SampleIndex(shots), {s: {"hs_bio"} for s in shots})
     assert ("m", 0) not in m.samples and m.n_matched == 19
+
+
+def test_a_folder_without_logs_among_others_is_a_note_and_odd_lines_are_skipped(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    write_rows(run / BIO.name, rows(BIO)[:10] + [[1, 2]])   # a JSON line that is no sample object
+    (tmp_path / "other").mkdir()
+    logs = read_logs([run, tmp_path / "other"])
+    assert len(logs.tasks[0].doc_ids) == 10
+    assert any("other holds no lm-eval sample logs" in n for n in logs.notes)
+    assert any("1 lines are not JSON objects" in n for n in logs.notes)
+
+
+def test_checkpoints_of_one_model_stay_apart_and_reruns_merge(tmp_path):
+    results = json.loads(next(DUMMY.glob("results_*.json")).read_text())
+    for folder, args in (("a", "pretrained=org/m,revision=step100,dtype=bfloat16"), ("b", "pretrained=org/m,revision=step200"),
+                         ("c", {"pretrained": "org/m", "revision": "step200"})):
+        run = tmp_path / folder
+        run.mkdir()
+        shutil.copy(BIO, run / BIO.name.replace("2026", "2027" if folder == "c" else "2026"))
+        (run / "results_2026-01-01T00-00-00.json").write_text(json.dumps({**results, "config": {"model_args": args}}))
+    logs = read_logs([tmp_path])
+    assert logs.models == ["org/m@revision=step100", "org/m@revision=step200"]
+    assert any("logged twice" in n and "using the newer" in n for n in logs.notes)

@@ -141,6 +141,9 @@ def test_fatal_input_errors_are_one_line_and_write_nothing(base, db, tmp_path):
         assert res.exit_code == 1, res.output
         assert res.stderr.startswith("Error: ") and msg in res.stderr and res.stderr.count("\n") == 1
     assert snapshot(db) == before
+    missing = tmp_path / "none.duckdb"
+    res = run("validate", "--db", missing, logs)
+    assert res.exit_code == 1 and "no database at" in res.stderr and not missing.exists()
 
 
 def test_partial_problems_are_reported_and_the_rest_is_validated(base, db, tmp_path):

@@ -6,9 +6,12 @@ lines and tables (or the whole result with --json).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from qscope_eval.cli.common import _table, db_option, emit, encoder_option
+from qscope_eval.errors import QScopeError
 
 
 def _r_rows(out: dict) -> list[dict]:
@@ -57,6 +60,8 @@ def validate(db, logdirs, metric, filt, reference, encoder, draws, replicates, s
     from qscope_eval.jobs.validation import ValidateConfig, run_validation
     from qscope_eval.store import Store
 
+    if not Path(db).is_file():  # Store() would create an empty database: say what to do instead
+        raise QScopeError(f"no database at {db}; build it with `qscope-eval encode SUITE --db {db}` (or `audit`) first")
     cfg = ValidateConfig(metric=metric, filter=filt, reference=reference, draws=draws, replicates=replicates, seed=seed)
     with Store(db) as store:
         out = run_validation(store, list(logdirs), cfg, encoder=encoder, save=save)

@@ -35,7 +35,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 
@@ -128,17 +128,23 @@ def _read_rows(path: Path, notes: list[str]) -> tuple[list[dict], bool]:
                            "the run was probably killed while writing: rerun it or remove the file") from None
         return [r for r in rows if isinstance(r, dict)], True
     lines = text.splitlines()
-    rows = []
+    rows, odd = [], 0
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines) - 1 or all(not x.strip() for x in lines[i + 1:]):
                 notes.append(f"{path.name}: last line is truncated (a killed run?); skipped it")
                 continue
             raise LogError(f"{path}:{i + 1} is not valid JSON; fix or remove the file") from None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            odd += 1
+    if odd:
+        notes.append(f"{path.name}: {odd} lines are not JSON objects (not lm-eval samples); skipped them")
     return rows, False
 
 
@@ -209,8 +215,25 @@ def read_task_file(path: Path, model: str, task: str, metric: str | None, filt: 
                    np.array([by_doc[d][0][0] for d in ids], np.float64), notes)
 
 
+_NAME_KEYS = ("pretrained", "model", "path", "engine")
+_VARIANT_KEYS = ("revision", "peft", "delta", "lora", "adapter", "checkpoint", "step")  # checkpoints of one model
+
+
+def _name_from_args(args: Any) -> str | None:
+    """`pretrained=org/m,revision=step1000` -> `org/m@revision=step1000`: checkpoints stay apart."""
+    if isinstance(args, str):
+        args = dict(kv.split("=", 1) for kv in args.split(",") if "=" in kv)
+    if not isinstance(args, dict):
+        return None
+    name = next((str(args[k]) for k in _NAME_KEYS if args.get(k)), None)
+    if name is None:
+        return None
+    variant = ",".join(f"{k}={args[k]}" for k in _VARIANT_KEYS if args.get(k) not in (None, "", "main"))
+    return f"{name}@{variant}" if variant else name
+
+
 def _model_name(folder: Path, ts: str | None) -> str:
-    """The model a run folder holds: results_<ts>.json's model_name / model_args, else the folder name."""
+    """The model a run folder holds: results_<ts>.json's model_args (or model_name), else the folder name."""
     results = sorted(folder.glob("results*.json"))
     pick = [p for p in results if ts and ts in p.name] or results
     for p in reversed(pick):
@@ -219,12 +242,9 @@ def _model_name(folder: Path, ts: str | None) -> str:
         except (OSError, json.JSONDecodeError):
             continue
         cfg = r.get("config") if isinstance(r.get("config"), dict) else {}
-        args = cfg.get("model_args")
-        if isinstance(args, dict):
-            args = ",".join(f"{k}={v}" for k, v in args.items())
-        m = re.search(r"(?:pretrained|model|path)=([^,]+)", args) if isinstance(args, str) else None
-        if m:
-            return m.group(1)
+        name = _name_from_args(cfg.get("model_args"))
+        if name:
+            return name
         if isinstance(r.get("model_name"), str) and r["model_name"] and cfg.get("model") != "dummy":
             return r["model_name"]
     return folder.name
@@ -242,25 +262,40 @@ def _old_task_name(path: Path) -> str:
     return max(ends, key=len) if ends else path.stem
 
 
-def find_sample_files(paths: Iterable[str | Path]) -> dict[Path, list[tuple[str, str, Path]]]:
-    """Run folder -> [(task, timestamp, file)] for every folder under `paths` holding sample logs."""
+class Found(NamedTuple):
+    """Sample logs under the given paths."""
+
+    runs: dict[Path, list[tuple[str, str, Path]]]
+    """Run folder -> [(task, timestamp, file)]."""
+    empty: list[Path]
+    """Given paths that hold no sample logs."""
+
+
+def find_sample_files(paths: Iterable[str | Path]) -> Found:
+    """Every folder under `paths` holding sample logs; an error if none does."""
     runs: dict[Path, list] = defaultdict(list)
+    empty = []
     for p in map(Path, paths):
         if not p.exists():
             raise LogError(f"{p} does not exist; give lm-eval --output_path folders (or run folders inside them)")
         files = [p] if p.is_file() else sorted(x for x in p.rglob("*.json*") if x.is_file())
+        found = 0
         for f in files:
             m = _SAMPLES_RE.match(f.name)
             if m:
                 runs[f.parent].append((m["task"], m["ts"], f))
+                found += 1
             elif f.suffix == ".jsonl" and not f.name.startswith("results"):
                 with f.open("rb") as fh:
                     if fh.read(64).lstrip().startswith(b"["):
                         runs[f.parent].append((_old_task_name(f), "", f))
+                        found += 1
+        if not found:
+            empty.append(p)
     if not runs:
         raise LogError(f"no lm-eval sample logs (samples_<task>_<timestamp>.jsonl) under {', '.join(map(str, paths))}; "
                        "run lm-eval with --log_samples --output_path DIR and pass DIR")
-    return dict(runs)
+    return Found(dict(runs), empty)
 
 
 @dataclass
@@ -274,10 +309,10 @@ class LogSet:
 
 def read_logs(paths: Iterable[str | Path], metric: str | None = None, filt: str | None = None) -> LogSet:
     """Every model's newest log of every task. Unusable files become notes; none usable is an error."""
-    runs = find_sample_files(list(paths))
+    found = find_sample_files(list(paths))
     newest: dict[tuple[str, str], tuple[str, Path, Path]] = {}
-    notes: list[str] = []
-    for folder, items in sorted(runs.items()):
+    notes = [f"{p} holds no lm-eval sample logs; skipped" for p in found.empty]
+    for folder, items in sorted(found.runs.items()):
         for task, ts, f in items:
             model = _model_name(folder, ts)
             key = (model, task)
