@@ -54,6 +54,12 @@ def task_of(path: Path) -> str:
     return path.name[len("samples_"):].rsplit("_", 1)[0]
 
 
+def ability_correlation(topic_a: str, topic_b: str, g_sd: float = 0.8, s: float = 1.2) -> float:
+    """The planted correlation of two topics' abilities across models: (var g + s² cos Δθ) / (var g + s²)."""
+    d = np.deg2rad(ANGLE[topic_a] - ANGLE[topic_b])
+    return float((g_sd ** 2 + s ** 2 * np.cos(d)) / (g_sd ** 2 + s ** 2))
+
+
 def plant_models(out: Path, n_models: int = 24, seed: int = 0, g_sd: float = 0.8, s: float = 1.2, a: float = 2.0,
                  src: Path = DUMMY) -> dict:
     """Write `n_models` run folders under `out`; return the plan (abilities, noise items)."""

@@ -18,8 +18,9 @@ import duckdb
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from scipy import stats
 
-from lmeval_fixtures import BENCH_OF, SUITE_BENCHMARKS, TOPIC, plant_features, plant_models
+from lmeval_fixtures import BENCH_OF, SUITE_BENCHMARKS, TOPIC, ability_correlation, plant_features, plant_models
 from qscope_eval.cli import cli
 from qscope_eval.jobs.pipeline import encode_suite
 from qscope_eval.store import Store
@@ -72,6 +73,9 @@ def test_recovers_the_planted_structure(base, db):
     same = [p["score_pearson"] for p in out["pairs"] if topic[p["a"]] == topic[p["b"]]]
     cross = [p["score_pearson"] for p in out["pairs"] if topic[p["a"]] != topic[p["b"]]]
     assert np.mean(same) > np.mean(cross) + 0.3
+    # observed score correlations follow the planted ability correlations (item noise only attenuates them)
+    expected = [ability_correlation(topic[p["a"]], topic[p["b"]]) for p in out["pairs"]]
+    assert stats.spearmanr(expected, [p["score_pearson"] for p in out["pairs"]]).statistic > 0.8
     ag = {(a["name"], a["method"]): a for a in out["agreement"]}
     sym = ag[("sym~score_pearson", "spearman")]
     assert sym["lo"] > 0 and sym["n_units"] == 21 and sym["n_models"] == 24
