@@ -200,3 +200,16 @@ def test_suite_key_runs_validation_in_the_audit_flow_step(base, db, tmp_path):
     with Store(db) as store:
         why = validate.fn(store, s_bad, enc)
     assert why.startswith("validation against behaviour skipped: ") and "at least 3 models" in why
+
+
+def test_identical_models_give_no_ranking_and_say_so(base, db, tmp_path):
+    """Three copies of the genuine dummy run: no model differs from another, so nothing is defined."""
+    from lmeval_fixtures import DUMMY
+
+    for m in ("a", "b", "c"):
+        shutil.copytree(DUMMY, tmp_path / "same" / m)
+    with Store(db) as s:
+        out = run_validation(s, [tmp_path / "same"], ValidateConfig(replicates=50, draws=200), save=False)
+    assert out["n_models"] == 3 and all(b["r"] is None for b in out["benchmarks"])
+    assert any("every model has the same score" in n for n in out["notes"])
+    assert all("too few benchmarks" in v for v in out["verdicts"])

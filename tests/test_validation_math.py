@@ -140,3 +140,9 @@ def test_fewer_than_three_models_is_refused():
     inp = _inp(n_models=2, K=3)
     with pytest.raises(V.ValidationError, match="at least 3 models"):
         V.validate(inp, replicates=50)
+
+
+def test_constant_scores_have_no_correlation():
+    S = np.vstack([np.full(6, 0.25), np.linspace(0, 1, 6), np.linspace(1, 0, 6) ** 2])
+    sc = V.score_correlation(S)
+    assert np.isnan(sc.pearson[0, 1]) and np.isnan(sc.spearman[0, 2]) and sc.pearson[1, 2] < -0.9

@@ -174,6 +174,7 @@ def _masked_pearson(X: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         cov = sxy - sx * sx.T / n
         var_a = sxx - sx * sx / n
+        var_a[var_a <= 1e-12 * np.maximum(sxx, 1.0)] = np.nan  # constant scores (float noise is not variance)
         r = cov / np.sqrt(var_a * var_a.T)
     r[n < MIN_MODELS] = np.nan
     return np.clip(r, -1.0, 1.0)
@@ -272,7 +273,8 @@ def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float,
 def verdict(a: Agreement | None, what: str, behaviour: str, n_models: int) -> str:
     """One plain line: does the feature side track behaviour on these models?"""
     if a is None or not math.isfinite(a.value):
-        return f"{what}: not enough benchmarks with scores to correlate with {behaviour} (need {MIN_UNITS})"
+        return (f"{what}: too few benchmarks (or pairs) with a defined {behaviour} to compare with it "
+                f"(need {MIN_UNITS}; see the notes)")
     sym = "ρ" if a.method == "spearman" else "r"
     ci = f"[{a.lo:.2f}, {a.hi:.2f}]" if math.isfinite(a.lo) else "[interval needs more data]"
     if math.isfinite(a.lo) and a.lo > 0:
@@ -369,11 +371,7 @@ def validate(inp: ValidationInput, replicates: int = 500, seed: int = 0, level: 
     for name, method, value, reps, n in _point_and_replicates(inp, R, Rb, corr, corr_b):
         lo, hi, ok = percentile_interval(reps, level)
         agreements.append(Agreement(name, method, value, lo, hi, n, M, ok))
-    q = (1 - level) / 2
-    with np.errstate(all="ignore"):
-        finite = np.isfinite(Rb).sum(axis=0) >= 20
-        r_lo = np.where(finite, np.nanquantile(np.where(np.isfinite(Rb), Rb, np.nan), q, axis=0), np.nan)
-        r_hi = np.where(finite, np.nanquantile(np.where(np.isfinite(Rb), Rb, np.nan), 1 - q, axis=0), np.nan)
+    r_lo, r_hi = np.array([percentile_interval(Rb[:, k], level)[:2] for k in range(K)]).reshape(K, 2).T
     return ValidationResult(red, r_lo, r_hi, corr, agreements, replicates, level)
 
 

@@ -278,6 +278,10 @@ def run_validation(store: Store, paths: list[str], cfg: ValidateConfig = Validat
     inp = V.ValidationInput(names, models, signs, [np.array([col[m] for m in b.models]) for b in benches], S,
                             per, overlaps, ref)
     res = V.validate(inp, cfg.replicates, cfg.seed, cfg.level)
+    tied = [b.name for b, r in zip(benches, res.redundancy) if not math.isfinite(r.r)]
+    if tied:  # e.g. lm-eval's dummy model: every generation wrong
+        notes.append(f"{', '.join(tied)}: every model has the same score, so there is no ranking: R and the "
+                     "correlations involving it are undefined (left out)")
     r_null = [_null_r(b.C, max(cfg.draws // 2, 100), cfg.seed + 7919 + k) for k, b in enumerate(benches)]
     vid = str(uuid.uuid4())
     out = _result_dict(vid, cfg, enc, benches, names, models, per, overlaps, res, ref, matches, notes, r_null, stored)
