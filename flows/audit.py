@@ -113,9 +113,10 @@ def write_shard(shard: int, store: Store, encoders: dict, batches: list[pipeline
 
 
 @task(**LOCAL)
-def summarize(store: Store, settings: AuditSettings, run_id: str) -> list[dict]:
-    """Metrics, selection, duplicates and drift per layer (summary.json); records each F(D) for the next drift."""
-    return summarize_layers(store, settings, run_id, save_features=True)
+def summarize(store: Store, settings: AuditSettings, run_id: str, tokens: bool = True) -> list[dict]:
+    """Metrics, selection, duplicates, drift and reference gaps per layer (summary.json); records each F(D) for
+    the next drift. tokens=False: no token views in the gaps (this process does not hold the model)."""
+    return summarize_layers(store, settings, run_id, save_features=True, tokens=tokens)
 
 
 @task(**LOCAL)
@@ -200,7 +201,7 @@ def audit(suite: str, db: str, out: str, target: float | None = None, task_runne
                                      s.selection.cost, s.selection.min_support, exact)
             store.update_run_params(run_id, {**params, "settings": settings.to_params()})
             why = validate(store, s, settings.encoder_ids[0]) if s.validation is not None else None
-            summaries = summarize(store, settings, run_id)
+            summaries = summarize(store, settings, run_id, tokens=not remote)
             if why:
                 summaries[0]["warnings"].append(why)
             for w in summaries[0]["warnings"]:

@@ -39,6 +39,10 @@ def headline(summary: dict, files=None) -> dict:
     out = {"suite": summary.get("suite"), "run_id": summary.get("run_id"), "encoder_id": summary["encoder"]["encoder_id"],
            "kept": sel["chosen"], "n_benchmarks": len(sel["table"]), "coverage": sel["coverage"],
            "cost_share": share, "cost_saved": None if share is None else 1 - share, "method": sel["method"]}
+    gaps = summary.get("gaps") or {}
+    if gaps.get("coverage"):
+        out.update(reference_covered=gaps["coverage"]["covered_share"], n_gap_groups=gaps["coverage"]["n_groups"],
+                   reference_covered_null=(gaps.get("null") or {}).get("covered_share"))
     if files is not None:
         out.update(html=str(files.html), summary_json=str(files.summary_json),
                    pngs={k: str(p) for k, p in files.pngs.items()})
@@ -51,6 +55,10 @@ def _print_headline(h: dict, report: str) -> None:
     click.echo(f"report: {report}")
     click.echo(f"keep {len(h['kept'])}/{h['n_benchmarks']} benchmarks ({kept}): {h['coverage']:.1%} of the suite's "
                f"features, {saved} of the cost saved ({h['method']})")
+    if h.get("reference_covered") is not None:
+        null = h.get("reference_covered_null")
+        click.echo(f"reference covered: {h['reference_covered']:.1%}" + (f" (null encoder {null:.1%})" if null is not None else "")
+                   + f"; {h['n_gap_groups']} gap groups (`qscope-eval gaps --db ...` lists them)")
 
 
 def _check_task_runner(ctx, param, value):

@@ -14,6 +14,7 @@ import sys
 import click
 
 from qscope_eval.cli import encode as _encode
+from qscope_eval.cli import gaps as _gaps
 from qscope_eval.cli import jobs as _jobs
 from qscope_eval.cli import metrics as _metrics
 from qscope_eval.cli import sae as _sae
@@ -39,6 +40,7 @@ COMMANDS = [
     _jobs.audit, _jobs.report,
     _sae.train_sae, _sae.feature_stats,
     _validate.validate,
+    _gaps.gaps, _gaps.feature,
 ]
 for _command in COMMANDS:
     cli.add_command(_command)

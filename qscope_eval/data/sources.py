@@ -48,6 +48,7 @@ def load_benchmark(
     limit: int | None = None,
     task_paths: Iterable[str] = (),
     seed: int = DEFAULT_SEED,
+    kind: str = "benchmark",
 ) -> list[SampleRow]:
     """Rows of one benchmark, first `limit` documents in source order.
 
@@ -64,7 +65,7 @@ def load_benchmark(
         from qscope_eval.data.source_file import file_texts
 
         texts = file_texts(spec, limit=limit)
-    return rows_from_texts(spec, texts)
+    return rows_from_texts(spec, texts, kind)
 
 
 def load_suite_rows(suite: Suite, seed: int = DEFAULT_SEED) -> pd.DataFrame:
@@ -78,8 +79,30 @@ def load_suite_rows(suite: Suite, seed: int = DEFAULT_SEED) -> pd.DataFrame:
     return frame.astype({"benchmark": str, "position": "int64", "text": str})
 
 
-def rows_from_texts(spec: BenchmarkSpec, texts: Iterable[tuple[int, str]]) -> list[SampleRow]:
-    """(position, text) pairs -> rows; drops blank prompts, refuses a benchmark with none left."""
+def load_reference_rows(suite: Suite, benchmark_rows: pd.DataFrame | None = None, seed: int = DEFAULT_SEED) -> pd.DataFrame:
+    """The suite's reference corpora as one frame (columns as `load_suite_rows`), in suite order.
+
+    With `benchmark_rows`, a reference whose prompts are exactly a benchmark's is refused: its gaps would be
+    empty by construction, which usually means the wrong file was named.
+    """
+    import pandas as pd
+
+    rows: list[SampleRow] = []
+    for ref in suite.reference:
+        got = load_benchmark(ref, limit=suite.limit_for(ref), task_paths=suite.task_paths, seed=seed, kind="reference")
+        texts = {r.text for r in got}
+        if benchmark_rows is not None:
+            for name, g in benchmark_rows.groupby("benchmark", sort=False):
+                if set(g["text"]) == texts:
+                    raise SourceError(f"reference {ref.name!r} holds exactly the prompts of benchmark {name!r}, so it "
+                                      f"can show no gap; point it at the prompts the model will really see")
+        rows.extend(got)
+    frame = pd.DataFrame(rows, columns=list(SampleRow._fields))
+    return frame.astype({"benchmark": str, "position": "int64", "text": str})
+
+
+def rows_from_texts(spec: BenchmarkSpec, texts: Iterable[tuple[int, str]], kind: str = "benchmark") -> list[SampleRow]:
+    """(position, text) pairs -> rows; drops blank prompts, refuses a benchmark (or reference: `kind`) with none left."""
     rows, blank = [], 0
     for position, text in texts:
         assert isinstance(text, str), f"source produced {type(text).__name__} for {spec.name}[{position}]"
@@ -90,7 +113,7 @@ def rows_from_texts(spec: BenchmarkSpec, texts: Iterable[tuple[int, str]]) -> li
     if not rows:
         why = f"all {blank} prompts are blank" if blank else "it has no rows"
         fix = "check `text:` names a field that holds the prompt" if spec.path else "check `split:` / `data_files:`"
-        raise SourceError(f"benchmark {spec.name!r} is empty ({why}); {fix}")
+        raise SourceError(f"{kind} {spec.name!r} is empty ({why}); {fix}")
     if blank:
-        log.warning("benchmark %s: skipped %d blank prompt(s)", spec.name, blank)
+        log.warning("%s %s: skipped %d blank prompt(s)", kind, spec.name, blank)
     return rows

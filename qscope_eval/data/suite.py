@@ -15,6 +15,8 @@ is loaded, so a typo costs a second, not a GPU hour. Checks that need the model
     benchmarks:
       - {name: gsm8k, task: gsm8k}
       - {name: my_set, path: data/my_set.jsonl, text: "{{question}}"}
+    reference:               # optional: the prompts the model will really see (gaps, DESIGN §5b)
+      - {name: traffic, path: data/traffic.jsonl, text: prompt}
 
 Relative paths resolve against the suite file; `asset:NAME` paths name the
 offline assets that PyPI packages ship (see assets.py).
@@ -223,6 +225,9 @@ class Suite:
     """Decoder layers whose output residual is encoded (one encoder per layer)."""
     benchmarks: tuple[BenchmarkSpec, ...]
     """What to audit."""
+    reference: tuple[BenchmarkSpec, ...] = ()
+    """Reference corpora (same entry shapes as benchmarks): encoded in the same pass, never selected or
+    counted in benchmark metrics; `qscope-eval gaps` compares them with the benchmarks."""
     pooling: str = "last"
     """last | max | top (DESIGN §3)."""
     limit: int | None = None
@@ -253,6 +258,10 @@ class Suite:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise SuiteError(f"benchmark names must be unique; repeated: {', '.join(dup)}")
+        refs = [r.name for r in self.reference]
+        clash = sorted({n for n in refs if refs.count(n) > 1 or n in names})
+        if clash:
+            raise SuiteError(f"reference names must be unique and differ from every benchmark name; rename: {', '.join(clash)}")
         if self.limit is not None and self.limit < 1:
             raise SuiteError("limit must be >= 1")
         if self.selection.cost == "custom":
@@ -295,6 +304,20 @@ def looks_local(model_id: str) -> bool:
     return model_id.startswith(("./", "../", "/", "~", ".\\", "asset:"))
 
 
+def _resolve_entry(b: Any, base: Path, where: str) -> Any:
+    """A benchmark or reference entry with its file paths resolved against the suite's folder."""
+    if not isinstance(b, dict):
+        return b  # _build names the problem
+    b = dict(b)
+    if isinstance(b.get("path"), str):
+        b["path"] = resolve_path(b["path"], base)
+    if isinstance(b.get("data_files"), dict):
+        b["data_files"] = {str(k): resolve_path(str(v), base) for k, v in b["data_files"].items()}
+    elif b.get("data_files") is not None:
+        raise SuiteError(f"{where}.data_files must map split names to files, e.g. {{test: data/x.jsonl}}")
+    return b
+
+
 def parse_suite(data: Any, source: Path | None = None) -> Suite:
     """Build a Suite from parsed YAML (a dict). Raises SuiteError naming the fix."""
     if not isinstance(data, dict):
@@ -321,25 +344,21 @@ def parse_suite(data: Any, source: Path | None = None) -> Suite:
         raise SuiteError("layers must be a list of integers, e.g. [14]")
     if not isinstance(data["benchmarks"], list):
         raise SuiteError("benchmarks must be a list of mappings, e.g. - {name: gsm8k, task: gsm8k}")
-    benches = []
-    for i, b in enumerate(data["benchmarks"]):
-        where = f"benchmarks[{i}]"
-        if isinstance(b, dict):
-            b = dict(b)
-            if isinstance(b.get("path"), str):
-                b["path"] = resolve_path(b["path"], base)
-            if isinstance(b.get("data_files"), dict):
-                b["data_files"] = {str(k): resolve_path(str(v), base) for k, v in b["data_files"].items()}
-            elif b.get("data_files") is not None:
-                raise SuiteError(f"{where}.data_files must map split names to files, e.g. {{test: data/x.jsonl}}")
-        benches.append(_build(BenchmarkSpec, b, where))
+    benches = [_build(BenchmarkSpec, _resolve_entry(b, base, f"benchmarks[{i}]"), f"benchmarks[{i}]")
+               for i, b in enumerate(data["benchmarks"])]
+    reference = data.get("reference") or []
+    if not isinstance(reference, list):
+        raise SuiteError("reference must be a list of mappings like benchmarks, e.g. - {name: traffic, path: t.jsonl, text: prompt}")
+    refs = [_build(BenchmarkSpec, _resolve_entry(r, base, f"reference[{i}]"), f"reference[{i}]") for i, r in enumerate(reference)]
     kwargs = {k: v for k, v in data.items()
-              if k not in ("model", "sae", "layers", "benchmarks", "encode", "selection", "task_paths", "validation")}
+              if k not in ("model", "sae", "layers", "benchmarks", "reference", "encode", "selection", "task_paths",
+                            "validation")}
     return Suite(
         model=_build(ModelSpec, model, "model"),
         sae=_build(SaeSpec, sae, "sae"),
         layers=tuple(layers),
         benchmarks=tuple(benches),
+        reference=tuple(refs),
         task_paths=tuple(resolve_path(p, base) for p in data.get("task_paths") or ()),
         encode=_build(EncodeSpec, data.get("encode") or {}, "encode"),
         selection=_build(SelectionSpec, data.get("selection") or {}, "selection"),

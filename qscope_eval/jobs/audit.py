@@ -88,8 +88,14 @@ class AuditSettings:
 
 
 def summarize_layers(store: Store, settings: AuditSettings, run_id: str | None,
-                     save_features: bool = False) -> list[dict]:
-    """One summary.json dict per layer (the first is the main report); `save_features` records F(D) for drift."""
+                     save_features: bool = False, tokens: bool = True) -> list[dict]:
+    """One summary.json dict per layer (the first is the main report); `save_features` records F(D) for drift.
+
+    Each summary's `gaps` compares the suite's reference corpora with its benchmarks (None without a
+    reference); `tokens=False` leaves out the token views, which re-encode a few prompts in this process
+    (the flow with Dask workers does not hold the model)."""
+    from qscope_eval.jobs.gaps import summary_gaps
+
     warnings = truncation_warnings(store, [store.encoder(e) for e in settings.encoder_ids], list(settings.benchmarks))
     generated = store.run_started_at(run_id) if run_id else None
     summaries = []
@@ -99,6 +105,7 @@ def summarize_layers(store: Store, settings: AuditSettings, run_id: str | None,
                              min_support=settings.min_support, exact=settings.exact)
         if save_features:
             store.save_run_features(run_id, sm.feature_sets(ld.real, min_support=settings.min_support), encoder_id)
+        s["gaps"] = summary_gaps(store, encoder_id, settings.suite, tokens=tokens)
         s["warnings"] = list(warnings)
         s["validation"] = store.latest_validation(encoder_id)  # `validate` (or the suite's validation step), if run
         if generated:
@@ -141,7 +148,7 @@ def rerender_settings(store: Store, suite: str | None = None, encoder: str | int
     if saved:
         settings, run_id = AuditSettings.from_params(saved), run["run_id"]
     else:  # encoded but never audited (or audited by a version that did not store its settings)
-        benches = tuple(store.suite_benchmarks(suite))
+        benches = tuple(store.benchmark_names(suite=suite))
         ids = tuple(e.encoder_id for e in store.encoders() if e.kind == "sae")
         settings, run_id = AuditSettings(suite, benches, ids), (run or {}).get("run_id")
     changes = {}

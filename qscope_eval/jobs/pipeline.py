@@ -77,10 +77,25 @@ class EncodeReport:
 # ---- the three stages -----------------------------------------------------------------
 
 def load_rows(suite: Suite):
-    """All benchmarks' rows (a DataFrame: benchmark, position, text). Fails before any write."""
-    from qscope_eval.data.sources import load_suite_rows
+    """All benchmarks' rows, then the reference corpora's (a DataFrame: benchmark, position, text; names are
+    unique across both). Fails before any write."""
+    import pandas as pd
 
-    return load_suite_rows(suite)
+    from qscope_eval.data.sources import load_reference_rows, load_suite_rows
+
+    rows = load_suite_rows(suite)
+    if not suite.reference:
+        return rows
+    return pd.concat([rows, load_reference_rows(suite, rows)], ignore_index=True)
+
+
+def encoder_params(suite: Suite, k: int) -> dict:
+    """What an encoder row records beside its key: the pooling, k, and the model / SAE / encode specs that
+    jobs/evidence.py needs to re-encode a few prompts later (token-level drill-down)."""
+    import dataclasses
+
+    return {"pooling": pooling_tag(suite), "k": k, "model": dataclasses.asdict(suite.model),
+            "sae": dataclasses.asdict(suite.sae), "encode": dataclasses.asdict(suite.encode)}
 
 
 def prepare(suite: Suite, store: Store, rows=None, encoders: list[EncoderInfo] | None = None) -> Prepared:
@@ -91,17 +106,18 @@ def prepare(suite: Suite, store: Store, rows=None, encoders: list[EncoderInfo] |
     rows = load_rows(suite) if rows is None else rows
     encoders_info = encoders if encoders is not None else load_runtime(suite).encoders
     bench_ids, texts = {}, {}
-    for bench in suite.benchmarks:
+    roles = [(b, "benchmark") for b in suite.benchmarks] + [(r, "reference") for r in suite.reference]
+    for bench, role in roles:
         b_texts = rows.loc[rows["benchmark"] == bench.name, "text"].tolist()
         spec = {k: v for k, v in bench.__dict__.items() if v is not None}
         # the store content-addresses the texts; its ids are the ones to encode under
-        bench_ids[bench.name] = store.register_benchmark(bench.name, suite.name, spec, b_texts, bench.cost)
+        bench_ids[bench.name] = store.register_benchmark(bench.name, suite.name, spec, b_texts, bench.cost, role)
         texts.update(zip(bench_ids[bench.name].tolist(), b_texts))
     encoders = {}
     for e in encoders_info:
         encoders[e.key] = store.register_encoder(
             e.key, suite.model.id, suite.model.revision, sae_identity(suite, e.layer), e.layer, suite.pooling, e.kind,
-            e.d_sae, {"pooling": pooling_tag(suite), "k": e.k},
+            e.d_sae, encoder_params(suite, e.k),
         )
     all_ids = np.concatenate(list(bench_ids.values()))
     pending = [store.pending(e.encoder_id, all_ids) for e in encoders.values()]

@@ -211,6 +211,16 @@ def check_encoders(suite: Suite | RuntimeSpec) -> list[EncoderInfo]:
     return _infos(handles)
 
 
+_LIVE: dict = {}
+"""ModelSpec -> the Backbone a cached runtime holds (at most the lru_cache's two)."""
+
+
+def live_backbone(model: ModelSpec):
+    """The backbone an already loaded runtime holds for this ModelSpec, or None: jobs/evidence.py re-encodes a
+    few prompts with it instead of loading the model a second time."""
+    return _LIVE.get(model)
+
+
 @lru_cache(maxsize=2)
 def _load_runtime_cached(suite: RuntimeSpec) -> Runtime:
     from qscope_eval.model.backbone import load_backbone
@@ -218,6 +228,7 @@ def _load_runtime_cached(suite: RuntimeSpec) -> Runtime:
 
     backbone = load_backbone(suite.model)
     backbone.check_layers(list(suite.layers))
+    _LIVE[suite.model] = backbone
     handles = []
     for layer in suite.layers:
         sae, stats, null_stats = _layer_parts(suite, layer, backbone.d_model, backbone.n_layers, backbone.device)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from qscope_eval.report import charts as _charts
 from qscope_eval.report.validation import section as _validation_section
+from qscope_eval.report.gaps import gaps_section as _gaps
 
 __all__ = ["ReportFiles", "render_report", "report_html", "write_summary_json", "to_json_safe", "embed_json",
            "warnings_for"]
@@ -166,6 +167,10 @@ def _headline(summary: dict) -> str:
              ("recommended", f"{len(s['chosen'])}<small> of {n_b} benchmarks</small>"),
              ("coverage kept", _pct(s.get("coverage"))),
              ("cost saved", _pct(None if s.get("cost_share") is None else 1 - s["cost_share"]))]
+    gc = (summary.get("gaps") or {}).get("coverage")
+    if gc:  # the share of the reference corpus the suite covers, beside the null encoder's
+        gn = summary["gaps"].get("null") or {}
+        cards.append(("reference covered", f"{_pct(gc['covered_share'])}<small> null {_pct(gn.get('covered_share'))}</small>"))
     return '<div class="cards">' + "".join(
         f'<div class="card"><div class="v">{v}</div><div class="k">{_e(k)}</div></div>' for k, v in cards) + "</div>"
 
@@ -382,6 +387,7 @@ A high value in row A, column B means B makes A largely redundant; the matrix is
 {_samples(summary)}
 <h2>Duplicates</h2>
 {_duplicates(summary)}
+{_gaps(summary)}
 <h2>Drift since the previous run</h2>
 {_drift(summary)}
 <h2>Feature frequency</h2>

@@ -135,8 +135,11 @@ class Store(ValidationTables):
         return _Transaction(self.con)
 
     # ---- benchmarks and samples -------------------------------------------------
-    def register_benchmark(self, name: str, suite: str, spec: dict, texts: list[str], cost: float | None = None) -> np.ndarray:
-        """Store a benchmark's prompts (new texts only) and replace its membership. Returns sample ids."""
+    def register_benchmark(self, name: str, suite: str, spec: dict, texts: list[str], cost: float | None = None,
+                           role: str = "benchmark") -> np.ndarray:
+        """Store a benchmark's (role 'reference': a reference corpus's) prompts (new texts only) and replace its
+        membership. Returns sample ids."""
+        assert role in ("benchmark", "reference"), role
         ids = np.array([sample_id(t) for t in texts], dtype=np.int64)
         samples = pa.table({"sample_id": ids, "text": texts, "n_chars": np.array([len(t) for t in texts], dtype=np.int32)})
         members = pa.table({"benchmark": [name] * len(ids), "position": np.arange(len(ids), dtype=np.int32), "sample_id": ids})
@@ -152,13 +155,22 @@ class Store(ValidationTables):
             self.con.execute("INSERT INTO memberships SELECT * FROM _members")
             self.con.unregister("_members")
             self.con.execute(
-                "INSERT OR REPLACE INTO benchmarks VALUES (?, ?, ?, ?, ?, ?)",
-                [name, suite, json.dumps(spec, sort_keys=True), len(ids), cost, _now()],
+                "INSERT OR REPLACE INTO benchmarks (name, suite, spec, n_samples, cost, updated_at, role) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [name, suite, json.dumps(spec, sort_keys=True), len(ids), cost, _now(), role],
             )
         return ids
 
-    def benchmark_names(self) -> list[str]:
-        return [r[0] for r in self.con.execute("SELECT name FROM benchmarks ORDER BY updated_at, name").fetchall()]
+    def benchmark_names(self, role: str = "benchmark", suite: str | None = None) -> list[str]:
+        """Names of the benchmarks (role 'reference': the reference corpora), optionally only those a suite
+        registered, in registration order."""
+        return [r[0] for r in self.con.execute(
+            "SELECT name FROM benchmarks WHERE role = ? AND (? IS NULL OR suite = ?) ORDER BY updated_at, name",
+            [role, suite, suite]).fetchall()]
+
+    def benchmark_roles(self) -> dict[str, str]:
+        """Every registered name -> 'benchmark' or 'reference'."""
+        return dict(self.con.execute("SELECT name, role FROM benchmarks").fetchall())
 
     def texts(self, ids: Iterable[int]) -> dict[int, str]:
         tbl = pa.table({"sample_id": np.asarray(list(ids), dtype=np.int64)})
@@ -180,6 +192,11 @@ class Store(ValidationTables):
                     "INSERT INTO encoders VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [next_id, key, model, model_revision, sae, layer, pooling, kind, d_sae, json.dumps(params, sort_keys=True), _now()],
                 )
+        else:  # same identity: record params an older version did not (e.g. the model spec for re-encoding)
+            old = json.loads(self.con.execute("SELECT params FROM encoders WHERE key = ?", [key]).fetchall()[0][0])
+            if set(params) - set(old):
+                self.con.execute("UPDATE encoders SET params = ? WHERE key = ?",
+                                 [json.dumps({**params, **old}, sort_keys=True), key])
         return self.encoder(key)
 
     def encoder(self, ref: str | int | None = None, kind: str = "sae") -> EncoderRow:
@@ -369,11 +386,6 @@ class Store(ValidationTables):
     def suites(self) -> list[str]:
         """Suites that registered benchmarks here."""
         return [r[0] for r in self.con.execute("SELECT DISTINCT suite FROM benchmarks ORDER BY 1").fetchall()]
-
-    def suite_benchmarks(self, suite: str) -> list[str]:
-        """The benchmarks a suite registered, in registration order."""
-        return [r[0] for r in self.con.execute(
-            "SELECT name FROM benchmarks WHERE suite = ? ORDER BY updated_at, name", [suite]).fetchall()]
 
     def suite_of(self, benchmarks: list[str]) -> str:
         """The suite that registered these benchmarks, or `mixed` when several did."""

@@ -103,15 +103,20 @@ CREATE TABLE IF NOT EXISTS validations (
 # pooled value is > 0; thresholds can be changed in SQL on `activations`.
 VIEWS = """
 CREATE OR REPLACE VIEW sample_features AS
-SELECT a.encoder_id, m.benchmark, m.position, a.sample_id,
+SELECT a.encoder_id, m.benchmark, b.role, m.position, a.sample_id,
        list(a.feature ORDER BY a.value DESC) AS features,
        list(a.value ORDER BY a.value DESC) AS "values"
-FROM activations a JOIN memberships m USING (sample_id)
+FROM activations a JOIN memberships m USING (sample_id) JOIN benchmarks b ON b.name = m.benchmark
 GROUP BY ALL;
+
+-- benchmark metrics never count reference corpora (role = 'reference'): they are what the benchmarks are
+-- compared with, not part of the suite
+CREATE OR REPLACE VIEW bench_memberships AS
+SELECT m.* FROM memberships m JOIN benchmarks b ON b.name = m.benchmark AND b.role = 'benchmark';
 
 CREATE OR REPLACE VIEW benchmark_features AS
 SELECT a.encoder_id, m.benchmark, a.feature, count(DISTINCT a.sample_id) AS n_samples
-FROM activations a JOIN memberships m USING (sample_id)
+FROM activations a JOIN bench_memberships m USING (sample_id)
 WHERE a.value > 0
 GROUP BY ALL;
 
@@ -145,14 +150,40 @@ FROM sample_scores GROUP BY ALL;
 CREATE OR REPLACE VIEW feature_frequency AS
 SELECT encoder_id, feature, count(DISTINCT sample_id) AS n_samples,
        count(DISTINCT benchmark) AS n_benchmarks
-FROM activations JOIN memberships USING (sample_id)
+FROM activations JOIN bench_memberships USING (sample_id)
 WHERE value > 0
 GROUP BY ALL;
+
+-- firing frequency of every feature in every benchmark AND reference corpus (share of its encoded samples)
+CREATE OR REPLACE VIEW feature_support AS
+WITH sizes AS (
+  SELECT e.encoder_id, m.benchmark, count(*) AS n_encoded
+  FROM memberships m JOIN encoded e USING (sample_id) GROUP BY ALL)
+SELECT a.encoder_id, b.role, m.benchmark, a.feature, count(DISTINCT a.sample_id) AS n_samples,
+       any_value(z.n_encoded) AS n_encoded, count(DISTINCT a.sample_id) / any_value(z.n_encoded) AS frequency
+FROM activations a JOIN memberships m USING (sample_id) JOIN benchmarks b ON b.name = m.benchmark
+JOIN sizes z ON z.encoder_id = a.encoder_id AND z.benchmark = m.benchmark
+WHERE a.value > 0
+GROUP BY ALL;
+
+-- per reference feature: its frequency there beside the highest frequency any benchmark reaches
+-- (the raw table behind `qscope-eval gaps`, which adds the support test, the null and the grouping)
+CREATE OR REPLACE VIEW reference_gaps AS
+WITH r AS (SELECT * FROM feature_support WHERE role = 'reference'),
+     bm AS (SELECT encoder_id, feature, max(frequency) AS max_benchmark_frequency,
+                   arg_max(benchmark, frequency) AS closest_benchmark
+            FROM feature_support WHERE role = 'benchmark' GROUP BY ALL)
+SELECT r.encoder_id, r.benchmark AS reference, r.feature, r.n_samples, r.frequency,
+       coalesce(bm.max_benchmark_frequency, 0) AS max_benchmark_frequency, bm.closest_benchmark,
+       r.frequency / greatest(coalesce(bm.max_benchmark_frequency, 0), 1.0 / r.n_encoded) AS ratio
+FROM r LEFT JOIN bm USING (encoder_id, feature);
 """
 
 
 # Additive migrations of older files (same schema version: old readers ignore the additions).
 MIGRATIONS = (
     "ALTER TABLE run_features ADD COLUMN IF NOT EXISTS encoder_id INTEGER",  # per-layer drift
+    # 'benchmark' or 'reference' (a suite's `reference:` corpora); files from before references read 'benchmark'
+    "ALTER TABLE benchmarks ADD COLUMN IF NOT EXISTS role VARCHAR DEFAULT 'benchmark'",
 )
 SCHEMA_DIGEST = hashlib.sha256("\n".join((SCHEMA, *MIGRATIONS, VIEWS)).encode()).hexdigest()[:16]
