@@ -252,7 +252,7 @@ class GapGroup:
     sample_scores: np.ndarray
     """The typicality score of `samples`: share of the group's excess mass the sample fires, in [0, 1]."""
     n_samples: int
-    """Reference samples firing at least half of the group's excess mass (at least one feature for a singleton)."""
+    """Reference samples firing at least two of the group's features (one for a singleton group)."""
     closest: list[tuple[int, float]]
     """(benchmark index, share of the group's reference frequency that benchmark reaches), best first."""
 
@@ -341,7 +341,8 @@ def _group(S: sp.csc_matrix, ref_rows: np.ndarray, gap_ids: np.ndarray, member: 
     score = np.asarray(S[:, np.flatnonzero(member)[order]] @ w).ravel()  # (N_r,) share of the group fired
     top = np.argsort(-score, kind="stable")
     top = top[score[top] > 0][: cfg.top_samples]
-    n_in = int((score >= (0.5 if feats.size > 1 else 1.0) - 1e-12).sum())
+    n_fired = np.asarray(S[:, np.flatnonzero(member)].sum(axis=1)).ravel()  # (N_r,) group features fired
+    n_in = int((n_fired >= min(2, feats.size)).sum())
     # closest benchmarks: share of the group's reference frequency each benchmark reaches (capped per feature,
     # so one benchmark firing one feature very often cannot stand for the whole group)
     p_r = calls.p_ref[feats]

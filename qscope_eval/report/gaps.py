@@ -53,7 +53,7 @@ def _group(grp: dict) -> str:
     prompts = "".join(f'<div class="text">{_e(p["text"])}</div>' for p in grp["prompts"])
     feats = ", ".join(str(int(f)) for f in grp["features"][:12]) + (" …" if grp["n_features"] > 12 else "")
     out = (f"<h3>Gap group {grp['group']}: {_pct(grp['excess_share'], 2)} of the reference beyond the benchmarks"
-           f" <small class='muted'>({grp['n_features']} features; about {grp['n_samples']} prompts)</small></h3>"
+           f" <small class='muted'>({grp['n_features']} features; {grp['n_samples']} reference prompts fire two or more of them)</small></h3>"
            f"<p class='muted'>Features {feats}. Closest benchmarks: {closest or '–'}.</p>"
            f"<p><b>Most typical reference prompts</b></p>{prompts}")
     ev = grp.get("evidence")
