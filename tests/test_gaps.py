@@ -8,6 +8,7 @@ biology in both.
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -251,3 +252,21 @@ def test_cli_gaps_export_and_feature_evidence(real_db, tmp_path):
                       (["feature", "999999"], "out of range")):
         res = runner.invoke(cli, args[:1] + ["--db", str(real_db)] + args[1:])
         assert res.exit_code == 1 and msg in res.output and res.output.count("\n") == 1, res.output
+
+
+def test_audit_summary_and_report_show_the_gaps(real_db):
+    from qscope_eval.jobs.audit import AuditSettings, summarize_layers
+    from qscope_eval.report.html import report_html
+    from qscope_eval.store import Store
+
+    with Store(real_db) as store:
+        settings = AuditSettings("gaps-test", ("bio", "history"), (1,))
+        summary = summarize_layers(store, settings, None)[0]
+    gaps = summary["gaps"]
+    assert gaps["groups"] and gaps["groups"][0]["evidence"]["tokens_available"]
+    assert summary["metrics"]["names"] == ["bio", "history"], "the reference is no benchmark in the summary"
+    page = report_html(summary, specs={})
+    assert "What no benchmark measures" in page and "<mark" in page and "reference covered" in page
+    first = gaps["groups"][0]["prompts"][0]["text"]
+    assert html.escape(first, quote=True) in page, "typical prompts are shown, escaped"
+    assert "names no reference corpus" in report_html({**summary, "gaps": None}, specs={})
