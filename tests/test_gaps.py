@@ -270,3 +270,20 @@ def test_audit_summary_and_report_show_the_gaps(real_db):
     first = gaps["groups"][0]["prompts"][0]["text"]
     assert html.escape(first, quote=True) in page, "typical prompts are shown, escaped"
     assert "names no reference corpus" in report_html({**summary, "gaps": None}, specs={})
+
+
+def test_feature_evidence_without_the_model_says_why_and_shows_the_rest(real_db, tmp_path):
+    import shutil
+
+    from qscope_eval.jobs.evidence import feature_evidence
+    from qscope_eval.store import Store
+
+    db = tmp_path / "old.duckdb"
+    shutil.copy(real_db, db)
+    with duckdb.connect(str(db)) as con:  # an encoder stored before its model spec was recorded
+        con.execute("""UPDATE encoders SET params = '{"k": 32, "pooling": "top"}'""")
+        feature = con.execute("SELECT feature FROM activations WHERE encoder_id = 1 LIMIT 1").fetchall()[0][0]
+    with Store(db) as store:
+        ev = feature_evidence(store, feature, top=2)
+    assert not ev["tokens_available"] and "rerun `qscope-eval encode" in ev["tokens_note"]
+    assert ev["frequency"] and all("tokens" not in s for s in ev["top_samples"])
