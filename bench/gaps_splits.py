@@ -2,14 +2,15 @@
 
 Each split names MMLU subjects as benchmarks and others as reference corpora, some of them sister subjects
 of a benchmark ("covered") and some not ("uncovered"). The demo backbone (MiniLM) and its SAE (with the
-null twin) encode the questions (question text only, `limit` per subject; cached in out/gaps_<split>.duckdb).
+null twin) encode the questions (question text only, or with `--choices` as lm-eval shows them; `limit` per
+subject; cached in OUT/gaps_<split>.duckdb).
 Printed per split, for the SAE and the null encoder:
   * per reference corpus (`--reference NAME`): covered share and gap share of its firing mass;
   * precision: share of the gap groups' typical prompts that come from uncovered subjects (weighted by each
     group's excess share), and which uncovered subjects lead some group (recall);
   * the same for one *mixed* reference (all reference subjects in one corpus, no names: the dilution case).
 
-    PYTHONPATH=. python bench/gaps_splits.py [--limit 40]
+    PYTHONPATH=. python bench/gaps_splits.py [--limit 100] [--choices] [--out out/splits100]
 """
 
 from __future__ import annotations
@@ -40,8 +41,12 @@ SPLITS = {
 }
 
 
+TEXT = "{{question}}"
+CHOICES = "{{question}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}\nAnswer:"
+
+
 def entry(name: str, subject: str, limit: int) -> dict:
-    return {"name": name, "path": f"asset:mmlu/{subject}.jsonl", "text": "{{question}}", "limit": limit}
+    return {"name": name, "path": f"asset:mmlu/{subject}.jsonl", "text": TEXT, "limit": limit}
 
 
 def build(split: str, spec: dict, limit: int, mixed: bool, out: Path) -> Path:
@@ -55,7 +60,7 @@ def build(split: str, spec: dict, limit: int, mixed: bool, out: Path) -> Path:
             lines += [json.loads(x) for x in assets.resolve(f"asset:mmlu/{s}.jsonl").read_text().split("\n")[:limit]]
         mix = out / f"gaps_{split}_mixed.jsonl"
         mix.write_text("".join(json.dumps(x) + "\n" for x in lines))
-        reference = [{"name": "traffic", "path": str(mix), "text": "{{question}}"}]
+        reference = [{"name": "traffic", "path": str(mix), "text": TEXT}]
     else:
         reference = [entry(f"ref_{s}", s, limit) for s in refs]
     suite = parse_suite({
@@ -82,7 +87,7 @@ def subject_of(store: Store, spec: dict, limit: int) -> dict[str, str]:
 def precision(rep: dict, subjects: dict[str, str], uncovered: list[str]) -> tuple[float, list[str]]:
     shares, weights, leads = [], [], set()
     for g in rep["groups"]:
-        subs = [subjects.get(p["text"]) for p in g["prompts"]]
+        subs = [subjects.get(p["text"].split("\nA. ")[0]) for p in g["prompts"]]  # the question part
         shares.append(np.mean([s in uncovered for s in subs]))
         weights.append(g["excess_share"])
         top = max(set(subs), key=subs.count)
@@ -102,7 +107,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=40)
     ap.add_argument("--out", default="out")
+    ap.add_argument("--choices", action="store_true", help="prompts as lm-eval shows MMLU (question, choices, Answer:)")
     args = ap.parse_args()
+    if args.choices:
+        global TEXT
+        TEXT = CHOICES
     out = Path(args.out)
     out.mkdir(exist_ok=True)
     for split, spec in SPLITS.items():
