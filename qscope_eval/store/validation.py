@@ -22,8 +22,8 @@ class ValidationTables:
 
     # ---- validation against behaviour (DESIGN §5a) ------------------------------------
     def stored_prompts(self) -> tuple[dict[int, str], dict[int, set[str]]]:
-        """Every benchmark sample's text, and sample -> the benchmarks it belongs to."""
-        rows = self.con.execute("SELECT m.sample_id, s.text, list(DISTINCT m.benchmark) FROM memberships m "
+        """Every benchmark sample's text, and sample -> the benchmarks it belongs to (reference corpora are no benchmarks)."""
+        rows = self.con.execute("SELECT m.sample_id, s.text, list(DISTINCT m.benchmark) FROM bench_memberships m "
                                 "JOIN samples s USING (sample_id) GROUP BY ALL").fetchall()
         return {r[0]: r[1] for r in rows}, {r[0]: set(r[2]) for r in rows}
 
