@@ -334,3 +334,23 @@ def test_encode_bench_gpu_mode_dry_run(capsys, monkeypatch):
     assert "identity baseline vs encode_texts: OK (4 samples" in out
     assert "identity encode_texts vs encode_suite + DB: OK (12 samples" in out
     assert "ratio ours: encode_texts / baseline (model card)" in out
+
+
+def test_encode_arms_dry_run(tmp_path, capsys, monkeypatch):
+    """bench/encode_arms.py (the GPU arms of issue 14) runs end to end on a tiny CPU config and writes its rows."""
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "encode_arms.py"
+    spec = importlib.util.spec_from_file_location("encode_arms", path)
+    arms = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "encode_arms", arms)
+    spec.loader.exec_module(arms)
+    rc = arms.main(["--device", "cpu", "--tiny", "--n", "8", "--only", "padded 16k eager", "--out", str(tmp_path),
+                    "--steps", "suite last best", "noise best", "vs baseline best"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "FAILED" not in out, out
+    rows = [json.loads(line) for line in (tmp_path / "arms.jsonl").read_text().splitlines()]
+    names = [r["arm"] for r in rows]
+    assert "forward: padded 16k eager" in names and "encode_suite+DB last: padded 16k eager" in names
+    assert any(n.startswith("noise floor last") for n in names) and any("vs model-card baseline" in n for n in names)
+    assert all(r["tokens_per_s"] > 0 for r in rows if "tokens_per_s" in r)
