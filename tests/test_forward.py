@@ -226,3 +226,19 @@ def test_chunked_topk_equals_full_computation():
         torch.testing.assert_close(v, want_v, atol=1e-5, rtol=1e-5)
     v, i = encode_tokens(sae, x[:5], fixed_rows=True)  # padded to one block of MIN_ROWS rows, 5 come back
     assert v.shape == (5, sae.cfg.k) and torch.equal(i.sort(dim=1).values, want_i[:5].sort(dim=1).values)
+
+
+@pytest.mark.parametrize("kind", ["qwen3_moe", "qwen35"])
+def test_maskless_padding_is_exact_for_moe_and_linear_attention(kind, tmp_path):
+    """Causal padded batches run without a padding mask: also right for MoE routing and Qwen3.5's linear attention."""
+    from qscope_eval.data.suite import ModelSpec
+    from qscope_eval.model.backbone import load_backbone
+
+    path = toy.tiny_qwen3(tmp_path, moe=True) if kind == "qwen3_moe" else toy.tiny_qwen35(tmp_path)
+    model = load_backbone(ModelSpec(id=str(path), device="cpu"))
+    assert model.kind == "causal" and not forward.can_pack(model)  # right-padded batches only: no packing for these
+    batched = per_prompt(model, ForwardOptions(batch_tokens=4096, max_batch=8), layers=[1, 3])
+    alone = per_prompt(model, ForwardOptions(batch_tokens=4096, max_batch=1), layers=[1, 3])
+    for i in alone:
+        for n in (1, 3):
+            torch.testing.assert_close(batched[i][n], alone[i][n], atol=1e-4, rtol=1e-4)
