@@ -180,10 +180,12 @@ def suite_arm(runtime, rows, suite: Suite, db: Path, group: list[int]):
     return (lambda: {back[s]: v for s, v in read().items()}), tokens
 
 
-def budget(spec: EncodeSpec, device: torch.device) -> int:
-    """The token budget encode_texts batches under (backbone.batch_tokens caps it off CUDA)."""
+def budget(spec: EncodeSpec, device: torch.device) -> int | str:
+    """The token budget encode_texts batches under (batching.batch_tokens caps it off CUDA; 0 on CUDA: auto)."""
     from qscope_eval.model.batching import batch_tokens
 
+    if spec.batch_tokens == 0 and device.type == "cuda":
+        return "auto (forward.auto_batch_tokens)"
     return batch_tokens(spec, device)
 
 

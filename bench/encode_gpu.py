@@ -18,9 +18,10 @@ shared). It reports tokens/s and the share of the bf16 dense FLOP bound:
     share of the bound = FLOPs / seconds / peak dense bf16 FLOP/s of the device
                          (H100 SXM / H200: 989 TFLOP/s; --peak-tflops to set it)
 
-The share is given for the forward alone (Backbone.residuals over the same
+The share is given for the forward alone (model.forward.iter_forward over the encode path's own
 batches, prompts tokenized beforehand, no SAE), and for the whole of encode_texts / encode_suite (which also
-tokenize, encode with the fp32 SAE and copy results back). The baseline runs
+tokenize, encode with the SAE and copy results back). bench/encode_arms.py measures the issue-14 arms
+(budget, packing, compile, SAE precision, noise floor) in one run. The baseline runs
 on --baseline-n prompts only (it is slow), and the ratio compares per-sample
 rates. `--gpu --device cpu --tiny` runs the same code on a tiny config on CPU
 (a dry run of the GPU mode; its figures mean nothing).
@@ -37,9 +38,8 @@ import numpy as np
 import torch
 
 from encode_baseline import ModelCardBaseline, compare, explain, identity_line
-from encode_common import budget, print_table, run_encode_texts, run_rounds, suite_arm
+from encode_common import print_table, run_encode_texts, run_rounds, suite_arm
 from qscope_eval.model import encoders
-from qscope_eval.model.batching import plan_batches
 from qscope_eval.model.sae import Sae, SaeConfig
 from qscope_eval.model.feature_stats import FeatureStats
 from qscope_eval.data.suite import BenchmarkSpec, EncodeSpec, ModelSpec, SaeSpec, Suite
@@ -168,12 +168,15 @@ def gpu_mode(args) -> int:
 
     all_ids = bb.tokenize(texts).ids  # tokenized once, outside the timings: this arm times the forward alone
 
+    from qscope_eval.model.forward import iter_forward, options_for
+
+    fwd_opts = options_for(encode, bb, [layer])  # the encode path's own batches (auto budget on CUDA)
+
     def forward_only(group):
         ids = [all_ids[i] for i in group]
-        lens = np.array([len(x) for x in ids])
-        for idx in plan_batches(lens, budget(encode, bb.device), encode.max_batch):
-            bb.residuals([ids[i] for i in idx], [layer])
-        return {}, int(lens.sum())
+        for _ in iter_forward(bb, [layer], lambda res: None, fwd_opts, ids=ids):
+            pass
+        return {}, int(sum(len(x) for x in ids))
 
     def suite_run(group):
         return suite_arm(runtime, rows, suite, next(dbs), group)

@@ -326,36 +326,6 @@ def test_oom_single_item_and_other_errors():
     assert calls == [4]  # no retry on other errors
 
 
-def test_map_residuals_splits_real_forward(qwen3):
-    tok = qwen3.tokenize(TEXTS)
-
-    def oom_if_big(module, args):  # simulate a GPU that holds at most 1 prompt
-        if args[0].shape[0] > 1:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    def last_token(res):  # [B, d]: residual at each prompt's last real token
-        return res.hidden[2][torch.arange(len(res.lengths)), res.lengths - 1]
-
-    splits = []
-    h = qwen3.layers_module[0].register_forward_pre_hook(oom_if_big)
-    try:
-        got = qwen3.map_residuals(tok.ids, [2], last_token, on_split=splits.append)
-    finally:
-        h.remove()
-    want = qwen3.map_residuals(tok.ids, [2], last_token)
-    assert splits == [4, 2, 2] and [pos.tolist() for pos, _ in got] == [[0], [1], [2], [3]]
-    assert len(want) == 1 and want[0][0].tolist() == [0, 1, 2, 3]
-    torch.testing.assert_close(torch.cat([out for _, out in got]), want[0][1], atol=1e-5, rtol=1e-5)
-
-    h = qwen3.layers_module[0].register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(OutOfMemoryError("x")))
-    try:
-        n = len(tok.ids[0])
-        with pytest.raises(OutOfMemory, match=rf"prompt of {n} tokens.*lower model.max_length"):
-            qwen3.map_residuals(tok.ids[:2], [2], last_token)
-    finally:
-        h.remove()
-
-
 # --- more architectures / devices -------------------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 A tiny random Qwen3 built from its config (toy.random_qwen3) with the real Qwen tokenizer gives
 real residuals; nothing is downloaded. Covered here, and not in test_backbone.py / test_encode.py
-(which test plan_batches, run_with_oom_split, map_residuals and the pooling functions alone):
+(which test plan_batches, run_with_oom_split and the pooling functions alone; test_forward.py tests the iterator):
 token-budget batching with real tokenizer lengths, OOM batch halving with a simulated OOM inside
 the forward, the error when one prompt does not fit, `last` gathering only the last positions
 before the SAE, `max`/`top` against a plain-Python reference, only non-zeros coming back, the
@@ -27,7 +27,7 @@ from qscope_eval.model import encoders
 
 from qscope_eval.jobs import pipeline
 from qscope_eval.model import toy
-from qscope_eval.model import batching
+from qscope_eval.model import batching, forward
 from qscope_eval.model.batching import plan_batches
 from qscope_eval.model.encode import EncoderHandle
 from qscope_eval.errors import OutOfMemory
@@ -105,13 +105,13 @@ def assert_same(got: dict, want: dict, rtol=1e-4):
 def spy_forward(bb, monkeypatch):
     """Record the prompt lengths of every forward batch the pipeline runs."""
     calls: list[list[int]] = []
-    real = bb.residuals
+    real = forward._forward
 
-    def residuals(ids_batch, layers):
-        calls.append([len(x) for x in ids_batch])
-        return real(ids_batch, layers)
+    def spy(backbone, host, layers, opts):
+        calls.append(host.lengths.tolist())
+        return real(backbone, host, layers, opts)
 
-    monkeypatch.setattr(bb, "residuals", residuals)
+    monkeypatch.setattr(forward, "_forward", spy)
     return calls
 
 
@@ -216,14 +216,16 @@ def python_pool(bb, sae, text, pooling, ref_mean=None, m=5, spec=EncodeSpec()):
 
 
 def test_last_gathers_last_positions_before_the_sae(bb, sae, monkeypatch):
+    from qscope_eval.model import encode as enc
+
     rows_seen = []
-    real = sae.encode
+    real = enc._topk_block
 
-    def encode(x):
+    def encode(x, *args):
         rows_seen.append(tuple(x.shape))
-        return real(x)
+        return real(x, *args)
 
-    monkeypatch.setattr(sae, "encode", encode)
+    monkeypatch.setattr(enc, "_topk_block", encode)
     batches, got = run(runtime(bb, sae, None, "last"), make_suite(batch_tokens=256))
     # the SAE saw one row per prompt, never the [B, T] grid
     assert rows_seen == [(len(b.ids), 64) for b in batches]
@@ -289,12 +291,12 @@ def test_db_writes_overlap_the_next_batch(bb, sae, tmp_path, monkeypatch):
     rows = pd.DataFrame({"benchmark": "b", "position": np.arange(len(TEXTS)), "text": TEXTS})
     n_batches = len(plan_batches(bb.tokenize(TEXTS).lengths, 96, 4))
     started = threading.Semaphore(0)  # one release per forward started
-    real_res, real_write = bb.residuals, pipeline.write_results
+    real_res, real_write = forward._forward, pipeline.write_results
     waited = []
 
-    def residuals(ids_batch, layers):
+    def residuals(backbone, host, layers, opts):
         started.release()
-        return real_res(ids_batch, layers)
+        return real_res(backbone, host, layers, opts)
 
     def write_results(store, encoders, batch):
         j = len(waited)
@@ -306,7 +308,7 @@ def test_db_writes_overlap_the_next_batch(bb, sae, tmp_path, monkeypatch):
             waited.append(True)
         return real_write(store, encoders, batch)
 
-    monkeypatch.setattr(bb, "residuals", residuals)
+    monkeypatch.setattr(forward, "_forward", residuals)
     monkeypatch.setattr(pipeline, "write_results", write_results)
     monkeypatch.setattr(pipeline, "load_rows", lambda s: rows)
     monkeypatch.setattr(pipeline, "load_runtime", lambda s: runtime(bb, sae, None, "last"))
@@ -332,3 +334,23 @@ def test_encode_bench_gpu_mode_dry_run(capsys, monkeypatch):
     assert "identity baseline vs encode_texts: OK (4 samples" in out
     assert "identity encode_texts vs encode_suite + DB: OK (12 samples" in out
     assert "ratio ours: encode_texts / baseline (model card)" in out
+
+
+def test_encode_arms_dry_run(tmp_path, capsys, monkeypatch):
+    """bench/encode_arms.py (the GPU arms of issue 14) runs end to end on a tiny CPU config and writes its rows."""
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "encode_arms.py"
+    spec = importlib.util.spec_from_file_location("encode_arms", path)
+    arms = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "encode_arms", arms)
+    spec.loader.exec_module(arms)
+    rc = arms.main(["--device", "cpu", "--tiny", "--n", "8", "--only", "padded 16k eager", "--out", str(tmp_path),
+                    "--steps", "suite last best", "noise best", "vs baseline best"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "FAILED" not in out, out
+    rows = [json.loads(line) for line in (tmp_path / "arms.jsonl").read_text().splitlines()]
+    names = [r["arm"] for r in rows]
+    assert "forward: padded 16k eager" in names and "encode_suite+DB last: padded 16k eager" in names
+    assert any(n.startswith("noise floor last") for n in names) and any("vs model-card baseline" in n for n in names)
+    assert all(r["tokens_per_s"] > 0 for r in rows if "tokens_per_s" in r)

@@ -32,13 +32,16 @@ def suites(fmt):
 @click.argument("suite")
 @db_option()
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (samples/s, ETA).")
+@click.option("--noise-floor", "noise_n", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Then encode N of the suite's prompts batched and one at a time and record how far their "
+                   "feature sets agree (drift below that floor is reported as noise).")
 @output_options
-def encode(suite, db, progress, fmt):
+def encode(suite, db, progress, noise_n, fmt):
     """Encode a suite's benchmarks into the database (resumes; encodes only what is missing).
 
     SUITE is a YAML path or a built-in name.
 
-    Example: qscope-eval encode demo --db out/demo.duckdb
+    Example: qscope-eval encode demo --db out/demo.duckdb --noise-floor 64
     """
     from qscope_eval.jobs.pipeline import encode_suite
     from qscope_eval.store import Store
@@ -47,7 +50,17 @@ def encode(suite, db, progress, fmt):
     s = load_suite(suite)
     with Store(db) as store:
         rep = encode_suite(s, store, progress=progress and sys.stderr.isatty())
-    emit(rep.__dict__, fmt, rows=[{k: v for k, v in rep.__dict__.items() if k not in ("encoders", "warnings")}])
+        out = dict(rep.__dict__)
+        if noise_n:
+            from qscope_eval.jobs.noise import record_noise_floor
+
+            out["noise_floor"] = record_noise_floor(s, store, noise_n)
+    row = {k: v for k, v in out.items() if k not in ("encoders", "warnings", "noise_floor")}
+    for key, nf in (out.get("noise_floor") or {}).items():
+        if key.endswith("|sae"):
+            row.update(noise_mean_jaccard=round(nf["mean_jaccard"], 4), noise_share_differ=round(nf["share_differ"], 4))
+            break
+    emit(out, fmt, rows=[row])
 
 
 @click.command()

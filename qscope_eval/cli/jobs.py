@@ -77,8 +77,8 @@ def _check_task_runner(ctx, param, value):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for report.html, PNGs and summary.json.")
 @click.option("--target", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Share of coverage to keep (default: the suite's selection.target).")
-@click.option("--task-runner", default=None, callback=_check_task_runner, metavar="dask[=N|ADDRESS]",
-              help="Encode shards on Dask: `dask` (2 local workers), `dask=N`, or `dask=tcp://HOST:PORT`.")
+@click.option("--task-runner", default=None, callback=_check_task_runner, metavar="dask[=N|gpus|ADDRESS]",
+              help="Encode shards on Dask: `dask` (2 local workers), `dask=N`, `dask=gpus` (one worker per GPU), or `dask=tcp://HOST:PORT`.")
 @click.option("--exact", is_flag=True, help="Exact MILP benchmark selection (HiGHS) instead of lazy greedy.")
 @output_options
 def audit(suite, db, out, target, task_runner, exact, fmt):

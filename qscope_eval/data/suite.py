@@ -136,12 +136,16 @@ class BenchmarkSpec:
             raise SuiteError(f"benchmark {self.name!r}: cost must be > 0")
 
 
+SAE_PRECISIONS = ("fp32", "tf32", "bf16")
+
+
 @dataclass(frozen=True)
 class EncodeSpec:
     """Batching and pooling knobs; none of them changes which features fire except the pooling ones."""
 
-    batch_tokens: int = 16384
-    """Token budget per forward batch (padded length x batch size)."""
+    batch_tokens: int = 0
+    """Token budget per forward batch (padded length x batch size, or a packed row); 0 = from free GPU memory
+    (forward.auto_batch_tokens; at most 2048 off CUDA)."""
     max_batch: int = 256
     """Upper bound on prompts per batch."""
     top_m: int = 32
@@ -154,10 +158,20 @@ class EncodeSpec:
     """Samples per encode shard (the unit of retry and resume)."""
     saturation_warn: float = 0.9
     """Warn when a benchmark fires more than this share of d_sae (`max` pooling saturates)."""
+    packing: bool = False
+    """Pack prompts into one row with per-prompt attention (Qwen2/Qwen3 dense models; flex_attention on CUDA)."""
+    compile: bool = False
+    """torch.compile the decoder layers (falls back to eager with a warning if compilation fails)."""
+    deterministic: bool = False
+    """Each prompt's codes independent of its batch: aligned fixed-shape packing (or one prompt per forward), fp32 SAE."""
+    sae_precision: str = "tf32"
+    """SAE encoder matmul on CUDA: fp32, tf32 (fp32 accumulate; the bf16 residual is exact in tf32) or bf16."""
 
     def __post_init__(self):
-        if self.batch_tokens < 16 or self.max_batch < 1 or self.top_m < 1 or self.shard_size < 1:
-            raise SuiteError("encode: batch_tokens >= 16, max_batch >= 1, top_m >= 1 and shard_size >= 1 are required")
+        if self.sae_precision not in SAE_PRECISIONS:
+            raise SuiteError(f"encode.sae_precision {self.sae_precision!r} is not one of {', '.join(SAE_PRECISIONS)}")
+        if (self.batch_tokens != 0 and self.batch_tokens < 16) or self.max_batch < 1 or self.top_m < 1 or self.shard_size < 1:
+            raise SuiteError("encode: batch_tokens >= 16 (or 0 = auto), max_batch >= 1, top_m >= 1 and shard_size >= 1 are required")
         if self.sink_factor <= 1:
             raise SuiteError("encode.sink_factor must be > 1 (it multiplies the median token norm)")
         if not 0 < self.saturation_warn <= 1:

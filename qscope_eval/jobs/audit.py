@@ -37,13 +37,21 @@ def prefect_env(home: bool = True) -> None:
 
 
 def parse_task_runner(spec: str | None) -> tuple[int, str | None] | None:
-    """`None` -> None (in-process); `dask` / `dask=N` -> (N local workers, None); `dask=ADDRESS` -> (0, ADDRESS)."""
+    """`None` -> None (in-process); `dask` / `dask=N` -> (N local workers, None); `dask=gpus` -> (one local worker
+    per GPU, None; model.devices); `dask=ADDRESS` -> (0, ADDRESS)."""
     if not spec:
         return None
     kind, eq, arg = spec.partition("=")
     if kind != "dask" or (eq and not arg):
-        raise QScopeError(f"task runner {spec!r} is not understood; use `dask`, `dask=N` (N local workers) "
-                          f"or `dask=ADDRESS` (a running scheduler, e.g. tcp://10.0.0.5:8786)")
+        raise QScopeError(f"task runner {spec!r} is not understood; use `dask`, `dask=N` (N local workers), "
+                          f"`dask=gpus` (one worker per GPU) or `dask=ADDRESS` (a running scheduler, e.g. tcp://10.0.0.5:8786)")
+    if arg == "gpus":
+        from qscope_eval.model.devices import GPUS_ENV, gpu_count
+
+        n = gpu_count()
+        if n < 1:
+            raise QScopeError(f"dask=gpus found no CUDA GPU; use dask=N for CPU workers (or {GPUS_ENV}=N for a dry run)")
+        return n, None
     if arg.isdigit():
         if int(arg) < 1:
             raise QScopeError("dask=N needs N >= 1 workers")

@@ -129,22 +129,22 @@ def prepare(suite: Suite, store: Store, rows=None, encoders: list[EncoderInfo] |
                     n_samples=len(order), benchmark_ids=bench_ids)
 
 
-def encode_texts(runtime: Runtime, ids: np.ndarray, texts: list[str], suite: Suite) -> Iterator[EncodedBatch]:
-    """Pure compute: tokenize, batch under the token budget, forward, encode, pool. Yields per batch."""
-    from qscope_eval.model.batching import batch_tokens, plan_batches, run_with_oom_split
+def encode_texts(runtime: Runtime, ids: np.ndarray, texts: list[str], suite: Suite,
+                 group: int | None = None) -> Iterator[EncodedBatch]:
+    """Pure compute: tokenize, batch under the token budget, forward, encode, pool. Yields per batch.
+
+    The loop is model.forward.iter_texts: tokenization and host batches in a background thread,
+    padded or packed batches, optional torch.compile, halving on out-of-memory. `group` texts are
+    tokenized and planned at a time (default: encode.shard_size)."""
     from qscope_eval.model.encode import encode_batch
+    from qscope_eval.model.forward import iter_texts, options_for
 
     bb = runtime.backbone
-    tok = bb.tokenize(texts)
-    lengths = np.array([len(x) for x in tok.ids], dtype=np.int64)
     layers = sorted({h.layer for h in runtime.handles})
-    for batch in plan_batches(lengths, batch_tokens(suite.encode, bb.device), suite.encode.max_batch):
-        def run(idx):
-            res = bb.residuals([tok.ids[i] for i in idx], layers)
-            return encode_batch(res, runtime.handles, suite.encode)
-        for idx, pooled in run_with_oom_split(list(batch), run, single_message=lambda i: bb.oom_message(tok.ids[i])):
-            idx = np.asarray(idx)
-            yield EncodedBatch(ids[idx], lengths[idx], tok.truncated[idx], pooled)
+    opts = options_for(suite.encode, bb, layers, group=group or suite.encode.shard_size)
+    ids = np.asarray(ids)
+    for chunk in iter_texts(bb, texts, layers, lambda res: encode_batch(res, runtime.handles, suite.encode), opts):
+        yield EncodedBatch(ids[chunk.positions], chunk.lengths, chunk.truncated, chunk.result)
 
 
 def write_results(store: Store, encoders: dict[str, EncoderRow], batch: EncodedBatch) -> int:

@@ -193,22 +193,43 @@ def feature_sets(es: EncodedSet, threshold: float = 0.0, min_support: int = 1) -
 
 
 def drift(store: Store, ld: Loaded, run_id: str, suite: str, threshold: float = 0.0, min_support: int = 1) -> dict | None:
-    """Features gained/lost per benchmark since the previous completed run of the suite on this encoder."""
+    """Features gained/lost per benchmark since the previous completed run of the suite on this encoder.
+
+    Each changed benchmark carries the Jaccard of its F(D) then and now. Where the encoder's
+    batch-composition noise floor was measured (`encode --noise-floor`), a change whose Jaccard is at
+    or above the floor for a union of that many samples is reported as `noise`, not `changed`.
+    """
     prev = store.previous_run(suite, ld.real.encoder.encoder_id, before_run=run_id)
     if prev is None:
         return None
     before = store.run_features(prev, ld.real.encoder.encoder_id)
+    floor = _noise_floor(store, ld.real.encoder.encoder_id)
+    sizes = dict(zip(ld.real.benchmarks, np.asarray(ld.real.M.sum(axis=1)).ravel().tolist()))
     rows = []
     for name, now in feature_sets(ld.real, threshold, min_support).items():
         old = before.get(name)
         if old is None:
             rows.append({"benchmark": name, "status": "new", "gained": int(now.size), "lost": 0})
-        else:
-            rows.append({"benchmark": name, "status": "changed" if not np.array_equal(now, old) else "same",
-                         "gained": int(np.setdiff1d(now, old).size), "lost": int(np.setdiff1d(old, now).size)})
+            continue
+        row = {"benchmark": name, "status": "changed" if not np.array_equal(now, old) else "same",
+               "gained": int(np.setdiff1d(now, old).size), "lost": int(np.setdiff1d(old, now).size)}
+        union = np.union1d(now, old).size
+        row["jaccard"] = float(np.intersect1d(now, old).size / union) if union else 1.0
+        if floor is not None:
+            row["noise_floor"], row["noise_floor_extrapolated"] = floor.union_floor(int(sizes.get(name, 1)))
+            if row["status"] == "changed" and row["jaccard"] >= row["noise_floor"]:
+                row["status"] = "noise"
+        rows.append(row)
     for name in sorted(set(before) - set(ld.real.benchmarks)):
         rows.append({"benchmark": name, "status": "removed", "gained": 0, "lost": int(before[name].size)})
-    return {"previous_run": prev, "benchmarks": rows}
+    return {"previous_run": prev, "benchmarks": rows, "noise_floor": floor.to_dict() if floor else None}
+
+
+def _noise_floor(store: Store, encoder_id: int):
+    from qscope_eval.analysis.noise import NoiseFloor
+
+    d = store.noise_floor(encoder_id)
+    return NoiseFloor.from_dict(d) if d else None
 
 
 def duplicates_report(store: Store, ld: Loaded, threshold: float = 0.9, limit: int = 50) -> dict:

@@ -9,9 +9,8 @@ load the base model class, which has no LM head at all).
 
     bb = load_backbone(ModelSpec(id="Qwen/Qwen3-1.7B-Base"))
     tok = bb.tokenize(texts)                       # ids per prompt, truncation flagged
-    for idx in plan_batches(tok.lengths, 16384, 256):
-        for pos, out in bb.map_residuals([tok.ids[i] for i in idx], [14], fn):  # halves on OOM
-            ...  # out = fn(Residuals of prompts idx[pos])
+    res = bb.residuals(tok.ids[:16], [14])         # one right-padded batch
+    # batching, packing, compilation and OOM halving: qscope_eval.model.forward.iter_forward
 
 Batches are right-padded; `special_mask` marks padding and special tokens
 (CLS/SEP/BOS/<|endoftext|>...) so pooling can skip them.
@@ -23,15 +22,13 @@ import importlib.metadata
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence, TypeVar
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from qscope_eval.errors import ModelError
-from qscope_eval.model.batching import run_with_oom_split
 
-R = TypeVar("R")
 from qscope_eval.data.suite import ModelSpec, looks_local
 
 # Base-model types whose layer stack we know how to hook. Causal models keep it
@@ -259,8 +256,10 @@ class Backbone:
                              "drop empty prompts before encoding")
         return Tokenized(ids, int(truncated.sum()), truncated)
 
-    def _pad(self, ids_batch: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Right-pad -> input_ids [B, T] int64, attention_mask [B, T] bool, lengths [B] int64 (on device)."""
+    def _pad(self, ids_batch: Sequence[np.ndarray], width_multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-pad -> input_ids [B, T] int64, attention_mask [B, T] bool, lengths [B] int64 (on device).
+
+        T is the longest prompt rounded up to `width_multiple`."""
         lengths = np.fromiter((len(x) for x in ids_batch), dtype=np.int64, count=len(ids_batch))
         if len(lengths) == 0:
             raise ModelError("residuals() got an empty batch; pass at least one prompt")
@@ -269,7 +268,7 @@ class Backbone:
         if lengths.max() > self.max_length:
             raise ModelError(f"a prompt has {lengths.max()} tokens, over max_length {self.max_length}; "
                              "tokenize with Backbone.tokenize, which truncates")
-        width = int(lengths.max())
+        width = -(-int(lengths.max()) // width_multiple) * width_multiple
         host = np.full((len(ids_batch), width), self.pad_id, dtype=np.int64)
         for row, ids in enumerate(ids_batch):
             host[row, : len(ids)] = ids
@@ -278,10 +277,9 @@ class Backbone:
         mask = torch.arange(width, device=self.device)[None, :] < lens[:, None]
         return input_ids, mask, lens
 
-    def residuals(self, ids_batch: Sequence[np.ndarray], layers: Sequence[int]) -> Residuals:
-        """One forward over a right-padded batch; returns the outputs of `layers`, stopping after the deepest."""
+    def forward_hooked(self, layers: Sequence[int], **inputs) -> dict[int, torch.Tensor]:
+        """One forward of `self.model(**inputs)` that captures the outputs of `layers` and stops after the deepest."""
         self.check_layers(layers)
-        input_ids, mask, lens = self._pad(ids_batch)
         captured: dict[int, torch.Tensor] = {}
         deepest = max(int(n) for n in layers)
 
@@ -298,7 +296,7 @@ class Backbone:
         try:
             with torch.inference_mode():
                 try:
-                    self.model(input_ids=input_ids, attention_mask=mask.long(), **kwargs)
+                    self.model(**inputs, **kwargs)
                 except _StopForward:
                     pass
         finally:
@@ -307,28 +305,21 @@ class Backbone:
         missing = [n for n in layers if int(n) not in captured]
         if missing:  # the model skipped a layer: our layer map is wrong for it
             raise ModelError(f"{self.name}: layers {missing} did not run; this architecture is not supported")
+        return {int(n): captured[int(n)] for n in layers}
+
+    def residuals(self, ids_batch: Sequence[np.ndarray], layers: Sequence[int], width_multiple: int = 1) -> Residuals:
+        """One forward over a right-padded batch (with its padding mask); the outputs of `layers`, stopping after
+        the deepest. The encode path batches through model.forward.iter_forward instead."""
+        self.check_layers(layers)
+        input_ids, mask, lens = self._pad(ids_batch, width_multiple)
+        hidden = self.forward_hooked(layers, input_ids=input_ids, attention_mask=mask.long())
         special = torch.isin(input_ids, torch.from_numpy(self.special_ids).to(self.device)) | ~mask
-        return Residuals({int(n): captured[int(n)] for n in layers}, mask, special, lens)
+        return Residuals(hidden, mask, special, lens)
 
     def oom_message(self, ids: np.ndarray) -> str:
         """The OutOfMemory message for a prompt that does not fit even alone."""
         return (f"a prompt of {len(ids)} tokens does not fit in {self.device} memory even alone with {self.name}; "
                 f"lower model.max_length (now {self.max_length}) or use a device with more memory")
-
-    def map_residuals(self, ids_batch: Sequence[np.ndarray], layers: Sequence[int],
-                      fn: Callable[[Residuals], R], on_split: Callable[[int], None] | None = None
-                      ) -> list[tuple[np.ndarray, R]]:
-        """`fn(self.residuals(chunk, layers))` per chunk, halving the batch on out-of-memory.
-
-        Returns `[(positions, result), ...]`: positions (int64 indices into
-        `ids_batch`, contiguous, in order) and fn's result for those prompts. A
-        prompt that does not fit alone raises OutOfMemory naming its length and the fix.
-        """
-        def run(pos: Sequence[int]) -> R:
-            return fn(self.residuals([ids_batch[i] for i in pos], layers))
-
-        chunks = run_with_oom_split(range(len(ids_batch)), run, on_split, lambda i: self.oom_message(ids_batch[i]))
-        return [(np.asarray(pos, dtype=np.int64), out) for pos, out in chunks]
 
 
 class ModelInfo(NamedTuple):

@@ -1,14 +1,17 @@
-"""Batching for the forward pass: token-budget batch plans, and out-of-memory halving.
+"""Batching for the forward pass: token-budget batch plans, packed rows, host batches, out-of-memory halving.
 
-`plan_batches` groups prompts (longest first) under a token budget; `run_with_oom_split`
-runs a batch and, on a device out-of-memory error, halves it and retries each half.
+`plan_batches` groups prompts (longest first) under a token budget; `plan_packed` fills packed
+rows (first-fit decreasing); `build_host_batch` pads or packs one batch on the host (pinned on
+CUDA) for model.forward; `run_with_oom_split` runs a batch and, on a device out-of-memory error,
+halves it and retries each half. `ForwardOptions` says which of these the forward uses.
 """
 
 from __future__ import annotations
 
 import gc
 import math
-from typing import Callable, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -73,7 +76,11 @@ CPU_BATCH_TOKENS = 2048
 
 
 def batch_tokens(spec, device) -> int:
-    """Tokens per forward batch: `encode.batch_tokens` on CUDA, at most CPU_BATCH_TOKENS elsewhere."""
+    """Tokens per forward batch: `encode.batch_tokens` on CUDA, at most CPU_BATCH_TOKENS elsewhere.
+
+    0 (auto: sized from free GPU memory by model.forward.auto_batch_tokens) reads as CPU_BATCH_TOKENS here."""
+    if spec.batch_tokens == 0:
+        return CPU_BATCH_TOKENS
     return spec.batch_tokens if device.type == "cuda" else min(spec.batch_tokens, CPU_BATCH_TOKENS)
 
 
@@ -113,3 +120,119 @@ def plan_batches(lengths: Sequence[int] | np.ndarray, batch_tokens: int, max_bat
         batches.append(order[start:start + size])
         start += size
     return batches
+
+
+# ---------------------------------------------------------------- packed rows and host batches
+
+ALIGN_DETERMINISTIC = 128
+"""Deterministic mode: packed prompts start at multiples of flex_attention's block size."""
+PAD_SEGMENT = 128
+"""Packed padding restarts its positions this often (one attention block of flex_attention)."""
+
+
+@dataclass(frozen=True)
+class ForwardOptions:
+    """How prompts become forward batches (build with `options_for` from a suite's EncodeSpec)."""
+
+    batch_tokens: int
+    """Token budget per forward: padded B x T, or the packed row's length."""
+    max_batch: int = 256
+    """Most prompts per padded batch."""
+    packing: bool = False
+    """Pack prompts into one row with per-prompt attention (PACKABLE_TYPES only)."""
+    bucket: int = 1
+    """Padded batches: width rounded up to a multiple of this many tokens."""
+    align: int = 1
+    """Packed batches: each prompt starts at a multiple of this many tokens."""
+    fixed_shape: bool = False
+    """Packed batches: every row is exactly batch_tokens long (one shape for torch.compile)."""
+    compile: bool = False
+    """torch.compile each decoder layer (falls back to eager, with a warning, if compilation fails)."""
+    attention: str | None = None
+    """attn_implementation for packed batches (default: flex_attention on CUDA, sdpa elsewhere)."""
+    group: int | None = None
+    """Tokenize and plan this many texts at a time, in order (None: all at once)."""
+
+    def __post_init__(self):
+        if self.batch_tokens < 1 or self.max_batch < 1 or self.bucket < 1 or self.align < 1:
+            raise ModelError("forward options: batch_tokens, max_batch, bucket and align must be >= 1")
+        if self.group is not None and self.group < 1:
+            raise ModelError("forward options: group must be >= 1 (or None for all texts at once)")
+        if self.fixed_shape and not self.packing:
+            raise ModelError("forward options: fixed_shape needs packing (padded batches vary in shape)")
+
+
+def plan_packed(lengths: np.ndarray, capacity: int, align: int = 1) -> list[np.ndarray]:
+    """Prompt indices per packed row: first-fit decreasing into rows of `capacity` tokens.
+
+    Each prompt takes its length rounded up to `align`; a prompt longer than capacity gets a row
+    of its own. Rows come out longest-prompt-first; within a row, prompts keep that order."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    slots = -(-lengths // align) * align
+    order = np.argsort(-lengths, kind="stable")
+    rows: list[list[int]] = []
+    free = np.zeros(0, dtype=np.int64)
+    for i in order.tolist():
+        fits = np.flatnonzero(free >= slots[i])
+        if fits.size:
+            rows[fits[0]].append(i)
+            free[fits[0]] -= slots[i]
+        else:
+            rows.append([i])
+            free = np.append(free, max(0, capacity - slots[i]))
+    return [np.asarray(r, dtype=np.int64) for r in rows]
+
+
+class HostBatch(NamedTuple):
+    """One batch built on the host (pinned on CUDA), ready to copy to the device."""
+
+    input_ids: torch.Tensor
+    """[B, T] int64 (padded) or [1, L] int64 (packed)."""
+    lengths: torch.Tensor
+    """[B] int64 real tokens per prompt."""
+    special: torch.Tensor
+    """[B, T] bool: padding or special token (the padded layout, also for packed batches)."""
+    position_ids: torch.Tensor | None
+    """Packed: [1, L] int64 positions restarting at 0 per prompt; None for padded batches."""
+    gather: torch.Tensor | None
+    """Packed: [B, T] int64 index into the packed row of each padded slot (padding points at 0)."""
+
+
+def _host(x: np.ndarray, pin: bool) -> torch.Tensor:
+    t = torch.from_numpy(x)
+    return t.pin_memory() if pin else t
+
+
+def build_host_batch(ids_batch: Sequence[np.ndarray], pad_id: int, special_ids: np.ndarray, opts: ForwardOptions,
+                     pin: bool) -> HostBatch:
+    """Pad (or pack) one batch on the host: numpy work that the background thread does ahead of the GPU."""
+    lengths = np.fromiter((len(x) for x in ids_batch), dtype=np.int64, count=len(ids_batch))
+    if len(lengths) == 0 or lengths.min() < 1:
+        raise ModelError("a forward batch needs prompts of at least one token; drop empty prompts first")
+    T = int(lengths.max())
+    if not opts.packing:
+        T = -(-T // opts.bucket) * opts.bucket
+    padded = np.full((len(ids_batch), T), pad_id, dtype=np.int64)
+    for row, ids in enumerate(ids_batch):
+        padded[row, : len(ids)] = ids
+    valid = np.arange(T)[None, :] < lengths[:, None]
+    special = np.isin(padded, special_ids) | ~valid
+    if not opts.packing:
+        return HostBatch(_host(padded, pin), _host(lengths, pin), _host(special, pin), None, None)
+    slots = -(-lengths // opts.align) * opts.align
+    starts = np.concatenate([[0], np.cumsum(slots)[:-1]])
+    used = int(starts[-1] + lengths[-1])
+    L = max(used, opts.batch_tokens) if opts.fixed_shape else used
+    row = np.full(L, pad_id, dtype=np.int64)
+    # Padding between and after prompts is never read back; its positions restart every PAD_SEGMENT
+    # tokens, so transformers sees it as many short sequences: a long tail costs linear, not
+    # quadratic, attention. Each prompt's positions restart at 0.
+    pos = np.arange(L, dtype=np.int64) % PAD_SEGMENT
+    for s, n, ids in zip(starts.tolist(), lengths.tolist(), ids_batch):
+        row[s : s + n] = ids
+        pos[s : s + n] = np.arange(n)
+        tail = (starts[starts > s].min() if (starts > s).any() else L) - (s + n)
+        pos[s + n : s + n + tail] = np.arange(tail) % PAD_SEGMENT
+    gather = np.where(valid, starts[:, None] + np.arange(T)[None, :], 0)
+    return HostBatch(_host(row[None], pin), _host(lengths, pin), _host(special, pin), _host(pos[None], pin),
+                     _host(gather, pin))

@@ -118,13 +118,95 @@ def chunk_rows(d_sae: int, budget: int = PRE_ACT_BUDGET) -> int:
     return max(1, budget // d_sae)
 
 
-def encode_tokens(sae: Sae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N, d_model] -> top_acts, top_indices [N, k], encoded in memory-bounded chunks."""
-    step = chunk_rows(sae.cfg.d_sae)
-    if x.shape[0] <= step:
-        return sae.encode(x)
-    parts = [sae.encode(x[i : i + step]) for i in range(0, x.shape[0], step)]
-    return torch.cat([p.top_acts for p in parts]), torch.cat([p.top_indices for p in parts])
+MIN_ROWS = 1024
+"""Below this many tokens per chunk (a very wide SAE), the dictionary is split into column blocks instead."""
+
+
+class matmul_precision:
+    """Context: fp32 matmuls on CUDA as `precision` (fp32 | tf32); restores the previous setting.
+
+    tf32 rounds only the fp32 SAE weights (to 10 mantissa bits) and accumulates in fp32: the bf16
+    residual (7 mantissa bits) is exact in tf32, so the pre-activations err by ~2^-11 relative per
+    weight, well below the bf16 residual's own rounding that sets the batch-composition noise floor."""
+
+    def __init__(self, precision: str):
+        self.want = {"fp32": "highest", "tf32": "high"}.get(precision, "highest")
+        self.saved = None
+
+    def __enter__(self):
+        self.saved = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(self.want)
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_float32_matmul_precision(self.saved)
+        return False
+
+
+def _weights(sae: Sae, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W_enc [d_sae, d_model], b_enc [d_sae]) in the matmul dtype; bf16 copies are cached on the SAE."""
+    if precision != "bf16" or sae.dtype == torch.bfloat16:
+        return sae.W_enc, sae.b_enc
+    cache = getattr(sae, "_bf16", None)
+    if cache is None or cache[0] is not sae.W_enc:
+        cache = (sae.W_enc, sae.W_enc.to(torch.bfloat16), sae.b_enc.to(torch.bfloat16))
+        sae._bf16 = cache
+    return cache[1], cache[2]
+
+
+def _topk_block(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, k: int, col_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of x @ W.T + b over all d_sae columns, computed col_step columns at a time.
+
+    The top-k of the union of per-block top-ks is the top-k of the whole row, so only
+    [rows, col_step] pre-activations are ever live; values are the same fp arithmetic."""
+    d_sae = W.shape[0]
+    if col_step >= d_sae:
+        top = torch.addmm(b, x, W.T).topk(k, dim=-1, sorted=False)
+        return top.values, top.indices
+    vals, idxs = [], []
+    for c in range(0, d_sae, col_step):
+        pre = torch.addmm(b[c : c + col_step], x, W[c : c + col_step].T)  # [rows, <=col_step]
+        top = pre.topk(min(k, pre.shape[1]), dim=-1, sorted=False)
+        vals.append(top.values)
+        idxs.append(top.indices + c)
+    cand_v, cand_i = torch.cat(vals, dim=1), torch.cat(idxs, dim=1)  # [rows, n_blocks * k]
+    best = cand_v.topk(k, dim=-1, sorted=False)
+    return best.values, cand_i.gather(1, best.indices)
+
+
+def encode_tokens(sae: Sae, x: torch.Tensor, precision: str = "fp32", fixed_rows: bool = False,
+                  budget: int = PRE_ACT_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, d_model] -> top_acts (fp32), top_indices [N, k], encoded in memory-bounded chunks.
+
+    Rows go `chunk_rows` at a time (pre-activations [chunk, d_sae] within `budget` elements); a
+    dictionary so wide that fewer than MIN_ROWS rows fit is split into column blocks instead
+    (`_topk_block`). precision: fp32 | tf32 | bf16 matmul (tf32/bf16 on CUDA only; CPU stays fp32).
+    fixed_rows: encode in blocks of exactly MIN_ROWS rows (the last zero-padded), so the matmul kernel
+    (and its reduction order) does not depend on how many tokens the batch had (deterministic mode)."""
+    if x.device.type != "cuda":
+        precision = "fp32"
+    k, d_sae = sae.cfg.k, sae.cfg.d_sae
+    rows = max(chunk_rows(d_sae, budget), 1)
+    col_step = d_sae
+    if rows < MIN_ROWS:
+        rows = MIN_ROWS
+        col_step = max(k, budget // MIN_ROWS)
+    if fixed_rows:
+        rows = MIN_ROWS  # one block shape for every batch; the tail block is zero-padded to it
+    W, b = _weights(sae, precision)
+    outs_v, outs_i = [], []
+    with matmul_precision(precision):
+        for i in range(0, max(x.shape[0], 1), rows):
+            part = x[i : i + rows].to(W.dtype)
+            n = part.shape[0]
+            if fixed_rows and n < rows:
+                part = torch.cat([part, part.new_zeros(rows - n, part.shape[1])])
+            v, j = _topk_block(part, W, b, k, col_step)
+            outs_v.append(v[:n].float().relu())
+            outs_i.append(j[:n])
+    if len(outs_v) == 1:
+        return outs_v[0], outs_i[0]
+    return torch.cat(outs_v), torch.cat(outs_i)
 
 
 def _coo(keys: torch.Tensor, values: torch.Tensor, counts: torch.Tensor, d_sae: int) -> PooledBatch:
@@ -142,10 +224,10 @@ def _empty() -> PooledBatch:
     return PooledBatch(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32))
 
 
-def _fired_keys(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor):
+def _fired_keys(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str = "fp32", fixed_rows: bool = False):
     """Encode the masked tokens; return the (row, feature) key, z of every firing, and tokens per row."""
     rows, cols = mask.nonzero(as_tuple=True)  # [N_tok] each
-    acts, idx = encode_tokens(sae, hidden[rows, cols])  # [N_tok, k]
+    acts, idx = encode_tokens(sae, hidden[rows, cols], precision, fixed_rows)  # [N_tok, k]
     fired = acts > 0
     token_row = rows.unsqueeze(1).expand_as(idx)  # [N_tok, k]
     keys = token_row[fired] * sae.cfg.d_sae + idx[fired]  # [n_fired] int64
@@ -172,22 +254,23 @@ def last_positions(attention_mask: torch.Tensor, special_mask: torch.Tensor | No
 
 
 def pool_last(sae: Sae, hidden: torch.Tensor, attention_mask: torch.Tensor,
-              special_mask: torch.Tensor | None = None) -> PooledBatch:
+              special_mask: torch.Tensor | None = None, precision: str = "fp32", fixed_rows: bool = False) -> PooledBatch:
     """Codes (z > 0) at each prompt's last real token; the SAE only sees [B, d_model]."""
     last = last_positions(attention_mask, special_mask)  # [B]
     rows = (last >= 0).nonzero(as_tuple=True)[0]
     if rows.numel() == 0:
         return _empty()
-    acts, idx = encode_tokens(sae, hidden[rows, last[rows]])  # [B', k]
+    acts, idx = encode_tokens(sae, hidden[rows, last[rows]], precision, fixed_rows)  # [B', k]
     fired = acts > 0
     keys = rows.unsqueeze(1).expand_as(idx)[fired] * sae.cfg.d_sae + idx[fired]
     keys, order = keys.sort()
     return _coo(keys, acts[fired][order], torch.ones_like(keys, dtype=torch.int32), sae.cfg.d_sae)
 
 
-def pool_max(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor) -> PooledBatch:
+def pool_max(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str = "fp32",
+             fixed_rows: bool = False) -> PooledBatch:
     """Per (prompt, feature): max z over the masked tokens and the count of tokens where it fired."""
-    keys, vals, _ = _fired_keys(sae, hidden, mask)
+    keys, vals, _ = _fired_keys(sae, hidden, mask, precision, fixed_rows)
     if keys.numel() == 0:
         return _empty()
     uniq, inv = torch.unique(keys, sorted=True, return_inverse=True)
@@ -197,14 +280,15 @@ def pool_max(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor) -> PooledBatch:
     return _coo(uniq, best, counts, sae.cfg.d_sae)
 
 
-def pool_top(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, ref_mean: torch.Tensor, m: int = 32) -> PooledBatch:
+def pool_top(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, ref_mean: torch.Tensor, m: int = 32,
+             precision: str = "fp32", fixed_rows: bool = False) -> PooledBatch:
     """Per prompt, the m features with the highest mean z over its masked tokens / ref_mean.
 
     Mean z counts zeros on tokens where the feature did not fire (so frequency and strength
     both count). `ref_mean` [d_sae] must already be floored (FeatureStats.reference_mean).
     value = the score; n_tokens = tokens where the feature fired. Ties break on lower id.
     """
-    keys, vals, n_tok = _fired_keys(sae, hidden, mask)
+    keys, vals, n_tok = _fired_keys(sae, hidden, mask, precision, fixed_rows)
     if keys.numel() == 0:
         return _empty()
     d_sae = sae.cfg.d_sae
@@ -234,6 +318,8 @@ def encode_batch(residuals, encoders: Sequence[EncoderHandle], spec: EncodeSpec 
     special_mask [B, T] bool (right padding).
     """
     spec = spec or EncodeSpec()
+    precision = "fp32" if spec.deterministic else spec.sae_precision
+    fixed = spec.deterministic
     masks: dict[int, torch.Tensor] = {}
     out = {}
     for enc in encoders:
@@ -241,15 +327,15 @@ def encode_batch(residuals, encoders: Sequence[EncoderHandle], spec: EncodeSpec 
             raise SaeError(f"encoder {enc.key} reads layer {enc.layer} but the forward pass returned layers {sorted(residuals.hidden)}")
         hidden = residuals.hidden[enc.layer]
         if enc.pooling == "last":
-            out[enc.key] = pool_last(enc.sae, hidden, residuals.attention_mask, residuals.special_mask)
+            out[enc.key] = pool_last(enc.sae, hidden, residuals.attention_mask, residuals.special_mask, precision, fixed)
             continue
         if enc.layer not in masks:
             masks[enc.layer] = token_mask(hidden, residuals.attention_mask, residuals.special_mask,
                                           spec.exclude_first, spec.sink_factor)
         if enc.pooling == "max":
-            out[enc.key] = pool_max(enc.sae, hidden, masks[enc.layer])
+            out[enc.key] = pool_max(enc.sae, hidden, masks[enc.layer], precision, fixed)
         else:
-            out[enc.key] = pool_top(enc.sae, hidden, masks[enc.layer], enc.ref_mean(), enc.m)
+            out[enc.key] = pool_top(enc.sae, hidden, masks[enc.layer], enc.ref_mean(), enc.m, precision, fixed)
     return out
 
 
@@ -262,23 +348,27 @@ def iter_masked_residuals(backbone, texts: Sequence[str], layer: int, spec: Enco
 
     Texts are taken in order, in groups of `group` so that the batch planner's length sorting
     cannot bias which texts make the cut; stops once `max_tokens` tokens were yielded (the
-    last batch is cut). Used for reference statistics and for SAE training data.
+    last batch is cut). Used for reference statistics and for SAE training data. The forward
+    is model.forward.iter_texts (the encode job's loop: prefetch, packing, compile, OOM halving).
     """
-    from qscope_eval.model.batching import batch_tokens, plan_batches
+    from qscope_eval.model.forward import iter_texts, options_for
 
     spec = spec or EncodeSpec()
-    texts = list(texts)
+
+    def masked(res) -> torch.Tensor:
+        hidden = res.hidden[layer]
+        mask = token_mask(hidden, res.attention_mask, res.special_mask, spec.exclude_first, spec.sink_factor)
+        return hidden[mask]  # [N_tok, d_model]
+
     seen = 0
-    for g in range(0, len(texts), group):
-        tok = backbone.tokenize(texts[g : g + group])
-        lengths = np.array([len(x) for x in tok.ids], dtype=np.int64)
-        for batch in plan_batches(lengths, batch_tokens(spec, backbone.device), spec.max_batch):
-            res = backbone.residuals([tok.ids[i] for i in batch], [layer])
-            hidden = res.hidden[layer]
-            mask = token_mask(hidden, res.attention_mask, res.special_mask, spec.exclude_first, spec.sink_factor)
-            flat = hidden[mask]  # [N_tok, d_model]
+    chunks = iter_texts(backbone, texts, [layer], masked, options_for(spec, backbone, [layer], group=group))
+    try:
+        for chunk in chunks:
+            flat = chunk.result
             if max_tokens is not None and seen + flat.shape[0] >= max_tokens:
                 yield flat[: max_tokens - seen]
                 return
             seen += flat.shape[0]
             yield flat
+    finally:
+        chunks.close()  # stops the prefetch thread when the caller stops early

@@ -223,10 +223,15 @@ def live_backbone(model: ModelSpec):
 
 @lru_cache(maxsize=2)
 def _load_runtime_cached(suite: RuntimeSpec) -> Runtime:
+    import dataclasses
+
     from qscope_eval.model.backbone import load_backbone
+    from qscope_eval.model.devices import this_worker_device
     from qscope_eval.model.sae import null_sae
 
-    backbone = load_backbone(suite.model)
+    # one worker per GPU (`dask=gpus`): a Dask worker puts its model on its own GPU
+    model = dataclasses.replace(suite.model, device=this_worker_device(suite.model.device))
+    backbone = load_backbone(model)
     backbone.check_layers(list(suite.layers))
     _LIVE[suite.model] = backbone
     handles = []

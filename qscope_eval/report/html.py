@@ -274,9 +274,18 @@ def _drift(summary: dict) -> str:
     if not dr:
         return "<p class='muted'>No earlier completed run of this suite on this encoder to compare with.</p>"
     rows = [[_e(r["benchmark"]), f'<span class="badge {_e(r.get("status"))}">{_e(r.get("status"))}</span>',
-             f"+{_num(r.get('gained'))}", f"−{_num(r.get('lost'))}"] for r in dr.get("benchmarks") or []]
-    return (f"<p>Features gained and lost per benchmark since run <code>{_e(dr.get('previous_run'))}</code>.</p>"
-            + _table(["benchmark", "status", "gained", "lost"], rows, "drift"))
+             f"+{_num(r.get('gained'))}", f"−{_num(r.get('lost'))}",
+             "" if r.get("jaccard") is None else f"{r['jaccard']:.3f}",
+             "" if r.get("noise_floor") is None else f"{r['noise_floor']:.3f}" + ("*" if r.get("noise_floor_extrapolated") else "")]
+            for r in dr.get("benchmarks") or []]
+    nf = dr.get("noise_floor")
+    note = ("<p class='muted'>No noise floor measured for this encoder (<code>qscope-eval encode --noise-floor N</code>): "
+            "a change may be batch-composition noise.</p>" if not nf else
+            f"<p class='muted'>Noise floor: the same {nf['n_samples']} prompts batched vs one at a time agree with mean "
+            f"per-sample Jaccard {nf['mean_jaccard']:.3f}; a benchmark whose F(D) Jaccard is at or above the floor for "
+            f"its size is <em>noise</em>, not drift (* = larger than the measured unions: the true floor is tighter).</p>")
+    return (f"<p>Features gained and lost per benchmark since run <code>{_e(dr.get('previous_run'))}</code>.</p>" + note
+            + _table(["benchmark", "status", "gained", "lost", "F(D) Jaccard", "noise floor"], rows, "drift"))
 
 
 def _chart_div(name: str) -> str:

@@ -351,6 +351,16 @@ class Store(ValidationTables):
     # A run_features row without encoder_id (older files) belongs to its run's own encoder.
     _RF_ENCODER = "coalesce(f.encoder_id, (SELECT r.encoder_id FROM runs r WHERE r.run_id = f.run_id))"
 
+    def save_noise_floor(self, encoder_id: int, floor: dict) -> None:
+        """Record an encoder's measured batch-composition noise floor (noise.NoiseFloor.to_dict()); the latest wins."""
+        self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                         [f"noise_floor:{int(encoder_id)}", json.dumps(floor, sort_keys=True)])
+
+    def noise_floor(self, encoder_id: int) -> dict | None:
+        """The encoder's recorded noise floor, or None if none was measured."""
+        row = self.con.execute("SELECT value FROM meta WHERE key = ?", [f"noise_floor:{int(encoder_id)}"]).fetchall()
+        return json.loads(row[0][0]) if row else None
+
     def previous_run(self, suite: str, encoder_id: int, before_run: str | None = None) -> str | None:
         """The last completed run of `suite` that recorded F(D) for this encoder (or ran on it), other than `before_run`."""
         row = self.con.execute(

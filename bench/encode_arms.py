@@ -1,0 +1,391 @@
+"""Encode throughput arms on a GPU (issue 14): padding vs packing, compile on/off, token budget, SAE precision,
+and the noise floor of batched bf16 encoding; every figure from one run, on one device.
+
+Same setting as `encode_bench.py --gpu` (bench/encode_gpu.py: a Qwen3-1.7B-Base-shaped model with random
+bf16 weights truncated after layer 14, a random SAE d_sae 32768 k 50, --n synthetic prompts of 128-1024
+tokens), and the same FLOP formula for the share of the bf16 dense peak (forward FLOPs of real tokens,
+padding not counted, divided by wall time). Arms, in order (each printed and appended to
+$OUT/arms.jsonl as it finishes, so a run cut short keeps what it measured):
+
+  tokenize alone: Backbone.tokenize of all prompts on one thread and with the Rust tokenizer on every core
+  forward alone (prompts tokenized beforehand; forward.iter_forward with fn doing nothing):
+    padded 16k eager      today's default: length-sorted padded batches of 16 384 tokens, sdpa
+    padded auto eager     token budget from free GPU memory (forward.auto_batch_tokens)
+    packed flex           one row per batch, position_ids restarting per prompt, flex_attention
+    packed flex+compile   the same, fixed row length, MLP blocks and norms compiled
+    padded auto+compile   padded, widths bucketed to 64, whole decoder layers compiled
+  end to end with the fastest forward configuration above (and today's default, for the ratio):
+    encode_texts last, encode_suite + DB last, encode_suite + DB max / top (--n-pool prompts)
+  SAE alone: masked-token residuals encoded fp32 / tf32 / bf16; time and top-k set agreement with fp32
+  noise floor: --n-noise prompts batched vs one at a time (jobs.noise.measure_noise_floor), for today's default,
+    the fastest configuration and the deterministic mode; the deterministic mode's throughput (its cost)
+  model-card baseline (--baseline-n prompts, run first, eager): tokens/s; then the per-prompt feature-set
+    Jaccard of ours against it (fastest configuration, today's default, deterministic)
+
+Compilation and first-call costs are paid in an untimed warm-up pass per arm and reported beside it.
+
+    python bench/encode_arms.py --out DIR                 # CUDA
+    python bench/encode_arms.py --device cpu --tiny       # dry run on CPU (figures mean nothing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from encode_common import run_encode_suite  # noqa: E402
+from encode_gpu import forward_flops, peak_tflops, synthetic_prompts  # noqa: E402
+from qscope_eval.analysis import noise  # noqa: E402
+from qscope_eval.data.suite import BenchmarkSpec, EncodeSpec, ModelSpec, SaeSpec, Suite  # noqa: E402
+from qscope_eval.jobs import pipeline  # noqa: E402
+from qscope_eval.jobs.noise import measure_noise_floor  # noqa: E402
+from qscope_eval.model import forward, toy  # noqa: E402
+from qscope_eval.model.encode import EncoderHandle, encode_tokens, token_mask  # noqa: E402
+from qscope_eval.model.encoders import Runtime  # noqa: E402
+from qscope_eval.model.feature_stats import FeatureStats  # noqa: E402
+from qscope_eval.model.sae import Sae, SaeConfig  # noqa: E402
+
+
+class Bench:
+    """Shared state of one run: model, SAE, prompts, the results file and the time budget."""
+
+    def __init__(self, args):
+        self.args = args
+        self.t_start = time.perf_counter()
+        self.device = torch.device(args.device)
+        if args.tiny:
+            self.config = toy.qwen3_1p7b_config(hidden_size=64, intermediate_size=192, num_hidden_layers=4,
+                                                num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+            self.layer, d_sae, k, lo, hi = 2, 1024, 16, 16, 128
+        else:
+            self.config = toy.qwen3_1p7b_config()
+            self.layer, d_sae, k, lo, hi = 14, 32768, 50, 128, 1024
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.bb = toy.random_qwen3(self.config, device=str(self.device), dtype=dtype, seed=0)
+        g = torch.Generator().manual_seed(0)
+        W = torch.randn(d_sae, self.config.hidden_size, generator=g)
+        W /= W.norm(dim=1, keepdim=True)
+        self.sae = Sae(SaeConfig(self.config.hidden_size, d_sae, k, self.layer), W,
+                       torch.randn(d_sae, generator=g) * 0.05, W.T.contiguous(),
+                       torch.zeros(self.config.hidden_size)).to(self.device)
+        mean = np.random.default_rng(0).uniform(0.01, 1.0, d_sae)
+        self.stats = FeatureStats(mean=mean, freq=np.full(d_sae, 0.01), n_tokens=1)
+        self.rows = synthetic_prompts(self.bb.tokenizer, args.n, lo, hi, args.seed)
+        self.texts = self.rows["text"].tolist()
+        self.tok = self.bb.tokenize(self.texts)
+        self.lengths = self.tok.lengths
+        self.peak, self.peak_src = peak_tflops(self.device, args.peak_tflops)
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.results: list[dict] = []
+        self.tmp = tempfile.TemporaryDirectory(prefix="encode_arms.")
+
+    # ---- helpers
+
+    def left(self) -> float:
+        return self.args.budget_s - (time.perf_counter() - self.t_start)
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def flops(self, lengths) -> float:
+        return forward_flops(self.bb.model, self.bb.layers_module, self.layer, np.asarray(lengths))
+
+    def record(self, arm: str, seconds: float, lengths, **extra) -> dict:
+        tokens = int(np.sum(lengths))
+        share = 100 * self.flops(lengths) / seconds / 1e12 / self.peak if self.peak else None
+        row = {"arm": arm, "prompts": int(len(lengths)), "tokens": tokens, "seconds": round(seconds, 3),
+               "tokens_per_s": round(tokens / seconds), "share_of_peak_pct": None if share is None else round(share, 1),
+               **extra}
+        self.results.append(row)
+        with open(self.out / "arms.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        sh = f"{share:5.1f}%" if share is not None else "   n/a"
+        more = "  ".join(f"{k}={v}" for k, v in extra.items())
+        print(f"{arm:<40}{len(lengths):>6}{tokens:>10,}{seconds:>9.2f}s{tokens / seconds:>11,.0f} tok/s {sh}  {more}",
+              flush=True)
+        return row
+
+    def suite(self, pooling: str, spec: EncodeSpec) -> Suite:
+        return Suite(name="arms", model=ModelSpec(id="random:qwen3", device=str(self.device)), sae=SaeSpec(path="random"),
+                     layers=(self.layer,), pooling=pooling, encode=spec,
+                     benchmarks=(BenchmarkSpec(name="synthetic", path="synthetic.jsonl", text="text"),))
+
+    def runtime(self, pooling: str) -> Runtime:
+        return Runtime(self.bb, [EncoderHandle(f"random|L{self.layer}|{pooling}|sae", self.layer, pooling,
+                                                        self.sae, self.stats if pooling == "top" else None)])
+
+    # ---- arms
+
+    def forward_arm(self, name: str, spec: EncodeSpec) -> dict:
+        opts = forward.options_for(spec, self.bb, [self.layer])
+        warm_idx = np.argsort(-self.lengths)[:: max(1, len(self.lengths) // 48)]  # a spread of lengths
+        t0 = time.perf_counter()
+        for _ in forward.iter_forward(self.bb, [self.layer], lambda r: None, opts,
+                                      ids=[self.tok.ids[i] for i in warm_idx]):
+            pass
+        self.sync()
+        warm = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in forward.iter_forward(self.bb, [self.layer], lambda r: None, opts, ids=self.tok.ids):
+            pass
+        self.sync()
+        state = getattr(self.bb.model, "_qscope_compile", None)
+        return self.record(f"forward: {name}", time.perf_counter() - t0, self.lengths, budget=opts.batch_tokens,
+                           warmup_s=round(warm, 1), compile_failed=getattr(state, "failed", None) if spec.compile else None)
+
+    def forward_texts_arm(self, name: str, spec: EncodeSpec) -> dict:
+        """The forward from texts (tokenization in the background thread), no SAE: what overlapping buys."""
+        opts = forward.options_for(spec, self.bb, [self.layer], group=spec.shard_size)
+        t0 = time.perf_counter()
+        for _ in forward.iter_texts(self.bb, self.texts, [self.layer], lambda r: None, opts):
+            pass
+        self.sync()
+        return self.record(f"forward from texts: {name}", time.perf_counter() - t0, self.lengths)
+
+    def suite_arm(self, name: str, pooling: str, spec: EncodeSpec, n: int) -> dict:
+        rows = self.rows.iloc[:n]
+        suite, rt = self.suite(pooling, spec), self.runtime(pooling)
+        t0 = time.perf_counter()
+        run_encode_suite(rt, rows.iloc[: min(32, n)], suite, Path(self.tmp.name) / f"warm{len(self.results)}.duckdb")
+        warm = time.perf_counter() - t0
+        self.sync()
+        t0 = time.perf_counter()
+        run_encode_suite(rt, rows, suite, Path(self.tmp.name) / f"arm{len(self.results)}.duckdb")
+        self.sync()
+        return self.record(f"encode_suite+DB {pooling}: {name}", time.perf_counter() - t0, self.lengths[:n],
+                           warmup_s=round(warm, 1))
+
+    def texts_arm(self, name: str, pooling: str, spec: EncodeSpec) -> dict:
+        suite, rt = self.suite(pooling, spec), self.runtime(pooling)
+        ids = np.arange(len(self.texts))
+        list(pipeline.encode_texts(rt, ids[:32], self.texts[:32], suite))
+        self.sync()
+        t0 = time.perf_counter()
+        for _ in pipeline.encode_texts(rt, ids, self.texts, suite):
+            pass
+        self.sync()
+        return self.record(f"encode_texts {pooling}: {name}", time.perf_counter() - t0, self.lengths)
+
+    def sae_arm(self, n_tokens: int) -> None:
+        """SAE encode alone on real masked residuals: fp32 / tf32 / bf16 and agreement of the top-k sets with fp32."""
+        spec = EncodeSpec()
+        chunks, got = [], 0
+        for i in range(0, len(self.texts), 16):
+            res = self.bb.residuals(self.tok.ids[i : i + 16], [self.layer])
+            h = res.hidden[self.layer]
+            chunks.append(h[token_mask(h, res.attention_mask, res.special_mask, spec.exclude_first, spec.sink_factor)])
+            got += chunks[-1].shape[0]
+            if got >= n_tokens:
+                break
+        x = torch.cat(chunks)[:n_tokens]
+        ref = None
+        for prec in ("fp32", "tf32", "bf16"):
+            encode_tokens(self.sae, x[:1024], prec)
+            self.sync()
+            t0 = time.perf_counter()
+            v, idx = encode_tokens(self.sae, x, prec)
+            self.sync()
+            dt = time.perf_counter() - t0
+            sets = idx.sort(dim=1).values
+            fired = v > 0
+            if ref is None:
+                ref = (sets, idx, v)
+                agree, jac = 1.0, 1.0
+            else:
+                agree = float((sets == ref[0]).all(dim=1).float().mean())
+                # per-token Jaccard of the fired sets
+                a = torch.zeros(x.shape[0], self.sae.cfg.d_sae, dtype=torch.bool, device=x.device)
+                b = torch.zeros_like(a)
+                a.scatter_(1, ref[1], ref[2] > 0)
+                b.scatter_(1, idx, fired)
+                jac = float(((a & b).sum(1) / (a | b).sum(1).clamp(min=1)).float().mean())
+                del a, b
+            tflops = 2 * x.shape[0] * self.sae.cfg.d_model * self.sae.cfg.d_sae / dt / 1e12
+            row = {"arm": f"SAE alone {prec}", "tokens": int(x.shape[0]), "seconds": round(dt, 4),
+                   "tokens_per_s": round(x.shape[0] / dt), "sae_tflops": round(tflops, 1),
+                   "topk_sets_identical_to_fp32": round(agree, 4), "mean_jaccard_vs_fp32": round(jac, 4)}
+            self.results.append(row)
+            with open(self.out / "arms.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"SAE alone {prec:<5} {x.shape[0]:>9,} tokens {dt:8.3f}s {x.shape[0] / dt:>12,.0f} tok/s "
+                  f"{tflops:7.1f} TFLOP/s  sets identical to fp32 {agree:.4f}  mean Jaccard {jac:.4f}", flush=True)
+
+    def tokenize_arm(self) -> None:
+        """Backbone.tokenize of every prompt: one thread, and the Rust tokenizer on every core."""
+        for name, par in (("one thread", False), ("all cores", True)):
+            t0 = time.perf_counter()
+            with forward.parallel_tokenization(par):
+                self.bb.tokenize(self.texts)
+            self.record(f"tokenize alone: {name}", time.perf_counter() - t0, self.lengths, cores=os.cpu_count())
+
+    def noise_arm(self, name: str, pooling: str, spec: EncodeSpec, n: int) -> dict:
+        t0 = time.perf_counter()
+        nf = measure_noise_floor(self.runtime(pooling), self.texts, self.suite(pooling, spec), n=n)
+        nf = next(iter(nf.values()))
+        row = {"arm": f"noise floor {pooling}: {name}", "seconds": round(time.perf_counter() - t0, 1), **nf.to_dict()}
+        self.results.append(row)
+        with open(self.out / "arms.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"noise floor {pooling}: {name:<28} {nf.n_samples} prompts batched vs alone: mean Jaccard "
+              f"{nf.mean_jaccard:.4f}, min {nf.min_jaccard:.3f}, {nf.share_differ:.0%} of sets differ; union floor "
+              + ", ".join(f"m={m}: {j:.3f}" for m, j in zip(nf.union_sizes, nf.union_jaccard)), flush=True)
+        return row
+
+    def baseline_arm(self, spec: EncodeSpec, n: int) -> None:
+        """The model-card procedure on n prompts (run first, before anything is compiled); keeps its feature sets."""
+        from transformers import Qwen3ForCausalLM
+
+        from encode_baseline import ModelCardBaseline
+
+        with torch.device("meta"):
+            lm = Qwen3ForCausalLM(self.config)
+        lm.model = self.bb.model
+        lm.lm_head.weight = self.bb.model.embed_tokens.weight
+        lm.eval()
+        base = ModelCardBaseline(lm, self.bb.tokenizer, self.bb.layers_module[self.layer], self.sae, "last", spec,
+                                 self.bb.max_length)
+        keys = list(range(n))
+        base.run(keys[:2], self.texts[:2])
+        self.sync()
+        t0 = time.perf_counter()
+        res, _ = base.run(keys, self.texts[:n])
+        self.sync()
+        self.record("baseline (model card) last", time.perf_counter() - t0, self.lengths[:n])
+        self.base_sets = {k: {f for f, (v, _) in feats.items() if v > 0} for k, feats in res.items()}
+
+    def versus_baseline(self, name: str, spec: EncodeSpec) -> None:
+        """Jaccard of our `last` feature sets (spec) against the model-card baseline's, per prompt."""
+        n = len(self.base_sets)
+        batches = list(pipeline.encode_texts(self.runtime("last"), np.arange(n), self.texts[:n], self.suite("last", spec)))
+        nf = noise.compare_sets(self.base_sets, noise.feature_sets(batches, f"random|L{self.layer}|last|sae"))
+        row = {"arm": f"ours ({name}) vs model-card baseline, last", **nf.to_dict()}
+        self.results.append(row)
+        with open(self.out / "arms.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"ours ({name}) vs model-card baseline (last, {n} prompts): mean Jaccard {nf.mean_jaccard:.4f}, "
+              f"{nf.share_differ:.0%} of sets differ", flush=True)
+
+
+def run(args) -> int:
+    b = Bench(args)
+    dev = torch.cuda.get_device_name(b.device) if b.device.type == "cuda" else "cpu"
+    print(f"encode_arms: {dev}; torch {torch.__version__}; random Qwen3 ({b.config.num_hidden_layers} layers, d_model "
+          f"{b.config.hidden_size}) truncated after layer {b.layer}; SAE d_sae {b.sae.cfg.d_sae} k {b.sae.cfg.k}; "
+          f"{len(b.texts)} prompts, {int(b.lengths.sum()):,} tokens; peak "
+          f"{f'{b.peak:g} TFLOP/s ({b.peak_src})' if b.peak else b.peak_src}", flush=True)
+    today = EncodeSpec()
+    b.base_sets = {}
+    try:
+        b.baseline_arm(today, min(args.baseline_n, len(b.texts)))
+    except Exception:  # noqa: BLE001
+        print(f"FAILED: baseline\n{traceback.format_exc(limit=4)}", flush=True)
+    auto = dataclasses.replace(today, batch_tokens=0)
+    configs = {
+        "padded 16k eager": today,
+        "padded auto eager": auto,
+        "packed flex 64k": dataclasses.replace(today, batch_tokens=65536 if not args.tiny else 2048, packing=True),
+        "packed flex auto+compile": dataclasses.replace(auto, packing=True, compile=True),
+        "padded auto+compile": dataclasses.replace(auto, compile=True),
+    }
+    try:
+        b.tokenize_arm()
+    except Exception:  # noqa: BLE001
+        print(f"FAILED: tokenize\n{traceback.format_exc(limit=4)}", flush=True)
+    fwd = {}
+    for name, spec in configs.items():
+        if args.only and name not in args.only:
+            continue
+        if b.left() < 60:
+            print(f"skipped forward: {name} (time budget)", flush=True)
+            continue
+        try:
+            fwd[name] = b.forward_arm(name, spec)
+        except Exception:  # noqa: BLE001 - one arm failing must not lose the others
+            print(f"FAILED forward: {name}\n{traceback.format_exc(limit=4)}", flush=True)
+    best_name = max(fwd, key=lambda k: fwd[k]["tokens_per_s"]) if fwd else "padded 16k eager"
+    if args.best:
+        best_name = args.best
+    best = configs[best_name]
+    print(f"fastest forward configuration: {best_name}", flush=True)
+    n_pool = min(args.n_pool, len(b.texts))
+    # deterministic: aligned fixed-shape rows of 16k tokens (a prompt alone still fills a whole row)
+    det = dataclasses.replace(best, deterministic=True, batch_tokens=16384 if not args.tiny else 1024)
+    # noise floors at today's 16k budget: "alone" then means a 16k row, not a whole auto-sized one
+    noise_best = dataclasses.replace(best, batch_tokens=16384 if not args.tiny else 1024)
+    steps = [
+        ("forward from texts", lambda: b.forward_texts_arm(best_name, best)),
+        ("suite last best", lambda: b.suite_arm(best_name, "last", best, len(b.texts))),
+        ("suite last today", lambda: b.suite_arm("padded 16k eager (today)", "last", today, len(b.texts))),
+        ("suite max", lambda: b.suite_arm(best_name + ", tf32 SAE", "max", best, n_pool)),
+        ("suite top", lambda: b.suite_arm(best_name + ", tf32 SAE", "top", best, n_pool)),
+        ("noise today", lambda: b.noise_arm("padded 16k eager (today)", "last", today, args.n_noise)),
+        ("noise deterministic", lambda: b.noise_arm("deterministic", "last", det, args.n_noise)),
+        ("deterministic cost", lambda: b.suite_arm("deterministic", "last", det, min(500, len(b.texts)))),
+        ("best on the same prompts", lambda: b.suite_arm(best_name, "last", best, min(500, len(b.texts)))),
+        ("sae", lambda: b.sae_arm(args.sae_tokens)),
+        ("noise best", lambda: b.noise_arm(best_name + " at 16k", "last", noise_best, args.n_noise)),
+        ("noise max best", lambda: b.noise_arm(best_name + " at 16k, tf32 SAE", "max", noise_best, args.n_noise)),
+        ("vs baseline best", lambda: b.versus_baseline(best_name, best)),
+        ("vs baseline today", lambda: b.versus_baseline("padded 16k eager (today)", today)),
+        ("vs baseline deterministic", lambda: b.versus_baseline("deterministic", det)),
+        ("encode_texts last", lambda: b.texts_arm(best_name, "last", best)),
+    ]
+    for name, step in steps:
+        if args.steps is not None and name not in args.steps:
+            continue
+        if b.left() < 20:
+            print(f"skipped: {name} (time budget)", flush=True)
+            continue
+        try:
+            step()
+        except Exception:  # noqa: BLE001
+            print(f"FAILED: {name}\n{traceback.format_exc(limit=4)}", flush=True)
+    print(f"total {time.perf_counter() - b.t_start:.0f} s; results in {b.out / 'arms.jsonl'}", flush=True)
+    b.tmp.cleanup()
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="tiny config (dry run on CPU)")
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--n-pool", type=int, default=1000, help="prompts for the max/top arms")
+    ap.add_argument("--n-noise", type=int, default=64)
+    ap.add_argument("--baseline-n", type=int, default=64)
+    ap.add_argument("--sae-tokens", type=int, default=262144)
+    ap.add_argument("--budget-s", type=float, default=330.0, help="skip the remaining arms after this many seconds")
+    ap.add_argument("--only", nargs="*", default=None, help="forward arms to run (names as printed)")
+    ap.add_argument("--best", default=None, help="configuration for the end-to-end steps (default: the fastest)")
+    ap.add_argument("--steps", nargs="*", default=None, help="end-to-end steps to run (default: all)")
+    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--out", default=os.environ.get("OUT") or "out/arms")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.n, args.n_pool, args.n_noise = min(args.n, 40), min(args.n_pool, 20), min(args.n_noise, 8)
+        args.baseline_n, args.sae_tokens = min(args.baseline_n, 4), min(args.sae_tokens, 2048)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
