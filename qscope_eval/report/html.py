@@ -30,6 +30,7 @@ from pathlib import Path
 from qscope_eval.report import charts as _charts
 from qscope_eval.report.validation import section as _validation_section
 from qscope_eval.report.gaps import gaps_section as _gaps
+from qscope_eval.report.recommendation import recommendation_html
 
 __all__ = ["ReportFiles", "render_report", "report_html", "write_summary_json", "to_json_safe", "embed_json",
            "warnings_for"]
@@ -143,7 +144,11 @@ def warnings_for(summary: dict) -> list[str]:
     if "fallback" in str(s.get("status", "")) or (s.get("gap") or 0) > 1e-9:
         out.append(f"Selection status: {s.get('status')} (optimality gap {_pct(s.get('gap'))}).")
     rb = s.get("random_baseline") or {}
-    if rb.get("mean") is not None and s.get("coverage") is not None and rb["mean"] >= s["coverage"] - 1e-9:
+    all_kept = s.get("kind") == "characteristic" and len(s.get("chosen") or []) == len(s.get("table") or [])
+    if all_kept:
+        out.append("Every benchmark is kept: no benchmark shows τ of another's characteristic above the null "
+                   "dictionary does, so none can be dropped on this evidence.")
+    elif rb.get("mean") is not None and s.get("coverage") is not None and rb["mean"] >= s["coverage"] - 1e-9:
         out.append("A random benchmark subset of the same cost keeps as much coverage as the recommendation: "
                    "here the selection adds nothing over chance.")
     if (m.get("rarefied_n") or 0) and m["rarefied_n"] < 20:
@@ -165,7 +170,8 @@ def _headline(summary: dict) -> str:
              ("features fired (suite)",
               f"{_num(union)}<small> of {_num(d)} ({_pct(union / d if union is not None and d else None)})</small>"),
              ("recommended", f"{len(s['chosen'])}<small> of {n_b} benchmarks</small>"),
-             ("coverage kept", _pct(s.get("coverage"))),
+             ("benchmarks kept or covered" if s.get("kind") == "characteristic" else "coverage kept",
+              _pct(s.get("coverage"))),
              ("cost saved", _pct(None if s.get("cost_share") is None else 1 - s["cost_share"]))]
     gc = (summary.get("gaps") or {}).get("coverage")
     if gc:  # the share of the reference corpus the suite covers, beside the null encoder's
@@ -196,6 +202,8 @@ def _layers(summary: dict) -> str:
 
 def _recommendation(summary: dict) -> str:
     s = summary["selection"]
+    if s.get("kind") == "characteristic":
+        return recommendation_html(summary)
     n_b = len(summary["metrics"]["benchmarks"])
     rb = s.get("random_baseline") or {}
     saved = None if s.get("cost_share") is None else 1 - s["cost_share"]
@@ -222,8 +230,10 @@ def _samples(summary: dict) -> str:
         return "<p class='muted'>No sample-level selection in this summary.</p>"
     rb = ss.get("random_baseline") or {}
     k, n = ss.get("cost"), ss.get("n_candidates")
+    what = ("the characteristic mass of the suite's features" if ss.get("kind") == "characteristic"
+            else f"the suite's {_num(ss.get('union'))} features")
     txt = (f"<b>{_num(k)}</b> of {_num(n)} unique samples ({_pct(k / n if k is not None and n else None)}) keep "
-           f"<b>{_pct(ss.get('coverage'))}</b> of the suite's {_num(ss.get('union'))} features")
+           f"<b>{_pct(ss.get('coverage'))}</b> of {what}")
     if ss.get("target") is not None:
         txt += f" (target {_pct(ss['target'], 0)})"
     if ss.get("total_tokens"):
@@ -232,6 +242,14 @@ def _samples(summary: dict) -> str:
     txt += "."
     if rb.get("mean") is not None:
         txt += f" The same number of random samples keeps {_pct(rb['mean'])} ± {_pct(rb.get('std'))}."
+    if ss.get("kind") == "characteristic":
+        txt += (" Features are weighted by how much more often a benchmark fires them than the suite at large "
+                "(what characterizes it), so one-off features weigh little.")
+    pc = ss.get("profile_check")
+    if pc:
+        txt += (f" In firing-frequency terms the chosen samples show {_pct(pc['chosen_share'])} of what characterizes "
+                f"the benchmark; random subsets of the same size show {_pct(pc['random_mean'])} ± "
+                f"{_pct(pc['random_std'])}.")
     return f"<p>{txt}</p><p class='muted'>Method: {_e(ss.get('method'))} ({_e(ss.get('status'))}).</p>"
 
 
