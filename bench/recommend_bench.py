@@ -95,6 +95,9 @@ SUITES: dict[str, dict[str, list[str]]] = {
 }
 
 
+# everything, held-out subjects included: 59 benchmarks in 23 groups
+SUITES["all59"] = {**SUITES["all43"], **{g: b for g, b in SUITES["holdout18"].items() if g not in ("code", "word_problems")}}
+
 # the demo suite (qscope_eval/suites/demo.yaml, its own database): 5 groups
 DEMO = {"demo8": {"math": m("high_school_mathematics", "elementary_mathematics"),
                   "history": m("high_school_us_history", "high_school_world_history"),
@@ -139,7 +142,7 @@ def freq_overlap(M, F, Fn, costs, tau=0.6):
 METHODS = {"union (report)": union_method, "characteristic (default)": char_method,
            "characteristic, exact": char_exact, "characteristic, no null": char_no_null,
            "freq overlap ≥0.6": freq_overlap}
-for _t in (0.5, 0.6, 0.7, 0.9):  # the τ sweep (not in the default run; --methods picks them)
+for _t in (0.5, 0.6, 0.7, 0.8, 0.9):  # the τ sweep (not in the default run; --methods picks them)
     METHODS[f"characteristic τ={_t}"] = lambda M, F, Fn, c, _t=_t: char_method(M, F, Fn, c, tau=_t)
     METHODS[f"characteristic τ={_t}, no null"] = lambda M, F, Fn, c, _t=_t: char_no_null(M, F, Fn, c, tau=_t)
 

@@ -70,7 +70,7 @@ def overlap(db, encoder, kind, threshold, min_support, fmt):
                    "the null; union: the report's partial set cover of the feature union (Eq. 10/11).")
 @click.option("--tau", type=click.FloatRange(0, 1.5, min_open=True), default=None,
               help="Benchmark level, characteristic: share of a benchmark's characteristic a kept one must show "
-                   "(default 0.7, see README).")
+                   "(default 0.8, see README).")
 @click.option("--level", type=click.Choice(["benchmark", "sample"]), default="benchmark", show_default=True)
 @click.option("--cost", type=click.Choice(COSTS), default="samples", show_default=True,
               help="Benchmark cost (benchmark level).")

@@ -190,7 +190,7 @@ class SelectionSpec:
     """A feature counts for a benchmark only if it fires in at least this many of its samples."""
     method: str = "characteristic"
     """characteristic (every dropped benchmark covered by a kept one, README) or union (the report's set cover)."""
-    tau: float = 0.7
+    tau: float = 0.8
     """characteristic: share of a benchmark's characteristic a kept benchmark must show to cover it."""
 
     def __post_init__(self):
@@ -199,7 +199,7 @@ class SelectionSpec:
         if self.method not in ("characteristic", "union"):
             raise SuiteError(f"selection.method {self.method!r} is not one of characteristic, union")
         if not 0 < self.tau <= 1.5:
-            raise SuiteError(f"selection.tau must be in (0, 1.5] (e.g. 0.7), got {self.tau}")
+            raise SuiteError(f"selection.tau must be in (0, 1.5] (e.g. 0.8), got {self.tau}")
         if self.cost not in COSTS:
             raise SuiteError(f"selection.cost {self.cost!r} is not one of {', '.join(COSTS)}")
         if self.min_support < 1:
