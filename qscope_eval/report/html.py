@@ -30,7 +30,7 @@ from pathlib import Path
 from qscope_eval.report import charts as _charts
 from qscope_eval.report.validation import section as _validation_section
 from qscope_eval.report.gaps import gaps_section as _gaps
-from qscope_eval.report.recommendation import recommendation_html
+from qscope_eval.report.recommendation import recommendation_html, samples_html
 
 __all__ = ["ReportFiles", "render_report", "report_html", "write_summary_json", "to_json_safe", "embed_json",
            "warnings_for"]
@@ -224,35 +224,6 @@ def _recommendation(summary: dict) -> str:
             + _table(["benchmark", "decision", "features", f"cost ({_e(s.get('cost_kind', ''))})", "reason"], rows))
 
 
-def _samples(summary: dict) -> str:
-    ss = summary.get("sample_selection")
-    if not ss:
-        return "<p class='muted'>No sample-level selection in this summary.</p>"
-    rb = ss.get("random_baseline") or {}
-    k, n = ss.get("cost"), ss.get("n_candidates")
-    what = ("the characteristic mass of the suite's features" if ss.get("kind") == "characteristic"
-            else f"the suite's {_num(ss.get('union'))} features")
-    txt = (f"<b>{_num(k)}</b> of {_num(n)} unique samples ({_pct(k / n if k is not None and n else None)}) keep "
-           f"<b>{_pct(ss.get('coverage'))}</b> of {what}")
-    if ss.get("target") is not None:
-        txt += f" (target {_pct(ss['target'], 0)})"
-    if ss.get("total_tokens"):
-        txt += (f", with {_num(ss.get('chosen_tokens'))} of {_num(ss['total_tokens'])} prompt tokens "
-                f"({_pct(ss.get('chosen_tokens', 0) / ss['total_tokens'])})")
-    txt += "."
-    if rb.get("mean") is not None:
-        txt += f" The same number of random samples keeps {_pct(rb['mean'])} ± {_pct(rb.get('std'))}."
-    if ss.get("kind") == "characteristic":
-        txt += (" Features are weighted by how much more often a benchmark fires them than the suite at large "
-                "(what characterizes it), so one-off features weigh little.")
-    pc = ss.get("profile_check")
-    if pc:
-        txt += (f" In firing-frequency terms the chosen samples show {_pct(pc['chosen_share'])} of what characterizes "
-                f"the benchmark; random subsets of the same size show {_pct(pc['random_mean'])} ± "
-                f"{_pct(pc['random_std'])}.")
-    return f"<p>{txt}</p><p class='muted'>Method: {_e(ss.get('method'))} ({_e(ss.get('status'))}).</p>"
-
-
 def _benchmark_table(summary: dict) -> str:
     m = summary["metrics"]
     null = any(b.get("null_n_features") is not None for b in m["benchmarks"])
@@ -411,7 +382,7 @@ A high value in row A, column B means B makes A largely redundant; the matrix is
 {div("overlap")}
 {_validation_section(summary, _e, _table, div)}
 <h2>Sample-level selection</h2>
-{_samples(summary)}
+{samples_html(summary)}
 <h2>Duplicates</h2>
 {_duplicates(summary)}
 {_gaps(summary)}

@@ -1,5 +1,6 @@
 """The report's recommendation section for the characteristic method: the sentence, one row of evidence per
-benchmark, and example prompt pairs for every dropped one (summary["selection"], see jobs/recommendation.py)."""
+benchmark, and example prompt pairs for every dropped one (summary["selection"], see jobs/recommendation.py);
+and the sample-level selection paragraph (summary["sample_selection"])."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import math
 
 def _e(x) -> str:
     return html.escape("" if x is None else str(x), quote=True)
+
+
+def _num(x, digits: int = 0) -> str:
+    return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:,.{digits}f}"
 
 
 def _pct(x, digits: int = 0) -> str:
@@ -72,3 +77,33 @@ def recommendation_html(summary: dict) -> str:
     return (f'<p class="lead">{sent}</p><p class="muted">{method}</p>'
             + _table(["benchmark", "decision", f"cost ({_e(s.get('cost_kind', ''))})", "evidence", "why"], body)
             + _examples(rows))
+
+
+def samples_html(summary: dict) -> str:
+    """The sample-level selection paragraph: what the chosen samples keep, beside random samples."""
+    ss = summary.get("sample_selection")
+    if not ss:
+        return "<p class='muted'>No sample-level selection in this summary.</p>"
+    rb = ss.get("random_baseline") or {}
+    k, n = ss.get("cost"), ss.get("n_candidates")
+    what = ("the characteristic mass of the suite's features" if ss.get("kind") == "characteristic"
+            else f"the suite's {_num(ss.get('union'))} features")
+    txt = (f"<b>{_num(k)}</b> of {_num(n)} unique samples ({_pct(k / n if k is not None and n else None)}) keep "
+           f"<b>{_pct(ss.get('coverage'))}</b> of {what}")
+    if ss.get("target") is not None:
+        txt += f" (target {_pct(ss['target'], 0)})"
+    if ss.get("total_tokens"):
+        txt += (f", with {_num(ss.get('chosen_tokens'))} of {_num(ss['total_tokens'])} prompt tokens "
+                f"({_pct(ss.get('chosen_tokens', 0) / ss['total_tokens'])})")
+    txt += "."
+    if rb.get("mean") is not None:
+        txt += f" The same number of random samples keeps {_pct(rb['mean'])} ± {_pct(rb.get('std'))}."
+    if ss.get("kind") == "characteristic":
+        txt += (" Features are weighted by how much more often a benchmark fires them than the suite at large "
+                "(what characterizes it), so one-off features weigh little.")
+    pc = ss.get("profile_check")
+    if pc:
+        txt += (f" In firing-frequency terms the chosen samples show {_pct(pc['chosen_share'])} of what characterizes "
+                f"the benchmark; random subsets of the same size show {_pct(pc['random_mean'])} ± "
+                f"{_pct(pc['random_std'])}.")
+    return f"<p>{txt}</p><p class='muted'>Method: {_e(ss.get('method'))} ({_e(ss.get('status'))}).</p>"
