@@ -179,7 +179,8 @@ def audit(suite: str, db: str, out: str, target: float | None = None, task_runne
     """Audit a benchmark suite: encode what is missing, then coverage, overlap, selection and the report.
 
     suite: a suite YAML path or a built-in name; db: the DuckDB file; out: the report folder;
-    target: share of the feature union to keep (default: the suite's selection.target);
+    target: share to keep (default: the suite's selection.target): of the feature union for method union, of the
+        characteristic mass at sample level;
     task_runner: None (in-process), `dask`, `dask=N` or `dask=ADDRESS`; exact: MILP selection.
     """
     log = get_run_logger()
@@ -198,7 +199,8 @@ def audit(suite: str, db: str, out: str, target: float | None = None, task_runne
             n_encoded = _encode(prep, store, task_runner)
             settings = AuditSettings(s.name, tuple(b.name for b in s.benchmarks),
                                      tuple(e.encoder_id for e in prep.main_encoders), target or s.selection.target,
-                                     s.selection.cost, s.selection.min_support, exact)
+                                     s.selection.cost, s.selection.min_support, exact, s.selection.method,
+                                     s.selection.tau)
             store.update_run_params(run_id, {**params, "settings": settings.to_params()})
             why = validate(store, s, settings.encoder_ids[0]) if s.validation is not None else None
             summaries = summarize(store, settings, run_id, tokens=not remote)

@@ -50,12 +50,32 @@ def test_overlap_json_is_square_with_unit_diagonal(db):
     assert out["null_matrix"] is not None
 
 
-def test_select_json_reaches_target(db):
-    out = json.loads(run("select", "--db", db, "--target", "0.8", "--json").output)
-    assert out["coverage"] >= 0.8 and out["level"] == "benchmark"
+def test_select_json_reaches_target_with_the_union_method(db):
+    out = json.loads(run("select", "--db", db, "--method", "union", "--target", "0.8", "--json").output)
+    assert out["coverage"] >= 0.8 and out["level"] == "benchmark" and out["kind"] == "union"
     assert {r["decision"] for r in out["table"]} <= {"keep", "drop"}
-    ex = json.loads(run("select", "--db", db, "--target", "0.8", "--exact", "--json").output)
+    ex = json.loads(run("select", "--db", db, "--method", "union", "--target", "0.8", "--exact", "--json").output)
     assert ex["cost"] <= out["cost"] + 1e-9
+
+
+def test_select_default_is_characteristic_with_evidence_per_decision(db):
+    out = json.loads(run("select", "--db", db, "--json").output)
+    assert out["kind"] == "characteristic" and out["null_checked"] and out["coverage"] == 1.0
+    chosen, tau = set(out["chosen"]), out["tau"]
+    for r in out["table"]:
+        if r["decision"] == "drop":
+            assert r["covered_by"] in chosen and (r["contained"] or (r["ratio"] >= tau and r["above_null"]))
+            assert r["ratio_lo"] <= r["ratio"] <= r["ratio_hi"] and r["null_ratio"] is not None
+            assert r["examples"] and {"dropped_prompt", "kept_prompt", "jaccard"} <= set(r["examples"][0])
+        else:
+            assert r["benchmark"] in chosen and 0 <= r["only_here"] <= 1 and r["reason"]
+    ex = json.loads(run("select", "--db", db, "--exact", "--json").output)
+    assert ex["cost"] <= out["cost"] + 1e-9 and ex["coverage"] == 1.0
+    s = json.loads(run("select", "--db", db, "--level", "sample", "--benchmark", "bench_0", "--target", "0.9",
+                       "--json").output)
+    pc = s["profile_check"]
+    assert s["coverage"] >= 0.9 and s["kind"] == "characteristic" and 0 <= pc["random_mean"] <= 1
+    assert s["random_baseline"]["mean"] < s["coverage"]  # as many random samples keep less of what characterizes it
     s = json.loads(run("select", "--db", db, "--level", "sample", "--n", "5", "--json").output)
     assert len(s["chosen"]) == 5
 

@@ -103,7 +103,8 @@ def test_audit_stores_reports_and_resumes(tiny, prefect_api, tmp_path):
     again = audit(str(tiny), str(db), str(out), target=0.5)  # a rerun encodes nothing, adds a run, reports drift
     assert again["n_encoded"] == 0 and rows(db, ACTIVATIONS) == before
     assert again["summary"]["drift"]["previous_run"] == run_id
-    assert again["summary"]["selection"]["target"] == 0.5
+    assert again["summary"]["sample_selection"]["target"] == 0.5  # the default benchmark method covers every benchmark
+    assert again["summary"]["selection"]["kind"] == "characteristic" and again["summary"]["selection"]["coverage"] == 1.0
     assert rows(db, "SELECT count(*) FROM runs WHERE status = 'completed'") == [(2,)]
 
 

@@ -38,7 +38,8 @@ def headline(summary: dict, files=None) -> dict:
     share = sel.get("cost_share")
     out = {"suite": summary.get("suite"), "run_id": summary.get("run_id"), "encoder_id": summary["encoder"]["encoder_id"],
            "kept": sel["chosen"], "n_benchmarks": len(sel["table"]), "coverage": sel["coverage"],
-           "cost_share": share, "cost_saved": None if share is None else 1 - share, "method": sel["method"]}
+           "cost_share": share, "cost_saved": None if share is None else 1 - share, "method": sel["method"],
+           "kind": sel.get("kind", "union")}
     gaps = summary.get("gaps") or {}
     if gaps.get("coverage"):
         out.update(reference_covered=gaps["coverage"]["covered_share"], n_gap_groups=gaps["coverage"]["n_groups"],
@@ -53,8 +54,10 @@ def _print_headline(h: dict, report: str) -> None:
     kept = ", ".join(h["kept"]) or "-"
     saved = "-" if h["cost_saved"] is None else f"{h['cost_saved']:.1%}"
     click.echo(f"report: {report}")
-    click.echo(f"keep {len(h['kept'])}/{h['n_benchmarks']} benchmarks ({kept}): {h['coverage']:.1%} of the suite's "
-               f"features, {saved} of the cost saved ({h['method']})")
+    what = ("every dropped benchmark covered by a kept one" if h.get("kind") == "characteristic"
+            else f"{h['coverage']:.1%} of the suite's features")
+    click.echo(f"keep {len(h['kept'])}/{h['n_benchmarks']} benchmarks ({kept}): {what}, {saved} of the cost saved "
+               f"({h['method']})")
     if h.get("reference_covered") is not None:
         null = h.get("reference_covered_null")
         click.echo(f"reference covered: {h['reference_covered']:.1%}" + (f" (null encoder {null:.1%})" if null is not None else "")

@@ -64,7 +64,13 @@ def overlap(db, encoder, kind, threshold, min_support, fmt):
 @db_option()
 @encoder_option
 @click.option("--target", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
-              help="Share of the feature union to keep.")
+              help="Share to keep: of the feature union (--method union), or of the characteristic mass (sample level).")
+@click.option("--method", type=click.Choice(["characteristic", "union"]), default="characteristic", show_default=True,
+              help="characteristic: drop a benchmark only if a kept one shows >= tau of what characterizes it, above "
+                   "the null; union: the report's partial set cover of the feature union (Eq. 10/11).")
+@click.option("--tau", type=click.FloatRange(0, 1.5, min_open=True), default=None,
+              help="Benchmark level, characteristic: share of a benchmark's characteristic a kept one must show "
+                   "(default 0.8, see README).")
 @click.option("--level", type=click.Choice(["benchmark", "sample"]), default="benchmark", show_default=True)
 @click.option("--cost", type=click.Choice(COSTS), default="samples", show_default=True,
               help="Benchmark cost (benchmark level).")
@@ -75,25 +81,35 @@ def overlap(db, encoder, kind, threshold, min_support, fmt):
 @click.option("--time-limit", type=float, default=30.0, show_default=True, help="Seconds for --exact.")
 @metric_options
 @output_options
-def select_cmd(db, encoder, target, level, cost, benchmark, n, token_budget, exact, time_limit, threshold, min_support, fmt):
-    """Recommend the smallest benchmark (or sample) subset that keeps a target share of coverage.
+def select_cmd(db, encoder, target, method, tau, level, cost, benchmark, n, token_budget, exact, time_limit, threshold,
+               min_support, fmt):
+    """Recommend which benchmarks (or samples) to keep, with the evidence for every decision.
 
-    Example: qscope-eval select --db out/demo.duckdb --target 0.95 --level benchmark --cost tokens
+    Example: qscope-eval select --db out/demo.duckdb --level benchmark --cost tokens
     """
     from qscope_eval.jobs.summary import select_benchmarks, select_samples
 
     store, ld = _loaded(db, encoder)
     with store:
         if level == "benchmark":
-            rep = select_benchmarks(store, ld, target, cost, exact, time_limit, threshold, min_support)
+            rep = select_benchmarks(store, ld, target, cost, exact, time_limit, threshold, min_support, method, tau)
             rows = rep["table"]
+            if rep.get("kind") == "characteristic" and fmt != "json":
+                cols = ("benchmark", "decision", "cost", "covered_by", "ratio", "ratio_lo", "ratio_hi",
+                        "null_ratio_scaled", "only_here", "best_other")
+                rows = [{k: r.get(k) for k in cols} for r in rows]
         else:
-            rep = select_samples(store, ld, target, benchmark, n, token_budget, exact, time_limit, threshold)
+            rep = select_samples(store, ld, target, benchmark, n, token_budget, exact, time_limit, threshold, method)
             rows = [{k: rep[k] for k in ("level", "benchmark", "method", "n_candidates", "covered", "coverage",
                                          "cost", "chosen_tokens", "total_tokens", "gap")}
                     | {"n_chosen": len(rep["chosen"]), "random_baseline": (rep["random_baseline"] or {}).get("mean")}]
     emit(rep, fmt, rows=rows)
-    if fmt == "table" and level == "benchmark":
+    if fmt == "table" and level == "benchmark" and rep.get("kind") == "characteristic":
+        rb = rep["random_baseline"] or {}
+        click.echo(f"\nkeep {len(rep['chosen'])}/{len(rows)} benchmarks at {rep['cost_share']:.1%} of the cost: "
+                   f"{rep['definition']} (τ = {rep['tau']:.2f}). A random subset of the same cost leaves "
+                   f"{1 - (rb.get('mean') or 0):.0%} of the benchmarks neither kept nor covered.")
+    elif fmt == "table" and level == "benchmark":
         rb = rep["random_baseline"] or {}
         click.echo(f"\nkeep {len(rep['chosen'])}/{len(rows)} benchmarks: coverage {rep['coverage']:.1%} of the union "
                    f"at {rep['cost_share']:.1%} of the cost ({rep['method']}); random subset of the same cost: "

@@ -183,15 +183,23 @@ class SelectionSpec:
     """Defaults for subset selection in audits."""
 
     target: float = 0.95
-    """Share of the suite's feature union the recommended subset must keep."""
+    """Share to keep: of the feature union (method union), or of the characteristic mass (sample level)."""
     cost: str = "samples"
     """Benchmark cost: samples, tokens, or custom (each benchmark's `cost:`)."""
     min_support: int = 1
     """A feature counts for a benchmark only if it fires in at least this many of its samples."""
+    method: str = "characteristic"
+    """characteristic (every dropped benchmark covered by a kept one, README) or union (the report's set cover)."""
+    tau: float = 0.8
+    """characteristic: share of a benchmark's characteristic a kept benchmark must show to cover it."""
 
     def __post_init__(self):
         if not 0 < self.target <= 1:
             raise SuiteError(f"selection.target must be in (0, 1], got {self.target}")
+        if self.method not in ("characteristic", "union"):
+            raise SuiteError(f"selection.method {self.method!r} is not one of characteristic, union")
+        if not 0 < self.tau <= 1.5:
+            raise SuiteError(f"selection.tau must be in (0, 1.5] (e.g. 0.8), got {self.tau}")
         if self.cost not in COSTS:
             raise SuiteError(f"selection.cost {self.cost!r} is not one of {', '.join(COSTS)}")
         if self.min_support < 1:

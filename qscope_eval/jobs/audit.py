@@ -77,6 +77,10 @@ class AuditSettings:
     """A feature counts for a benchmark when it fires in at least this many of its samples."""
     exact: bool = False
     """Exact MILP selection instead of lazy greedy."""
+    method: str = "characteristic"
+    """Benchmark recommendation: characteristic (README "Recommendations") or union (the report's set cover)."""
+    tau: float | None = None
+    """characteristic: share of a benchmark's characteristic a kept one must show (None: the library default)."""
 
     def __post_init__(self):
         if not self.encoder_ids:
@@ -85,6 +89,8 @@ class AuditSettings:
             raise QScopeError(f"cost {self.cost!r} is not one of {', '.join(sm.COST_KINDS)}")
         if not 0 < self.target <= 1:
             raise QScopeError(f"target must be in (0, 1], got {self.target}")
+        if self.method not in sm.METHODS:
+            raise QScopeError(f"selection method {self.method!r} is not one of {', '.join(sm.METHODS)}")
 
     def to_params(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -110,7 +116,8 @@ def summarize_layers(store: Store, settings: AuditSettings, run_id: str | None,
     for encoder_id in settings.encoder_ids:
         ld = sm.load(store, encoder_id, list(settings.benchmarks))
         s = sm.audit_summary(store, ld, settings.suite, run_id, settings.target, settings.cost,
-                             min_support=settings.min_support, exact=settings.exact)
+                             min_support=settings.min_support, exact=settings.exact, method=settings.method,
+                             tau=settings.tau)
         if save_features:
             store.save_run_features(run_id, sm.feature_sets(ld.real, min_support=settings.min_support), encoder_id)
         s["gaps"] = summary_gaps(store, encoder_id, settings.suite, tokens=tokens)

@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from qscope_eval.analysis import metrics, samples
+from qscope_eval.analysis import recommend as rc
 from qscope_eval.analysis import select as sel
 from qscope_eval.data.suite import COSTS
 from qscope_eval.errors import QScopeError
@@ -107,19 +108,38 @@ def _selection_dict(s: sel.Selection, names: list[str], costs: np.ndarray, base:
     }
 
 
+METHODS = ("characteristic", "union")
+
+
 def select_benchmarks(store: Store, ld: Loaded, target: float = 0.95, cost: str = "samples", exact: bool = False,
-                      time_limit: float = 30.0, threshold: float = 0.0, min_support: int = 1) -> dict:
-    """Smallest-cost benchmark subset keeping `target` of the suite's feature union, with keep/drop reasons."""
+                      time_limit: float = 30.0, threshold: float = 0.0, min_support: int = 1,
+                      method: str = "characteristic", tau: float | None = None) -> dict:
+    """Benchmark recommendation with keep/drop reasons.
+
+    ``characteristic`` (default, DESIGN §5): every dropped benchmark has ≥ τ of what
+    characterizes it shown by one kept benchmark, above the null (see jobs/recommendation.py).
+    ``union`` (the report's): smallest-cost subset keeping ``target`` of the suite's
+    feature union (Eq. 10 overlaps in the reasons), for comparison with Qwen-Scope tables.
+    """
+    if method not in METHODS:
+        raise QScopeError(f"selection method {method!r} is not one of {', '.join(METHODS)}")
     es = ld.real
+    costs = benchmark_costs(store, es, cost)
+    if method == "characteristic":
+        if len(es.benchmarks) < 2:
+            raise QScopeError("a recommendation needs at least 2 benchmarks; add benchmarks to the suite")
+        from qscope_eval.jobs.recommendation import recommend_benchmarks
+        kw = {} if tau is None else {"tau": tau}
+        return recommend_benchmarks(store, ld, costs, cost, exact=exact, time_limit=time_limit,
+                                    threshold=threshold, **kw)
     F = metrics.fired(es.X, threshold)
     B = metrics.benchmark_features(es.M, F, min_support)
     inc = sp.csr_matrix((np.ones(B.nnz, bool), B.indices, B.indptr), shape=B.shape)
-    costs = benchmark_costs(store, es, cost)
     g = sel.greedy_cover(inc, costs, target)
     s = sel.exact_cover(inc, costs, target, time_limit=time_limit) if exact else g
     base = sel.random_baseline(inc, cost=s.cost, costs=costs, seed=0)
     out = _selection_dict(s, es.benchmarks, costs, base)
-    out.update(level="benchmark", cost_kind=cost, greedy_cost=float(g.cost))
+    out.update(kind="union", level="benchmark", cost_kind=cost, greedy_cost=float(g.cost))
     out["table"] = _keep_drop(inc, costs, s.rows, es.benchmarks)
     return out
 
@@ -152,16 +172,32 @@ def _keep_drop(inc: sp.csr_matrix, costs: np.ndarray, chosen: np.ndarray, names:
 
 def select_samples(store: Store, ld: Loaded, target: float | None = 0.95, benchmark: str | None = None,
                    n: int | None = None, token_budget: int | None = None, exact: bool = False,
-                   time_limit: float = 30.0, threshold: float = 0.0) -> dict:
-    """Fewest samples keeping `target` of the features (of one benchmark or the suite), or the best n / token budget."""
+                   time_limit: float = 30.0, threshold: float = 0.0, method: str = "characteristic") -> dict:
+    """Fewest samples keeping `target` of the features (of one benchmark or the suite), or the best n / token budget.
+
+    ``characteristic`` (default) weighs each feature by how much more often the benchmark
+    (suite: any benchmark) fires it than the suite at large, so the target is a share of what
+    characterizes it and one-off features weigh ~1/N; ``union`` counts every fired feature once.
+    """
+    if method not in METHODS:
+        raise QScopeError(f"selection method {method!r} is not one of {', '.join(METHODS)}")
     es = ld.real
+    row = None
     if benchmark is not None:
         if benchmark not in es.benchmarks:
             raise QScopeError(f"no benchmark {benchmark!r}; known: {', '.join(es.benchmarks)}")
-        cols = es.M[es.benchmarks.index(benchmark)].indices
+        row = es.benchmarks.index(benchmark)
+        cols = es.M[row].indices
     else:
         cols = np.flatnonzero(np.asarray(es.M.sum(axis=0)).ravel() > 0)
-    F = metrics.fired(es.X[cols], threshold)
+    F = F_full = metrics.fired(es.X[cols], threshold)
+    w = None
+    if method == "characteristic":
+        P = rc.benchmark_profiles(es.M, metrics.fired(es.X, threshold))
+        b = rc.background(P)
+        wt = rc.sample_weights(P, b, row)
+        live = np.flatnonzero(wt > 0)
+        F, w = F[:, live], wt[live]  # features nothing characterizes weigh 0: out of the cover
     ids = es.sample_ids[cols]
     tokens = es.n_tokens[cols].astype(float)
     if n is not None or token_budget is not None:
@@ -169,18 +205,49 @@ def select_samples(store: Store, ld: Loaded, target: float | None = 0.95, benchm
             raise QScopeError("give either --n or --token-budget, not both")
         costs = tokens if token_budget is not None else None
         budget = float(token_budget if token_budget is not None else n)
-        s = sel.max_coverage(F, budget, costs)
+        s = sel.max_coverage(F, budget, costs, weights=w)
         base = sel.random_baseline(F, k=None if costs is not None else int(n), cost=budget if costs is not None else None,
-                                   costs=costs, seed=0)
+                                   costs=costs, seed=0, weights=w)
     else:
-        s = sel.exact_cover(F, None, target, time_limit=time_limit) if exact else sel.greedy_cover(F, None, target)
-        base = sel.random_baseline(F, k=len(s.rows), seed=0)
+        s = (sel.exact_cover(F, None, target, time_limit=time_limit, weights=w) if exact
+             else sel.greedy_cover(F, None, target, weights=w))
+        base = sel.random_baseline(F, k=len(s.rows), seed=0, weights=w)
     out = _selection_dict(s, [str(int(i)) for i in ids], tokens if token_budget is not None else np.ones(len(ids)), base)
-    out.update(level="sample", benchmark=benchmark, n_candidates=int(len(ids)),
+    out.update(level="sample", kind=method, benchmark=benchmark, n_candidates=int(len(ids)),
                chosen_tokens=int(tokens[s.rows].sum()), total_tokens=int(tokens.sum()))
+    if method == "characteristic":
+        E = rc.characteristic(P, b)
+        Mc = es.M[:, cols].tocsr()
+        groups = [(d, Mc[d].indices) for d in ([row] if row is not None else range(len(es.benchmarks)))]
+        out["profile_check"] = _profile_check(F_full, s.rows, E, b, groups)
     out["chosen"] = [int(i) for i in ids[s.rows]]
     out.pop("order")
     return out
+
+
+def _profile_check(F_full: sp.csr_matrix, rows: np.ndarray, E: np.ndarray, b: np.ndarray, groups: list,
+                   trials: int = 20) -> dict:
+    """Do the chosen samples show each benchmark's characteristic in frequency terms, vs random subsets as large?
+
+    ``groups``: (benchmark row in E, positions of its samples among F_full's rows). Per benchmark D
+    the chosen samples of D are compared with random subsets of D of the same size.
+    """
+    rng = np.random.default_rng(0)
+    chosen = np.zeros(F_full.shape[0], bool)
+    chosen[np.asarray(rows, np.int64)] = True
+    per = []
+    for d, pos in groups:
+        k = int(chosen[pos].sum())
+        if k == 0 or k == pos.size:
+            continue
+        rand = [rc.subset_share(F_full[rng.choice(pos, k, replace=False)], E[d], b) for _ in range(trials)]
+        per.append((rc.subset_share(F_full[pos[chosen[pos]]], E[d], b), float(np.mean(rand)), float(np.std(rand))))
+    if not per:
+        return {}
+    c, m, sd = (float(np.mean(x)) for x in zip(*per))
+    return {"chosen_share": c, "random_mean": m, "random_std": sd, "trials": trials, "benchmarks": len(per),
+            "meaning": "share of each benchmark's characteristic firing profile its chosen samples show "
+                       "(Σ min(e_D, e_S) / Σ e_D), mean over benchmarks, beside random subsets of the same size"}
 
 
 # ---- the audit summary ---------------------------------------------------------------------
@@ -250,15 +317,17 @@ def duplicates_report(store: Store, ld: Loaded, threshold: float = 0.9, limit: i
 
 
 def audit_summary(store: Store, ld: Loaded, suite: str, run_id: str | None = None, target: float = 0.95,
-                  cost: str = "samples", threshold: float = 0.0, min_support: int = 1, exact: bool = False) -> dict:
+                  cost: str = "samples", threshold: float = 0.0, min_support: int = 1, exact: bool = False,
+                  method: str = "characteristic", tau: float | None = None) -> dict:
     """Everything the report shows, as one JSON-able dict (this is summary.json)."""
     sm = suite_metrics(ld, threshold, min_support)
     F = metrics.fired(ld.real.X, threshold)
     freq = metrics.feature_frequency(F)
     out = {
         "suite": suite, "run_id": run_id, "encoder": _encoder_dict(ld), "metrics": sm.to_dict(),
-        "selection": select_benchmarks(store, ld, target, cost, exact=exact, threshold=threshold, min_support=min_support),
-        "sample_selection": select_samples(store, ld, target, threshold=threshold),
+        "selection": select_benchmarks(store, ld, target, cost, exact=exact, threshold=threshold, min_support=min_support,
+                                       method=method, tau=tau),
+        "sample_selection": select_samples(store, ld, target, threshold=threshold, method=method),
         "feature_frequency": {"n_samples_per_feature": [int(x) for x in freq[freq > 0]], "dead": int((freq == 0).sum())},
         "duplicates": duplicates_report(store, ld),
         "drift": drift(store, ld, run_id, suite, threshold, min_support) if run_id else None,

@@ -202,7 +202,8 @@ def selection_chart(summary: dict):
     color = alt.Color("series:N", scale=scale, legend=legend)
     cdf = _data([{**r, "series": series[0]} for r in curve])
     x = alt.X("cost:Q", title=f"cumulative cost ({cost_kind})")
-    y = alt.Y("coverage:Q", title="share of the suite's features", scale=alt.Scale(domain=[0, 1.05], nice=False),
+    char = s.get("kind") == "characteristic"
+    y = alt.Y("coverage:Q", title="share of benchmarks kept or covered" if char else "share of the suite's features", scale=alt.Scale(domain=[0, 1.05], nice=False),
               axis=alt.Axis(format="%"))
     tip = [alt.Tooltip("label:N", title="added"), alt.Tooltip("cost:Q", format=",.0f"),
            alt.Tooltip("coverage:Q", format=".1%")]
@@ -234,8 +235,10 @@ def selection_chart(summary: dict):
     return _style(alt.layer(*layers).properties(
         width=560, height=300, title=alt.Title(
             "Benchmark selection: coverage kept vs cost",
-            subtitle="Greedy adds the benchmark with the most new features per unit cost; the recommended "
-                     "subset is the irredundant set that reaches the target.")))
+            subtitle=("Greedy adds the benchmark that keeps or covers the most benchmarks per unit cost; the "
+                      "recommended subset covers every benchmark." if char else
+                      "Greedy adds the benchmark with the most new features per unit cost; the recommended "
+                      "subset is the irredundant set that reaches the target."))))
 
 
 # ----------------------------------------------------------------------------- feature frequency

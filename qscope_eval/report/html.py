@@ -30,6 +30,7 @@ from pathlib import Path
 from qscope_eval.report import charts as _charts
 from qscope_eval.report.validation import section as _validation_section
 from qscope_eval.report.gaps import gaps_section as _gaps
+from qscope_eval.report.recommendation import recommendation_html, samples_html
 
 __all__ = ["ReportFiles", "render_report", "report_html", "write_summary_json", "to_json_safe", "embed_json",
            "warnings_for"]
@@ -143,7 +144,11 @@ def warnings_for(summary: dict) -> list[str]:
     if "fallback" in str(s.get("status", "")) or (s.get("gap") or 0) > 1e-9:
         out.append(f"Selection status: {s.get('status')} (optimality gap {_pct(s.get('gap'))}).")
     rb = s.get("random_baseline") or {}
-    if rb.get("mean") is not None and s.get("coverage") is not None and rb["mean"] >= s["coverage"] - 1e-9:
+    all_kept = s.get("kind") == "characteristic" and len(s.get("chosen") or []) == len(s.get("table") or [])
+    if all_kept:
+        out.append("Every benchmark is kept: no benchmark shows τ of another's characteristic above the null "
+                   "dictionary does, so none can be dropped on this evidence.")
+    elif rb.get("mean") is not None and s.get("coverage") is not None and rb["mean"] >= s["coverage"] - 1e-9:
         out.append("A random benchmark subset of the same cost keeps as much coverage as the recommendation: "
                    "here the selection adds nothing over chance.")
     if (m.get("rarefied_n") or 0) and m["rarefied_n"] < 20:
@@ -165,7 +170,8 @@ def _headline(summary: dict) -> str:
              ("features fired (suite)",
               f"{_num(union)}<small> of {_num(d)} ({_pct(union / d if union is not None and d else None)})</small>"),
              ("recommended", f"{len(s['chosen'])}<small> of {n_b} benchmarks</small>"),
-             ("coverage kept", _pct(s.get("coverage"))),
+             ("benchmarks kept or covered" if s.get("kind") == "characteristic" else "coverage kept",
+              _pct(s.get("coverage"))),
              ("cost saved", _pct(None if s.get("cost_share") is None else 1 - s["cost_share"]))]
     gc = (summary.get("gaps") or {}).get("coverage")
     if gc:  # the share of the reference corpus the suite covers, beside the null encoder's
@@ -196,6 +202,8 @@ def _layers(summary: dict) -> str:
 
 def _recommendation(summary: dict) -> str:
     s = summary["selection"]
+    if s.get("kind") == "characteristic":
+        return recommendation_html(summary)
     n_b = len(summary["metrics"]["benchmarks"])
     rb = s.get("random_baseline") or {}
     saved = None if s.get("cost_share") is None else 1 - s["cost_share"]
@@ -214,25 +222,6 @@ def _recommendation(summary: dict) -> str:
             for r in sorted(s.get("table") or [], key=lambda r: (r["decision"] != "keep", -(r.get("n_features") or 0)))]
     return (f'<p class="lead">{sent}</p><p class="muted">{method}.</p>'
             + _table(["benchmark", "decision", "features", f"cost ({_e(s.get('cost_kind', ''))})", "reason"], rows))
-
-
-def _samples(summary: dict) -> str:
-    ss = summary.get("sample_selection")
-    if not ss:
-        return "<p class='muted'>No sample-level selection in this summary.</p>"
-    rb = ss.get("random_baseline") or {}
-    k, n = ss.get("cost"), ss.get("n_candidates")
-    txt = (f"<b>{_num(k)}</b> of {_num(n)} unique samples ({_pct(k / n if k is not None and n else None)}) keep "
-           f"<b>{_pct(ss.get('coverage'))}</b> of the suite's {_num(ss.get('union'))} features")
-    if ss.get("target") is not None:
-        txt += f" (target {_pct(ss['target'], 0)})"
-    if ss.get("total_tokens"):
-        txt += (f", with {_num(ss.get('chosen_tokens'))} of {_num(ss['total_tokens'])} prompt tokens "
-                f"({_pct(ss.get('chosen_tokens', 0) / ss['total_tokens'])})")
-    txt += "."
-    if rb.get("mean") is not None:
-        txt += f" The same number of random samples keeps {_pct(rb['mean'])} ± {_pct(rb.get('std'))}."
-    return f"<p>{txt}</p><p class='muted'>Method: {_e(ss.get('method'))} ({_e(ss.get('status'))}).</p>"
 
 
 def _benchmark_table(summary: dict) -> str:
@@ -393,7 +382,7 @@ A high value in row A, column B means B makes A largely redundant; the matrix is
 {div("overlap")}
 {_validation_section(summary, _e, _table, div)}
 <h2>Sample-level selection</h2>
-{_samples(summary)}
+{samples_html(summary)}
 <h2>Duplicates</h2>
 {_duplicates(summary)}
 {_gaps(summary)}

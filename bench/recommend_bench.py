@@ -1,0 +1,254 @@
+"""Score benchmark-recommendation methods on suites of known structure (issue 10, DESIGN §5).
+
+One encode (bench/suites/validation.yaml: MMLU subjects, HumanEval, GSM8K; demo
+backbone + SAE, top pooling, null twin) is sliced into several suites with
+different topic groupings (SUITES below). For each suite and method it prints:
+
+  groups_dropped   capability groups with no kept benchmark (want 0)
+  dup_kept         kept benchmarks beyond the first in a group (lower = fewer same-group duplicates)
+  kept             benchmarks kept / in the suite
+  nn_purity        share of benchmarks whose most-similar other benchmark (by the method's pairwise
+                   measure) is in its own group (benchmarks whose group has >= 2 members)
+  stability        Jaccard of the kept sets from two random halves of every benchmark
+  sub_alike        mean |s(X, D) - s(X, D10%)| over X, both directions: a benchmark and a 10% subsample
+                   of itself judged alike (want ~0)
+  size_gain        mean over X of s(X covered by D) - s(X covered by D10%): what 10x the samples adds
+                   by size alone (want ~0)
+
+Run:  qscope-eval encode bench/suites/validation.yaml --db out/validation.duckdb   (once: 3619 prompts, ~5 min on 2 cores)
+      qscope-eval encode bench/suites/holdout.yaml --db out/validation.duckdb      (held-out subjects: 1339, ~2 min)
+      python bench/recommend_bench.py --db out/validation.duckdb [--demo-db out/demo.duckdb]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qscope_eval.analysis import metrics, recommend as rc, select as sel  # noqa: E402
+from qscope_eval.jobs.summary import load  # noqa: E402
+from qscope_eval.store import Store  # noqa: E402
+
+m = lambda *s: ["mmlu_" + x for x in s]
+SUITES: dict[str, dict[str, list[str]]] = {
+    # the issue's shape: 15 benchmarks, 7 groups of sizes 1-3
+    "sciences15": {"math": m("elementary_mathematics", "high_school_mathematics", "college_mathematics"),
+                   "chemistry": m("high_school_chemistry", "college_chemistry"),
+                   "physics": m("high_school_physics", "college_physics"),
+                   "law": m("professional_law", "international_law", "jurisprudence"),
+                   "biology": m("high_school_biology", "college_biology", "anatomy"),
+                   "code": ["humaneval"], "word_problems": ["gsm8k"]},
+    # humanities and social sciences, long and short prompts, 6 groups of 2-4
+    "humanities18": {"history": m("high_school_us_history", "high_school_world_history",
+                                  "high_school_european_history", "prehistory"),
+                     "philosophy": m("philosophy", "moral_disputes", "world_religions"),
+                     "politics": m("high_school_government_and_politics", "us_foreign_policy", "security_studies"),
+                     "psychology": m("high_school_psychology", "professional_psychology"),
+                     "economics": m("high_school_macroeconomics", "high_school_microeconomics", "econometrics"),
+                     "business": m("marketing", "management", "professional_accounting")},
+    # applied STEM and health, different math members, 6 groups of 1-4
+    "stem_health14": {"medicine": m("clinical_knowledge", "college_medicine", "professional_medicine"),
+                      "computing": m("college_computer_science", "high_school_computer_science", "machine_learning",
+                                     "computer_security"),
+                      "math": m("abstract_algebra", "high_school_statistics", "elementary_mathematics"),
+                      "physics": m("conceptual_physics", "high_school_physics"),
+                      "code": ["humaneval"], "word_problems": ["gsm8k"]},
+    # many singleton groups beside a few pairs: unique capabilities must survive
+    "singletons12": {"law": m("professional_law", "international_law", "jurisprudence"),
+                     "history": m("high_school_world_history", "prehistory"),
+                     "math": m("high_school_mathematics", "college_mathematics"),
+                     "econometrics": m("econometrics"), "medicine": m("professional_medicine"),
+                     "anatomy": m("anatomy"), "ml": m("machine_learning"), "code": ["humaneval"]},
+    # everything at once: 43 benchmarks in 15 groups (a lower background: related topics look closer)
+    "all43": {"math": m("elementary_mathematics", "high_school_mathematics", "college_mathematics", "abstract_algebra",
+                        "high_school_statistics"),
+              "word_problems": ["gsm8k"], "code": ["humaneval"],
+              "physics": m("high_school_physics", "college_physics", "conceptual_physics"),
+              "chemistry": m("high_school_chemistry", "college_chemistry"),
+              "biology": m("high_school_biology", "college_biology", "anatomy"),
+              "medicine": m("clinical_knowledge", "college_medicine", "professional_medicine"),
+              "history": m("high_school_us_history", "high_school_world_history", "high_school_european_history",
+                           "prehistory"),
+              "law": m("professional_law", "international_law", "jurisprudence"),
+              "economics": m("high_school_macroeconomics", "high_school_microeconomics", "econometrics"),
+              "computing": m("college_computer_science", "high_school_computer_science", "machine_learning",
+                             "computer_security"),
+              "philosophy": m("philosophy", "moral_disputes", "world_religions"),
+              "psychology": m("high_school_psychology", "professional_psychology"),
+              "business": m("marketing", "management", "professional_accounting"),
+              "politics": m("high_school_government_and_politics", "us_foreign_policy", "security_studies")},
+    # HELD OUT: subjects no suite above uses, encoded (bench/suites/holdout.yaml) after τ was chosen
+    "holdout18": {"health": m("virology", "medical_genetics", "nutrition", "human_aging"),
+                  "logic": m("formal_logic", "logical_fallacies"),
+                  "society": m("sociology", "public_relations", "human_sexuality"),
+                  "ethics": m("moral_scenarios", "business_ethics"),
+                  "engineering": m("electrical_engineering"), "astronomy": m("astronomy"),
+                  "geography": m("high_school_geography"), "trivia": m("global_facts", "miscellaneous"),
+                  "code": ["humaneval"], "word_problems": ["gsm8k"]},
+}
+
+
+# everything, held-out subjects included: 59 benchmarks in 23 groups
+SUITES["all59"] = {**SUITES["all43"], **{g: b for g, b in SUITES["holdout18"].items() if g not in ("code", "word_problems")}}
+
+# the demo suite (qscope_eval/suites/demo.yaml, its own database): 5 groups
+DEMO = {"demo8": {"math": m("high_school_mathematics", "elementary_mathematics"),
+                  "history": m("high_school_us_history", "high_school_world_history"),
+                  "biology": m("high_school_biology", "college_biology"), "code": ["humaneval"],
+                  "word_problems": ["gsm8k"]}}
+
+
+# ----------------------------------------------------------------------------- methods
+def union_method(M, F, Fn, costs):
+    """The report's: partial set cover (95 %) of the suite's union of fired features; s = Eq. 10 overlap."""
+    B = metrics.benchmark_features(M, F, 1)
+    inc = sp.csr_matrix((np.ones(B.nnz, bool), B.indices, B.indptr), shape=B.shape)
+    s = sel.greedy_cover(inc, costs, 0.95)
+    return np.sort(s.rows), metrics.overlap_matrices(M, F, 1).asym
+
+
+def char_method(M, F, Fn, costs, **kw):
+    """This project's default: characteristic share ≥ τ of the noise ceiling, lower bound above the null."""
+    a = rc.assess(M, F, Fn, rc.RecommendConfig(replicates=kw.pop("replicates", 60), **kw))
+    return rc.recommend(a, costs).kept, a.ratio
+
+
+def char_exact(M, F, Fn, costs):
+    a = rc.assess(M, F, Fn, rc.RecommendConfig(replicates=60))
+    return rc.recommend(a, costs, exact=True).kept, a.ratio
+
+
+def char_no_null(M, F, Fn, costs, **kw):
+    return char_method(M, F, None, costs, **kw)
+
+
+def freq_overlap(M, F, Fn, costs, tau=0.6):
+    """Ablation: plain frequency overlap Σ min(p_D, p_K)/Σ p_D, no background, no ceiling, no null."""
+    P = rc.benchmark_profiles(M, F)
+    share = rc.covered_share(P)
+    cov = share >= tau
+    np.fill_diagonal(cov, True)
+    s = sel.greedy_cover(sp.csr_matrix(cov.T), costs, 1.0)
+    return np.sort(s.rows), share
+
+
+METHODS = {"union (report)": union_method, "characteristic (default)": char_method,
+           "characteristic, exact": char_exact, "characteristic, no null": char_no_null,
+           "freq overlap ≥0.6": freq_overlap}
+for _t in (0.5, 0.6, 0.7, 0.8, 0.9):  # the τ sweep (not in the default run; --methods picks them)
+    METHODS[f"characteristic τ={_t}"] = lambda M, F, Fn, c, _t=_t: char_method(M, F, Fn, c, tau=_t)
+    METHODS[f"characteristic τ={_t}, no null"] = lambda M, F, Fn, c, _t=_t: char_no_null(M, F, Fn, c, tau=_t)
+
+
+# ----------------------------------------------------------------------------- scoring
+def _slice(es, names):
+    rows = [es.benchmarks.index(n) for n in names]
+    M = es.M[rows]
+    cols = np.flatnonzero(np.asarray(M.sum(axis=0)).ravel() > 0)
+    return M[:, cols].tocsr(), cols
+
+
+def _halve(M, rng):
+    return rc._halves(sp.csr_matrix(M, dtype=float), rng)
+
+
+def _subsample(M, i, share, rng):
+    """Append a row: a random `share` of benchmark i's samples (at least 5)."""
+    s = M.indices[M.indptr[i]:M.indptr[i + 1]]
+    pick = rng.choice(s, max(5, int(round(share * s.size))), replace=False)
+    row = sp.csr_matrix((np.ones(pick.size), (np.zeros(pick.size, int), pick)), shape=(1, M.shape[1]))
+    return sp.vstack([M, row]).tocsr()
+
+
+def score(method, es, null, groups, seed=0):
+    names = [b for g in groups.values() for b in g]
+    group_of = {b: g for g, bs in groups.items() for b in bs}
+    M, cols = _slice(es, names)
+    F, Fn = metrics.fired(es.X[cols]), metrics.fired(null.X[cols]) if null is not None else None
+    costs = np.asarray(M.sum(axis=1)).ravel().astype(float)
+    kept, S = method(M, F, Fn, costs)
+    kg = [group_of[names[k]] for k in kept]
+    dropped = [g for g in groups if g not in kg]
+    dup = sum(max(0, kg.count(g) - 1) for g in groups)
+    pure = []
+    for i, b in enumerate(names):
+        if len(groups[group_of[b]]) < 2:
+            continue
+        row = S[i].astype(float).copy()
+        row[i] = -np.inf
+        pure.append(group_of[names[int(np.argmax(row))]] == group_of[b])
+    rng = np.random.default_rng(seed)
+    MA, MB = _halve(M, rng)
+    ka = set(method(MA, F, Fn, np.asarray(MA.sum(axis=1)).ravel())[0])
+    kb = set(method(MB, F, Fn, np.asarray(MB.sum(axis=1)).ravel())[0])
+    stab = len(ka & kb) / len(ka | kb)
+    alike, gain = [], []
+    big = [i for i in range(len(names)) if costs[i] >= 100][:3]
+    for i in big:  # size robustness: D and a 10% subsample of D, each in the suite alone
+        Ms = _subsample(M, i, 0.1, rng)
+        keep = np.r_[np.arange(i), np.arange(i + 1, len(names))]
+        order = np.r_[keep, len(names)]  # the suite with D replaced by its subsample, D's slot last
+        S_sub = method(Ms[order], F, Fn, np.asarray(Ms[order].sum(axis=1)).ravel())[1]
+        S_full = S[np.r_[keep, i]][:, np.r_[keep, i]]
+        alike.append(0.5 * (np.abs(S_full[-1, :-1] - S_sub[-1, :-1]).mean()
+                            + np.abs(S_full[:-1, -1] - S_sub[:-1, -1]).mean()))
+        gain.append(float((S_full[:-1, -1] - S_sub[:-1, -1]).mean()))
+    return {"groups_dropped": len(dropped), "dropped": dropped, "dup_kept": dup, "kept": f"{len(kept)}/{len(names)}",
+            "nn_purity": float(np.mean(pure)) if pure else float("nan"), "stability": stab,
+            "sub_alike": float(np.mean(alike)) if alike else float("nan"),
+            "size_gain": float(np.mean(gain)) if gain else float("nan"),
+            "kept_names": [names[k] for k in kept]}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--db", default="out/validation.duckdb")
+    ap.add_argument("--methods", nargs="*", default=list(METHODS)[:5], help=f"any of: {', '.join(METHODS)}")
+    ap.add_argument("--demo-db", default=None, help="also score the demo suite from this database (make demo)")
+    ap.add_argument("--verbose", action="store_true", help="print the kept benchmarks too")
+    ap.add_argument("--suites", nargs="*", default=None, help=f"a subset of: {', '.join(SUITES)}")
+    args = ap.parse_args(argv)
+    with Store(args.db) as store:
+        ld = load(store)
+    runs = [(suite, groups, ld) for suite, groups in SUITES.items() if args.suites is None or suite in args.suites]
+    if args.demo_db:
+        with Store(args.demo_db) as store:
+            runs += [(suite, groups, load(store)) for suite, groups in DEMO.items()]
+    print("Definitions")
+    print("  union (report):  keep the cheapest benchmarks whose union of fired features holds 95 % of the suite's "
+          "union (min_support 1); a dropped benchmark is 'covered' by the kept union (Eq. 10 overlap).")
+    print("  characteristic:  " + rc.DEFINITION + f" (τ = {rc.RecommendConfig().tau}).")
+    print()
+    head = ["suite", "method", "groups_dropped", "dup_kept", "kept", "nn_purity", "stability", "sub_alike",
+            "size_gain", "seconds"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    totals: dict[str, list] = {}
+    for suite, groups, data in runs:
+        for name in args.methods:
+            t = time.perf_counter()
+            r = score(METHODS[name], data.real, data.null, groups)
+            dt = time.perf_counter() - t
+            totals.setdefault(name, []).append(r)
+            print(f"| {suite} | {name} | {r['groups_dropped']} {r['dropped'] or ''} | {r['dup_kept']} | {r['kept']} | "
+                  f"{r['nn_purity']:.2f} | {r['stability']:.2f} | {r['sub_alike']:.3f} | {r['size_gain']:+.3f} | "
+                  f"{dt:.1f} |", flush=True)
+            if args.verbose:
+                print("    kept:", ", ".join(r["kept_names"]))
+    print()
+    for name, rs in totals.items():
+        print(f"| all | {name} | {sum(r['groups_dropped'] for r in rs)} | {sum(r['dup_kept'] for r in rs)} | "
+              f"{sum(int(r['kept'].split('/')[0]) for r in rs)}/{sum(int(r['kept'].split('/')[1]) for r in rs)} | "
+              f"{np.nanmean([r['nn_purity'] for r in rs]):.2f} | {np.mean([r['stability'] for r in rs]):.2f} | "
+              f"{np.nanmean([r['sub_alike'] for r in rs]):.3f} | {np.nanmean([r['size_gain'] for r in rs]):+.3f} | |")
+
+
+if __name__ == "__main__":
+    main()
