@@ -141,3 +141,17 @@ def test_no_sql_outside_the_store():
 def test_module_is_small(name):
     n = len(modules()[name].read_text().splitlines())
     assert n <= MAX_LINES, f"{name} has {n} lines; split it by concept (README Layout)"
+
+
+def test_readme_layout_names_every_module():
+    """The README's Layout section is the module map: a module missing from it is a room nobody can find."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    missing = []
+    for name, path in modules().items():
+        if path.name == "__init__.py":
+            continue
+        room = path.parent.name + "/"
+        if path.name not in layout or (room != "qscope_eval/" and room not in layout):
+            missing.append(name)
+    assert missing == [], "add these to README.md's Layout section: " + ", ".join(missing)
