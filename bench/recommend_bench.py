@@ -184,6 +184,42 @@ def kept_set_method(M, F, Fn, costs, tau=0.8):
         kept.discard(drop)
 
 
+def _pair_shares(E, selfs):
+    """J[i, k1, k2]: share of E[i] shown by k1 and k2 together (per feature the larger), over i's ceiling."""
+    n = E.shape[0]
+    s = np.where(np.isfinite(selfs) & (selfs > 0), selfs, 1.0)
+    J = np.zeros((n, n, n))
+    for i in range(n):
+        A = np.minimum(E[i, E[i] > 0][None, :], E[:, E[i] > 0])  # (n × live): min(e_i, e_k) per feature
+        for k in range(n):  # min(e_i, max(e_k, e_l)) = max(min(e_i, e_k), min(e_i, e_l))
+            J[i, k] = np.maximum(A[k][None, :], A).sum(axis=1) / (E[i].sum() * s[i])
+    return J
+
+
+def pair_method(M, F, Fn, costs, tau=1.0):
+    """Between (a) and the default: D is covered when at most TWO kept benchmarks together show ≥ τ of it,
+    above the null's pair value on the SAE's scale (point estimates); irredundant deletion, costliest first."""
+    E, selfs, ratio, En, selfs_n, scale = _point(M, F, Fn)
+    J = _pair_shares(E, selfs)
+    ok = (J >= tau) & ((J > scale * _pair_shares(En, selfs_n)) if En is not None else True)
+    n = M.shape[0]
+    for i in range(n):
+        ok[i, i, :] = ok[i, :, i] = False
+    cont = rc.containment(M)
+    kept = set(range(n))
+
+    def fine(i, S):
+        S = sorted(S)
+        return bool(cont[i, S].any() or ok[i][np.ix_(S, S)].any())
+
+    while True:
+        drop = next((k for k in sorted(kept, key=lambda k: -costs[k])
+                     if all(fine(i, kept - {k}) for i in (set(range(n)) - kept) | {k})), None)
+        if drop is None:
+            return np.array(sorted(kept)), ratio
+        kept.discard(drop)
+
+
 def _cover_with(M, costs, cov, ratio):
     """Greedy + irredundant set cover on a covers matrix, with the default's containment and size preference."""
     cov = cov | rc.containment(M)
@@ -217,6 +253,8 @@ METHODS = {"union (report)": union_method, "characteristic (default)": char_meth
            "freq overlap ≥0.6": freq_overlap}
 for _t in (0.8, 1.0):
     METHODS[f"kept-set coverage τ={_t}"] = lambda M, F, Fn, c, _t=_t: kept_set_method(M, F, Fn, c, tau=_t)
+for _t in (0.9, 1.0, 1.1, 1.3):
+    METHODS[f"pair coverage τ={_t}"] = lambda M, F, Fn, c, _t=_t: pair_method(M, F, Fn, c, tau=_t)
 for _t in (0.5, 0.6, 0.7):
     METHODS[f"nearest only, ratio≥{_t}"] = lambda M, F, Fn, c, _t=_t: nearest_method(M, F, Fn, c, tau=_t)
 METHODS["ratio_hi ≥ 1 (noise-calibrated)"] = noise_method
