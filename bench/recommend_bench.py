@@ -15,6 +15,9 @@ different topic groupings (SUITES below). For each suite and method it prints:
   size_gain        mean over X of s(X covered by D) - s(X covered by D10%): what 10x the samples adds
                    by size alone (want ~0)
 
+Alternatives to the default rule (not default; README "Alternatives measured"): --methods
+"kept-set coverage τ=0.8", "pair coverage τ=1.0", "nearest only, ratio≥0.6", "ratio_hi ≥ 1 (noise-calibrated)".
+
 Run:  qscope-eval encode bench/suites/validation.yaml --db out/validation.duckdb   (once: 3619 prompts, ~5 min on 2 cores)
       qscope-eval encode bench/suites/holdout.yaml --db out/validation.duckdb      (held-out subjects: 1339, ~2 min)
       python bench/recommend_bench.py --db out/validation.duckdb [--demo-db out/demo.duckdb]
