@@ -15,6 +15,9 @@ different topic groupings (SUITES below). For each suite and method it prints:
   size_gain        mean over X of s(X covered by D) - s(X covered by D10%): what 10x the samples adds
                    by size alone (want ~0)
 
+Alternatives to the default rule (not default; README "Alternatives measured"): --methods
+"kept-set coverage τ=0.8", "pair coverage τ=1.0", "nearest only, ratio≥0.6", "ratio_hi ≥ 1 (noise-calibrated)".
+
 Run:  qscope-eval encode bench/suites/validation.yaml --db out/validation.duckdb   (once: 3619 prompts, ~5 min on 2 cores)
       qscope-eval encode bench/suites/holdout.yaml --db out/validation.duckdb      (held-out subjects: 1339, ~2 min)
       python bench/recommend_bench.py --db out/validation.duckdb [--demo-db out/demo.duckdb]
@@ -139,9 +142,125 @@ def freq_overlap(M, F, Fn, costs, tau=0.6):
     return np.sort(s.rows), share
 
 
+# ----------------------------------------------------------------------------- measured alternatives (not default)
+# Each tried to keep fewer same-group duplicates than the default; none did so without dropping a group
+# somewhere (README "Validation", "Alternatives measured"). Kept here so the numbers can be re-run.
+def _point(M, F, Fn):
+    """Point estimates (no bootstrap): E, ratio, ceilings for the SAE and the null, and the null scale."""
+    cfg = rc.RecommendConfig()
+    _, _, E, _, selfs, ratio = rc._ratios(M, F, cfg)
+    if Fn is None:
+        return E, selfs, ratio, None, None, 1.0
+    _, _, En, _, selfs_n, ratio_n = rc._ratios(M, Fn, cfg)
+    return E, selfs, ratio, En, selfs_n, rc.null_scale(ratio, ratio_n)
+
+
+def _joint_ratio(E, selfs, i, S):
+    """Share of E[i] shown by the kept SET: Σ_f min(e_i, max_{K∈S} e_K) / Σ_f e_i, over i's ceiling."""
+    if not S:
+        return 0.0
+    s = selfs[i] if np.isfinite(selfs[i]) and selfs[i] > 0 else 1.0
+    return float(np.minimum(E[i], E[sorted(S)].max(axis=0)).sum() / E[i].sum() / s)
+
+
+def kept_set_method(M, F, Fn, costs, tau=0.8):
+    """Idea (a): D is covered when the kept set jointly shows ≥ τ of it (per feature the max over kept
+    benchmarks), above the null's joint value on the SAE's scale (point estimates). Irredundant deletion:
+    from all benchmarks, repeatedly drop the costliest (then best-covered) one whose drop leaves every
+    dropped benchmark covered. Containment still covers outright."""
+    E, selfs, ratio, En, selfs_n, scale = _point(M, F, Fn)
+    cont = rc.containment(M)
+    kept = set(range(M.shape[0]))
+
+    def ok(i, S):
+        if any(cont[i, k] for k in S):
+            return True
+        r = _joint_ratio(E, selfs, i, S)
+        return r >= tau and (En is None or r > scale * _joint_ratio(En, selfs_n, i, S))
+
+    while True:
+        order = sorted(kept, key=lambda k: (-costs[k], -_joint_ratio(E, selfs, k, kept - {k})))
+        drop = next((k for k in order if all(ok(i, kept - {k}) for i in set(range(M.shape[0])) - kept | {k})),
+                    None)
+        if drop is None:
+            return np.array(sorted(kept)), ratio
+        kept.discard(drop)
+
+
+def _pair_shares(E, selfs):
+    """J[i, k1, k2]: share of E[i] shown by k1 and k2 together (per feature the larger), over i's ceiling."""
+    n = E.shape[0]
+    s = np.where(np.isfinite(selfs) & (selfs > 0), selfs, 1.0)
+    J = np.zeros((n, n, n))
+    for i in range(n):
+        A = np.minimum(E[i, E[i] > 0][None, :], E[:, E[i] > 0])  # (n × live): min(e_i, e_k) per feature
+        for k in range(n):  # min(e_i, max(e_k, e_l)) = max(min(e_i, e_k), min(e_i, e_l))
+            J[i, k] = np.maximum(A[k][None, :], A).sum(axis=1) / (E[i].sum() * s[i])
+    return J
+
+
+def pair_method(M, F, Fn, costs, tau=1.0):
+    """Between (a) and the default: D is covered when at most TWO kept benchmarks together show ≥ τ of it,
+    above the null's pair value on the SAE's scale (point estimates); irredundant deletion, costliest first."""
+    E, selfs, ratio, En, selfs_n, scale = _point(M, F, Fn)
+    J = _pair_shares(E, selfs)
+    ok = (J >= tau) & ((J > scale * _pair_shares(En, selfs_n)) if En is not None else True)
+    n = M.shape[0]
+    for i in range(n):
+        ok[i, i, :] = ok[i, :, i] = False
+    cont = rc.containment(M)
+    kept = set(range(n))
+
+    def fine(i, S):
+        S = sorted(S)
+        return bool(cont[i, S].any() or ok[i][np.ix_(S, S)].any())
+
+    while True:
+        drop = next((k for k in sorted(kept, key=lambda k: -costs[k])
+                     if all(fine(i, kept - {k}) for i in (set(range(n)) - kept) | {k})), None)
+        if drop is None:
+            return np.array(sorted(kept)), ratio
+        kept.discard(drop)
+
+
+def _cover_with(M, costs, cov, ratio):
+    """Greedy + irredundant set cover on a covers matrix, with the default's containment and size preference."""
+    cov = cov | rc.containment(M)
+    np.fill_diagonal(cov, True)
+    n = np.asarray(M.sum(axis=1)).ravel()
+    cov &= ~(cov & cov.T & (n[None, :] < n[:, None]))
+    return np.sort(sel.greedy_cover(sp.csr_matrix(cov.T), costs, 1.0).rows), ratio
+
+
+def nearest_method(M, F, Fn, costs, tau=0.6):
+    """Only D's most similar other benchmark may stand in for it, at ratio ≥ τ and above the scaled null."""
+    E, selfs, ratio, En, selfs_n, scale = _point(M, F, Fn)
+    R = ratio.copy()
+    np.fill_diagonal(R, -np.inf)
+    cov = np.zeros_like(ratio, bool)
+    cov[np.arange(R.shape[0]), R.argmax(axis=1)] = True
+    if En is not None:
+        cov &= ratio > scale * rc._ratio(rc.covered_share(En), selfs_n)
+    return _cover_with(M, costs, cov & (ratio >= tau), ratio)
+
+
+def noise_method(M, F, Fn, costs, level=1.0):
+    """Idea (b), τ from each benchmark's own noise: K stands in for D when the bootstrap upper bound of the
+    ratio reaches `level` (K is not distinguishable from a second draw of D), above the null as the default."""
+    a = rc.assess(M, F, Fn, rc.RecommendConfig(replicates=60))
+    return _cover_with(M, costs, (a.hi >= level) & a.above_null, a.ratio)
+
+
 METHODS = {"union (report)": union_method, "characteristic (default)": char_method,
            "characteristic, exact": char_exact, "characteristic, no null": char_no_null,
            "freq overlap ≥0.6": freq_overlap}
+for _t in (0.8, 1.0):
+    METHODS[f"kept-set coverage τ={_t}"] = lambda M, F, Fn, c, _t=_t: kept_set_method(M, F, Fn, c, tau=_t)
+for _t in (0.9, 1.0, 1.1, 1.3):
+    METHODS[f"pair coverage τ={_t}"] = lambda M, F, Fn, c, _t=_t: pair_method(M, F, Fn, c, tau=_t)
+for _t in (0.5, 0.6, 0.7):
+    METHODS[f"nearest only, ratio≥{_t}"] = lambda M, F, Fn, c, _t=_t: nearest_method(M, F, Fn, c, tau=_t)
+METHODS["ratio_hi ≥ 1 (noise-calibrated)"] = noise_method
 for _t in (0.5, 0.6, 0.7, 0.8, 0.9):  # the τ sweep (not in the default run; --methods picks them)
     METHODS[f"characteristic τ={_t}"] = lambda M, F, Fn, c, _t=_t: char_method(M, F, Fn, c, tau=_t)
     METHODS[f"characteristic τ={_t}, no null"] = lambda M, F, Fn, c, _t=_t: char_no_null(M, F, Fn, c, tau=_t)

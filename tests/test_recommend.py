@@ -141,3 +141,17 @@ def test_bad_inputs_raise():
         rc.assess(membership([a], F.shape[0]), F)
     with pytest.raises(rc.RecommendError, match="same samples"):
         rc.assess(membership([a, b], F.shape[0]), F, F[:10])
+
+
+def test_one_benchmark_rule_because_a_kept_sets_joint_share_grows_with_its_size_alone():
+    # why "measured by ONE kept benchmark", not by the kept set (README "Alternatives measured"): per feature,
+    # the max over kept benchmarks picks up the covered benchmark's chance mass (its 2 random features per
+    # prompt), so the joint share grows with every unrelated benchmark added, though none shares its topic
+    sizes = (("c", 2, 80),) + tuple((f"o{k}", k % 2, 20) for k in range(10))
+    F, members = topic_data(seed=7, sizes=sizes)
+    M = membership(members, F.shape[0])
+    E = rc.characteristic(rc.benchmark_profiles(M, F), rc.background(rc.benchmark_profiles(M, F)))
+    best_single = rc.covered_share(E)[0, 1:].max()
+    joint = [np.minimum(E[0], E[1:1 + k].max(axis=0)).sum() / E[0].sum() for k in (1, 2, 4, 10)]
+    assert all(x < y for x, y in zip(joint, joint[1:]))  # more unrelated benchmarks: "covers" more
+    assert joint[-1] > 3 * best_single and best_single < 0.1  # no single one shows much of it
