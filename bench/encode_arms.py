@@ -335,6 +335,7 @@ def run(args) -> int:
         ("forward from texts", lambda: b.forward_texts_arm(best_name, best)),
         ("suite last best", lambda: b.suite_arm(best_name, "last", best, len(b.texts))),
         ("suite last today", lambda: b.suite_arm("padded 16k eager (today)", "last", today, len(b.texts))),
+        ("suite last default", lambda: b.suite_arm("padded auto eager (default)", "last", auto, len(b.texts))),
         ("suite max", lambda: b.suite_arm(best_name + ", tf32 SAE", "max", best, n_pool)),
         ("suite top", lambda: b.suite_arm(best_name + ", tf32 SAE", "top", best, n_pool)),
         ("noise today", lambda: b.noise_arm("padded 16k eager (today)", "last", today, args.n_noise)),
