@@ -51,8 +51,8 @@ def test_failed_transaction_leaves_file_as_it_was(tmp_path, monkeypatch):
 
     def write_one_then_fail(self, *part):
         n = real_write_one(self, *part)
-        # the first part's rows are in, inside the open transaction; now the second part fails
-        seen.append(self.con.execute("SELECT count(*) FROM activations").fetchall()[0][0])
+        # the first part's markers and parts row are in, inside the open transaction; now the second part fails
+        seen.append(self.con.execute("SELECT count(*) FROM encoded").fetchall()[0][0])
         if len(seen) == 2:
             raise RuntimeError("disk full")
         return n
@@ -63,7 +63,8 @@ def test_failed_transaction_leaves_file_as_it_was(tmp_path, monkeypatch):
     assert seen and seen[0] == 2, "the failure must come after an INSERT, inside the transaction"
     monkeypatch.undo()
     assert path.read_bytes() == before
-    with Store(path) as s:
+    with Store(path) as s:  # (opening also removes the failed batch's part files)
+        assert sorted(p.name for p in s.parts_dir.iterdir()) == []
         assert s.con.execute("SELECT count(*) FROM activations").fetchall()[0][0] == 0
         assert s.con.execute("SELECT count(*) FROM encoded").fetchall()[0][0] == 0
 
@@ -82,3 +83,63 @@ def test_refuses_foreign_duckdb_file(tmp_path):
 def test_no_encoder_yet_names_the_command(tmp_path):
     with Store(tmp_path / "a.duckdb") as s, pytest.raises(StoreError, match="qscope-eval encode"):
         s.encoder()
+
+
+# ---- files written before activations moved into Parquet parts (schema 1) ----------------------
+def _downgrade_to_v1(path):
+    """Rewrite a store the way schema 1 kept it: activations in a DuckDB table, no parts."""
+    import shutil
+
+    import duckdb
+
+    from qscope_eval.store.schema import VIEWS
+
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE act1 AS SELECT * FROM activations")
+    for v in ["sample_features", "benchmark_features", "coverage", "pairwise_overlap", "feature_frequency", "activations"]:
+        con.execute(f"DROP VIEW {v}")
+    con.execute("ALTER TABLE act1 RENAME TO activations; DROP TABLE parts; UPDATE meta SET value = '1'")
+    con.execute(VIEWS)
+    con.close()
+    shutil.rmtree(path.with_name(path.name + ".parts"))
+
+
+def test_schema_1_file_is_read_as_is_and_migrated_on_write_open(tmp_path):
+    import duckdb
+
+    from qscope_eval.jobs import summary as analysis
+    from qscope_eval.store.query import run_sql
+    from synthetic import build_store
+
+    path = tmp_path / "old.duckdb"
+    build_store(path).close()
+    cov_sql = "SELECT encoder_id, benchmark, n_features FROM coverage ORDER BY ALL"
+    want = run_sql(path, cov_sql)
+    _downgrade_to_v1(path)
+    assert run_sql(path, cov_sql).equals(want)  # readers need no migration
+    with Store(path, read_only=True) as s:
+        old_X = analysis.load(s).real.X.toarray()
+    with Store(path) as s:  # a writer migrates: each encoder's rows become one part, in one transaction
+        assert s.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [("2",)]
+        assert s.con.execute("SELECT count(*) FROM parts").fetchall() == [(2,)]
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'activations'").fetchall() == [("VIEW",)]
+    assert run_sql(path, cov_sql).equals(want)
+    with Store(path, read_only=True) as s:
+        assert (analysis.load(s).real.X.toarray() == old_X).all()
+
+
+def test_second_writer_is_refused_and_readers_get_in_between_batches(tmp_path):
+    from qscope_eval.store.query import run_sql
+
+    path = tmp_path / "w.duckdb"
+    with Store(path, hold_s=0.0) as s:
+        ids = s.register_benchmark("a", "x", {}, ["p", "q", "r"])
+        with pytest.raises(StoreError, match="another qscope-eval process"):
+            Store(path)
+        e = encoder(s)
+        s.write_batch(e.encoder_id, ids[:2], [1, 1], [False, False], np.array([0, 1]), np.array([3, 4]), np.ones(2), np.ones(2))
+        # the writer released the file after its commit: a reader (another connection) sees the batch
+        assert run_sql(path, "SELECT count(*) AS n FROM activations")["n"][0] == 2
+        s.write_batch(e.encoder_id, ids[2:], [1], [False], np.array([0]), np.array([5]), np.ones(1), np.ones(1))
+        assert run_sql(path, "SELECT count(*) AS n FROM encoded")["n"][0] == 3

@@ -73,7 +73,7 @@ def encoders(db, fmt):
     """
     from qscope_eval.store import Store
 
-    with Store(db) as store:
+    with Store(db, read_only=True) as store:
         rows = [{"encoder_id": e.encoder_id, "key": e.key, "layer": e.layer, "pooling": e.pooling, "kind": e.kind,
                  "d_sae": e.d_sae} for e in store.encoders()]
     emit(rows, fmt)

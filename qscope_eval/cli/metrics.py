@@ -16,7 +16,7 @@ def _loaded(db, encoder):
     from qscope_eval.jobs.summary import load
     from qscope_eval.store import Store
 
-    store = Store(db)
+    store = Store(db, read_only=True)  # reads wait only for the writer's current batch
     return store, load(store, encoder)
 
 

@@ -176,6 +176,8 @@ def encode_suite(suite: Suite, store: Store, progress: bool = True,
                 continue
             try:
                 write_results(store, prep.encoders, item)
+                if done.empty():  # waiting for the model now: let readers in meanwhile
+                    store.release()
             except BaseException as e:  # surfaced in the main thread
                 errors.append(e)
 

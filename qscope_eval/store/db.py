@@ -5,14 +5,17 @@ One file holds everything an audit produces. Samples are content-addressed
 benchmarks is stored and encoded once. Each batch's activations and its
 `encoded` completion markers go in ONE transaction, so a killed run loses at
 most the batch in flight and a rerun encodes exactly what is missing.
-Bulk writes go through Arrow, never row by row. The flow process is the only
-writer; users read through `query.py` (read-only).
+Bulk writes go through Arrow, never row by row. One process writes at a time
+(`Store`); it closes the file between batches so readers (`Store(read_only=True)`,
+`query.py`) get in while an encode runs. Activations are Parquet parts (parts.py);
+audit history methods live in runs.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +29,8 @@ import scipy.sparse as sp
 
 from qscope_eval.model.encoders import EncoderKey
 from qscope_eval.errors import StoreError
+from qscope_eval.store import parts as P
+from qscope_eval.store.runs import RunHistory
 from qscope_eval.store.schema import MIGRATIONS, SCHEMA, SCHEMA_DIGEST, SCHEMA_VERSION, VIEWS
 from qscope_eval.store.validation import ValidationTables
 
@@ -81,24 +86,57 @@ class EncodedSet:
     """Row names of M, in suite/registration order."""
 
 
-class Store(ValidationTables):
-    """A qscope-eval DuckDB file opened for writing (one writer at a time)."""
+class Store(ValidationTables, RunHistory):
+    """A qscope-eval database: a DuckDB catalog plus Parquet parts, opened for writing (one writer) or reading.
 
-    def __init__(self, path: str | Path):
+    The writer holds the DuckDB file only while it works and closes it once it
+    has held it `hold_s` seconds and committed, or at once when a reader waits
+    (readers get in between batches); `con` reopens it on demand.
+    `read_only=True` opens it like a reader (waits up to `lock_wait_s` for the
+    writer to let go) and never writes.
+    """
+
+    def __init__(self, path: str | Path, read_only: bool = False, hold_s: float = 0.5, lock_wait_s: float = 120.0):
         self.path = Path(path)
+        self.read_only, self.hold_s, self.lock_wait_s = read_only, hold_s, lock_wait_s
+        self.parts_dir = P.parts_dir(self.path)
+        self._con, self._opened_at, self._lock = None, 0.0, None
         if self.path.exists() and self.path.is_dir():
             raise StoreError(f"{self.path} is a directory; give a file path for --db, e.g. out/audit.duckdb")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if read_only:
+            if not self.path.is_file():
+                raise StoreError(f"no database at {self.path}; run `qscope-eval encode SUITE --db {self.path}` first or fix --db")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = P.WriterLock(self.path)
         try:
-            self.con = duckdb.connect(str(self.path))
+            self._init_schema()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The open DuckDB connection (reopened, waiting for readers to finish, if the writer released it)."""
+        if self._con is None:
+            if self._lock is None and not self.read_only:
+                raise StoreError(f"{self.path} was closed; open a new Store")
+            self._con = self._connect()
+            self._opened_at = time.monotonic()
+        return self._con
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        try:
+            con = P.connect_with_retry(self.path, self.lock_wait_s, self.read_only, raise_flag=not self.read_only)
         except duckdb.IOException as e:
-            msg = str(e).splitlines()[0]
-            if "lock" in msg.lower():
-                raise StoreError(f"{self.path} is in use by another process (DuckDB allows one writer); wait for it or use another --db") from None
-            raise StoreError(f"cannot open {self.path} as a DuckDB database: {msg}") from None
+            if P.is_lock_error(e):
+                raise StoreError(f"{self.path} stayed locked by another process for {self.lock_wait_s:g} s; try again") from None
+            raise StoreError(f"cannot open {self.path} as a DuckDB database: {str(e).splitlines()[0]}") from None
         except duckdb.Error as e:
             raise StoreError(f"cannot open {self.path} as a DuckDB database: {str(e).splitlines()[0]}") from None
-        self._init_schema()
+        if self.read_only:
+            P.reader_view(con, self.path)
+        return con
 
     def _init_schema(self) -> None:
         tables = {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
@@ -106,24 +144,49 @@ class Store(ValidationTables):
             raise StoreError(f"{self.path} is a DuckDB file but not a qscope-eval database; use a new --db path")
         meta = dict(self.con.execute("SELECT key, value FROM meta").fetchall()) if tables else {}
         # Opening a current file writes nothing (a failed write then leaves it byte-identical); an older
-        # file gets the additive migrations once, in one transaction.
-        if meta.get("schema_digest") != SCHEMA_DIGEST:
+        # file gets the migrations once, in one transaction (schema 1: activations table -> parts).
+        if not self.read_only and meta.get("schema_digest") != SCHEMA_DIGEST:
             with self.transaction():
                 self.con.execute(SCHEMA)
                 for statement in MIGRATIONS:
                     self.con.execute(statement)
+                P.migrate_table_to_parts(self.con, self.parts_dir)
+                self.con.execute(P.view_sql(self.parts_dir, self._part_names()))
                 self.con.execute(VIEWS)
-                self.con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+                self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
                 self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_digest', ?)", [SCHEMA_DIGEST])
-        version = int(self.con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchall()[0][0])
-        if version != SCHEMA_VERSION:
+            meta["schema_version"] = str(SCHEMA_VERSION)
+        if not self.read_only:
+            P.remove_orphans(self.parts_dir, set(self._part_names()))  # files only: parts no commit listed
+        version = int(meta.get("schema_version", 0))
+        if version not in (1, SCHEMA_VERSION) or (version != SCHEMA_VERSION and not self.read_only):
             raise StoreError(f"{self.path} has schema version {version}, this qscope-eval expects {SCHEMA_VERSION}; use a new --db path")
+        self.release()
 
-    def close(self) -> None:
-        # drop the reference too: task contexts (Prefect/Dask) may outlive the Store object
-        con, self.con = self.con, None
+    def _part_names(self, encoder_id: int | None = None) -> list[str]:
+        return [r[0] for r in self.con.execute(
+            "SELECT part FROM parts WHERE ? IS NULL OR encoder_id = ? ORDER BY created_at, part", [encoder_id, encoder_id]).fetchall()]
+
+    def release(self) -> None:
+        """Close the DuckDB file now (readers may open it); the next use of `con` reopens it."""
+        con, self._con = self._con, None
         if con is not None:
             con.close()
+
+    def _maybe_release(self) -> None:
+        """Release after `hold_s` of holding, or at once when a reader is waiting (then let it in)."""
+        if self._con is None:
+            return
+        if time.monotonic() - self._opened_at >= self.hold_s or P.fresh(P.reader_flag(self.path)):
+            self.release()
+            P.yield_to_readers(self.path)
+
+    def close(self) -> None:
+        # drop the references too: task contexts (Prefect/Dask) may outlive the Store object
+        self.release()
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
     def __enter__(self):
         return self
@@ -159,6 +222,7 @@ class Store(ValidationTables):
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [name, suite, json.dumps(spec, sort_keys=True), len(ids), cost, _now(), role],
             )
+        self._maybe_release()
         return ids
 
     def benchmark_names(self, role: str = "benchmark", suite: str | None = None) -> list[str]:
@@ -249,11 +313,29 @@ class Store(ValidationTables):
         return self.write_batches([(encoder_id, ids, n_tokens, truncated, rows, features, values, fired_tokens)])
 
     def write_batches(self, parts: list[tuple]) -> int:
-        """Several encoders' results for one forward batch, all in ONE transaction."""
-        with self.transaction():
-            return sum(self._write_one(*part) for part in parts)
+        """Several encoders' results for one forward batch, all in ONE transaction (one Parquet part per encoder)."""
+        if self.read_only:
+            raise StoreError(f"{self.path} was opened read-only")
+        written, new_files = 0, []
+        try:
+            with self.transaction():
+                for part in parts:
+                    n, name = self._write_one(*part)
+                    written += n
+                    new_files += [name] if name else []
+                if new_files:
+                    self.con.execute(P.view_sql(self.parts_dir, self._part_names()))
+        except BaseException:
+            for name in new_files:  # never listed: remove now rather than at the next open
+                (self.parts_dir / name).unlink(missing_ok=True)
+            raise
+        if new_files:
+            for encoder_id in {int(p[0]) for p in parts}:
+                P.compact(self, encoder_id)
+        self._maybe_release()
+        return written
 
-    def _write_one(self, encoder_id, ids, n_tokens, truncated, rows, features, values, fired_tokens) -> int:
+    def _write_one(self, encoder_id, ids, n_tokens, truncated, rows, features, values, fired_tokens) -> tuple[int, str | None]:
         ids = np.asarray(ids, dtype=np.int64)
         rows = np.asarray(rows, dtype=np.int64)
         n_feat = np.bincount(rows, minlength=len(ids)).astype(np.int32)
@@ -266,27 +348,29 @@ class Store(ValidationTables):
         keep &= once
         n_keep = int(keep.sum())
         if not n_keep:
-            return 0
+            return 0, None
         marker = pa.table({
             "encoder_id": np.full(n_keep, encoder_id, np.int32), "sample_id": ids[keep],
             "n_tokens": np.asarray(n_tokens, np.int32)[keep], "truncated": np.asarray(truncated, bool)[keep],
             "n_features": n_feat[keep], "encoded_at": pa.array([_now()] * n_keep, pa.timestamp("us")),
         })
         sel = keep[rows]
-        acts = pa.table({
-            "encoder_id": np.full(int(sel.sum()), encoder_id, np.int32), "sample_id": ids[rows[sel]],
-            "feature": np.asarray(features, np.int32)[sel], "value": np.asarray(values, np.float32)[sel],
-            "n_tokens": np.asarray(fired_tokens, np.int32)[sel],
-        })
+        sid, feat = ids[rows[sel]], np.asarray(features, np.int32)[sel]
+        val, tok = np.asarray(values, np.float32)[sel], np.asarray(fired_tokens, np.int32)[sel]
+        order = np.lexsort((feat, sid))  # sorted by (sample, feature): runs and small deltas compress best
+        acts = pa.table({"encoder_id": np.full(len(order), encoder_id, np.int32), "sample_id": sid[order],
+                         "feature": feat[order], "value": val[order], "n_tokens": tok[order]})
+        name = P.write_part(self.parts_dir, encoder_id, acts)
         self.con.register("_marker", marker)
-        self.con.register("_acts", acts)
         try:
-            self.con.execute("INSERT INTO activations SELECT * FROM _acts")
             self.con.execute("INSERT INTO encoded SELECT * FROM _marker")
+            self.con.execute("INSERT INTO parts VALUES (?, ?, ?, ?)", [name, encoder_id, len(order), _now()])
+        except BaseException:
+            (self.parts_dir / name).unlink(missing_ok=True)  # the transaction rolls back; its part goes too
+            raise
         finally:
             self.con.unregister("_marker")
-            self.con.unregister("_acts")
-        return n_keep
+        return n_keep, name
 
     # ---- reads for metrics --------------------------------------------------------
     def load_encoded(self, encoder: EncoderRow, benchmarks: list[str] | None = None) -> EncodedSet:
@@ -317,74 +401,10 @@ class Store(ValidationTables):
         finally:
             self.con.unregister("_names")
         assert np.array_equal(tok["sample_id"], ids)
+        self._maybe_release()
         rows = np.searchsorted(ids, acts["sample_id"])
         X = sp.csr_matrix((acts["value"].astype(np.float32), (rows, acts["feature"].astype(np.int64))), shape=(len(ids), encoder.d_sae))
         return EncodedSet(encoder, X, ids, tok["n_tokens"].astype(np.int64), M, list(names))
-
-    # ---- runs -------------------------------------------------------------------
-    def start_run(self, run_id: str, suite: str, params: dict) -> None:
-        self.con.execute("INSERT INTO runs (run_id, suite, started_at, status, params) VALUES (?, ?, ?, 'running', ?)",
-                         [run_id, suite, _now(), json.dumps(params, sort_keys=True, default=str)])
-
-    def finish_run(self, run_id: str, status: str, encoder_id: int | None = None, error: str | None = None,
-                   summary: dict | None = None, report_dir: str | None = None) -> None:
-        self.con.execute(
-            "UPDATE runs SET finished_at = ?, status = ?, encoder_id = coalesce(?, encoder_id), error = ?, "
-            "summary = coalesce(?, summary), report_dir = coalesce(?, report_dir) WHERE run_id = ?",
-            [_now(), status, encoder_id, error, json.dumps(summary, default=str) if summary is not None else None, report_dir, run_id],
-        )
-
-    def save_run_features(self, run_id: str, features: dict[str, np.ndarray], encoder_id: int | None = None) -> None:
-        """Record each benchmark's F(D) for this run and encoder, replacing any earlier record of it."""
-        names = [b for b, f in features.items() for _ in range(len(f))]
-        tbl = pa.table({"run_id": [run_id] * len(names), "benchmark": names,
-                        "feature": np.concatenate([np.asarray(f, np.int32) for f in features.values()] or [np.zeros(0, np.int32)]),
-                        "encoder_id": pa.array([encoder_id] * len(names), pa.int32())})
-        with self.transaction():
-            self.con.execute("DELETE FROM run_features WHERE run_id = ? AND encoder_id IS NOT DISTINCT FROM ?",
-                             [run_id, encoder_id])
-            self.con.register("_rf", tbl)
-            self.con.execute("INSERT INTO run_features (run_id, benchmark, feature, encoder_id) "
-                             "SELECT run_id, benchmark, feature, encoder_id FROM _rf")
-            self.con.unregister("_rf")
-
-    # A run_features row without encoder_id (older files) belongs to its run's own encoder.
-    _RF_ENCODER = "coalesce(f.encoder_id, (SELECT r.encoder_id FROM runs r WHERE r.run_id = f.run_id))"
-
-    def save_noise_floor(self, encoder_id: int, floor: dict) -> None:
-        """Record an encoder's measured batch-composition noise floor (noise.NoiseFloor.to_dict()); the latest wins."""
-        self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                         [f"noise_floor:{int(encoder_id)}", json.dumps(floor, sort_keys=True)])
-
-    def noise_floor(self, encoder_id: int) -> dict | None:
-        """The encoder's recorded noise floor, or None if none was measured."""
-        row = self.con.execute("SELECT value FROM meta WHERE key = ?", [f"noise_floor:{int(encoder_id)}"]).fetchall()
-        return json.loads(row[0][0]) if row else None
-
-    def previous_run(self, suite: str, encoder_id: int, before_run: str | None = None) -> str | None:
-        """The last completed run of `suite` that recorded F(D) for this encoder (or ran on it), other than `before_run`."""
-        row = self.con.execute(
-            "SELECT run_id FROM runs r WHERE suite = ? AND status = 'completed' AND run_id IS DISTINCT FROM ? "
-            f"AND (encoder_id = ? OR EXISTS (SELECT 1 FROM run_features f WHERE f.run_id = r.run_id "
-            f"AND {self._RF_ENCODER} = ?)) ORDER BY finished_at DESC LIMIT 1",
-            [suite, before_run, encoder_id, encoder_id]).fetchall()
-        return row[0][0] if row else None
-
-    def run_features(self, run_id: str, encoder_id: int | None = None) -> dict[str, np.ndarray]:
-        """F(D) per benchmark as recorded by `run_id` (for `encoder_id`; default: the run's own encoder)."""
-        df = self.con.execute(
-            f"SELECT benchmark, feature FROM run_features f WHERE run_id = ? AND {self._RF_ENCODER} IS NOT DISTINCT FROM "
-            "coalesce(?, (SELECT r.encoder_id FROM runs r WHERE r.run_id = ?))", [run_id, encoder_id, run_id]).df()
-        return {b: np.sort(g["feature"].to_numpy()) for b, g in df.groupby("benchmark")}
-
-    def previous_summary(self, suite: str, encoder_id: int, before_run: str | None = None) -> dict | None:
-        """The summary of the last completed run of `suite` on this encoder (for drift)."""
-        row = self.con.execute(
-            "SELECT summary FROM runs WHERE suite = ? AND encoder_id = ? AND status = 'completed' AND summary IS NOT NULL "
-            "AND run_id IS DISTINCT FROM ? ORDER BY finished_at DESC LIMIT 1",
-            [suite, encoder_id, before_run],
-        ).fetchall()
-        return json.loads(row[0][0]) if row else None
 
 
     # ---- reads for jobs and the CLI (all SQL stays in this package) ----------------------
@@ -414,27 +434,6 @@ class Store(ValidationTables):
         """Benchmark -> |F(D)| at min_support 1 (the `coverage` view)."""
         return dict(self.con.execute("SELECT benchmark, n_features FROM coverage WHERE encoder_id = ?",
                                      [encoder_id]).fetchall())
-
-    def last_run(self, suite: str, status: str = "completed") -> dict | None:
-        """The newest run of a suite with this status: run_id, started_at (ISO), params (dict), report_dir."""
-        row = self.con.execute(
-            "SELECT run_id, started_at, params, report_dir FROM runs WHERE suite = ? AND status = ? "
-            "ORDER BY started_at DESC LIMIT 1", [suite, status]).fetchone()
-        if row is None:
-            return None
-        return {"run_id": row[0], "started_at": row[1].isoformat(timespec="seconds") + "Z",
-                "params": json.loads(row[2]) if row[2] else {}, "report_dir": row[3]}
-
-    def run_started_at(self, run_id: str) -> str | None:
-        """A run's start time (ISO, UTC): the report's "generated" stamp, so a re-render matches the audit."""
-        row = self.con.execute("SELECT started_at FROM runs WHERE run_id = ?", [run_id]).fetchone()
-        return None if row is None else row[0].isoformat(timespec="seconds") + "Z"
-
-    def update_run_params(self, run_id: str, params: dict) -> None:
-        """Record the settings an audit resolved (every layer, cost kind, min_support), for `report`."""
-        self.con.execute("UPDATE runs SET params = ? WHERE run_id = ?",
-                         [json.dumps(params, sort_keys=True, default=str), run_id])
-
 
 class _Transaction:
     """BEGIN/COMMIT around a block; ROLLBACK on any exception so the file stays as it was."""

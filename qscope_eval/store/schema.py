@@ -3,12 +3,16 @@ that lets a current file open without writing anything (see Store._init_schema).
 
 import hashlib
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: activations in a DuckDB table (moved into parts on the first read-write open); 2: Parquet parts."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+-- The three per-sample tables carry no PRIMARY KEY: the writer keeps them unique (one writer at a time,
+-- `pending` checked inside each write transaction), and their indexes took 2.4 bytes per (sample, feature)
+-- pair and were rewritten at every checkpoint (bench/store_bench.py). Files from before keep theirs.
 CREATE TABLE IF NOT EXISTS samples (
-    sample_id BIGINT PRIMARY KEY,      -- first 8 bytes of sha256(text), signed
+    sample_id BIGINT NOT NULL,         -- first 8 bytes of sha256(text), signed (unique)
     text VARCHAR NOT NULL,
     n_chars INTEGER NOT NULL
 );
@@ -23,8 +27,7 @@ CREATE TABLE IF NOT EXISTS benchmarks (
 CREATE TABLE IF NOT EXISTS memberships (
     benchmark VARCHAR NOT NULL,
     position INTEGER NOT NULL,         -- order within the benchmark (0-based)
-    sample_id BIGINT NOT NULL,
-    PRIMARY KEY (benchmark, position)
+    sample_id BIGINT NOT NULL          -- unique (benchmark, position)
 );
 CREATE TABLE IF NOT EXISTS encoders (
     encoder_id INTEGER PRIMARY KEY,
@@ -45,15 +48,16 @@ CREATE TABLE IF NOT EXISTS encoded (
     n_tokens INTEGER NOT NULL,         -- prompt length after truncation
     truncated BOOLEAN NOT NULL,
     n_features INTEGER NOT NULL,
-    encoded_at TIMESTAMP NOT NULL,
-    PRIMARY KEY (encoder_id, sample_id)
+    encoded_at TIMESTAMP NOT NULL      -- unique (encoder_id, sample_id)
 );
-CREATE TABLE IF NOT EXISTS activations (
+-- activations (encoder_id, sample_id, feature, value REAL: pooled value, n_tokens: tokens on which the
+-- feature fired) live in immutable Parquet parts in <db>.parts/, listed here and read through the view
+-- `activations` (parts.py); a part's row and its batch's `encoded` markers commit in one transaction.
+CREATE TABLE IF NOT EXISTS parts (
+    part VARCHAR PRIMARY KEY,          -- file name inside <db>.parts/
     encoder_id INTEGER NOT NULL,
-    sample_id BIGINT NOT NULL,
-    feature INTEGER NOT NULL,
-    value REAL NOT NULL,               -- pooled value (last/max: activation; top: score)
-    n_tokens INTEGER NOT NULL          -- tokens on which the feature fired
+    n_rows BIGINT NOT NULL,
+    created_at TIMESTAMP NOT NULL
 );
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY,
