@@ -18,6 +18,7 @@ from qscope_eval.cli import gaps as _gaps
 from qscope_eval.cli import jobs as _jobs
 from qscope_eval.cli import metrics as _metrics
 from qscope_eval.cli import sae as _sae
+from qscope_eval.cli import serve as _serve
 from qscope_eval.cli import validate as _validate
 from qscope_eval.cli.common import Group
 
@@ -41,6 +42,7 @@ COMMANDS = [
     _sae.train_sae, _sae.feature_stats,
     _validate.validate,
     _gaps.gaps, _gaps.feature,
+    _serve.serve,
 ]
 for _command in COMMANDS:
     cli.add_command(_command)
