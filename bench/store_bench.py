@@ -109,7 +109,7 @@ def write_new(db: Path, X, M, texts, size: int) -> tuple[float, np.ndarray]:
         for b in range(M.shape[0]):
             cols = M[b].indices
             sids[cols] = s.register_benchmark(f"bench_{b}", "synth", {"path": "x"}, [texts[j] for j in cols])
-        e = s.register_encoder("synth|sae", "m", "main", "sae", 1, "last", "sae", D_SAE, {})
+        e = s.register_encoder("synth@main|sae|L1|last|sae", "synth", "main", "sae", 1, "last", "sae", D_SAE, {})
         t = time.perf_counter()
         for parts in batches(X, sids, size):
             s.write_batches([(e.encoder_id, *parts)])
