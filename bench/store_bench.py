@@ -174,7 +174,21 @@ def summary_stages(db: Path) -> dict:
         _, st["  select_samples"] = timed(lambda: analysis.select_samples(s, ld))
         _, st["  feature_frequency"] = timed(lambda: metrics.feature_frequency(metrics.fired(ld.real.X)))
         _, st["  duplicates_report"] = timed(lambda: analysis.duplicates_report(s, ld))
+        from qscope_eval.analysis import samples
+
+        keep, samples.MAX_KEYS_PER_SAMPLE = samples.MAX_KEYS_PER_SAMPLE, 0  # baseline: the product of prefixes
+        try:
+            _, st["  duplicates_report, product of prefixes (before)"] = timed(lambda: analysis.duplicates_report(s, ld))
+        finally:
+            samples.MAX_KEYS_PER_SAMPLE = keep
     return st
+
+
+def print_stages(db: Path) -> None:
+    st = summary_stages(db)
+    print(f"\nstage ({db.name})                                   seconds")
+    for k, v in st.items():
+        print(f"{k:<52}{v:>8.2f}")
 
 
 def main():
@@ -183,8 +197,12 @@ def main():
     ap.add_argument("--batch", type=int, default=1024, help="samples per committed batch")
     ap.add_argument("--candidates", action="store_true",
                     help="also candidate (b): the previous DuckDB tables with the file released after every batch")
+    ap.add_argument("--stages-only", default=None, metavar="DB",
+                    help="only time load and the summary stages on an existing store (e.g. --keep DIR's new.duckdb)")
     ap.add_argument("--keep", default=None, help="folder to keep the databases in (default: a temp folder, removed)")
     args = ap.parse_args()
+    if args.stages_only:
+        return print_stages(Path(args.stages_only))
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="store_bench"))
     tmp.mkdir(parents=True, exist_ok=True)
     (X, M, texts), t_gen = timed(lambda: suite(args.samples))
@@ -220,10 +238,7 @@ def main():
           "layout's reader gave up after 50 ms, as `qscope-eval sql` refused at once)")
 
     del X
-    st = summary_stages(new)
-    print("\nstage (new store)              seconds")
-    for k, v in st.items():
-        print(f"{k:<30}{v:>8.2f}")
+    print_stages(new)
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -49,7 +49,7 @@ def free_port() -> int:
 def server(db: Path, *extra: str):
     """`qscope-eval serve` in a subprocess; yields its base URL once /healthz answers; stops it after."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "qscope_eval.cli", "serve", "--db", str(db), "--port", str(port), *extra],
+    proc = subprocess.Popen([sys.executable, "-m", "qscope_eval", "serve", "--db", str(db), "--port", str(port), *extra],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -209,7 +209,7 @@ def _big_suite(root: Path, n: int) -> Path:
 
 
 def _encode(suite: Path, db: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "qscope_eval.cli", "encode", str(suite), "--db", str(db), "--json"],
+    return subprocess.Popen([sys.executable, "-m", "qscope_eval", "encode", str(suite), "--db", str(db), "--json"],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
