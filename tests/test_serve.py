@@ -134,6 +134,30 @@ def test_api_equals_cli_json(url, audited, key, cli_args):
     assert api == json.loads(res.output)
 
 
+def test_validation_api_serves_the_stored_result(url, audited):
+    import pandas as pd
+
+    from qscope_eval.store import Store
+
+    r = get(url + "/api/validation")
+    assert r.status_code == 404 and "qscope-eval validate" in r.json()["error"]
+    result = {"verdicts": ["proxy agrees"], "n_models": 3, "benchmarks": [{"name": "bench_0", "r": 0.5}]}
+    with Store(audited) as s:  # written while the server runs: the next request sees it
+        s.save_validation("v-1", 1, {"metric": "acc"}, result, pd.DataFrame(columns=["model", "source"]),
+                          pd.DataFrame(columns=["model", "benchmark", "sample_id", "value", "metric", "filter", "task", "doc_id"]))
+    with Store(audited, read_only=True) as s:
+        assert get(url + "/api/validation").json() == s.latest_validation(1) == result
+
+
+def test_gaps_api_equals_cli(url, audited):
+    r = get(url + "/api/gaps")
+    res = CliRunner().invoke(cli, ["gaps", "--db", str(audited), "--json"])
+    if res.exit_code == 0:
+        assert r.status_code == 200 and r.json() == json.loads(res.output)
+    else:  # the synthetic suite has no reference corpus: the same one-line error
+        assert r.status_code == 400 and res.output.strip() == f"Error: {r.json()['error']}"
+
+
 def test_api_errors_are_json(url):
     r = get(url + "/api/nothing")
     assert r.status_code == 404 and "coverage" in r.json()["error"]

@@ -34,12 +34,17 @@ COOKIE = "qscope_token"
 
 ApiFn = Callable[..., dict]
 API: dict[str, ApiFn] = {}
-"""key -> fn(store, loaded, params) returning the same dict as the CLI's `--json` for that command."""
+"""key -> fn(store, params) returning the same dict as the CLI's `--json` for that command."""
 
 
 def register_api(key: str, fn: ApiFn) -> None:
-    """Serve `fn(store, loaded, params: dict[str, str]) -> dict` at /api/{key} (validation, gaps, ...)."""
+    """Serve `fn(store: Store opened read-only, params: dict[str, str]) -> dict` at /api/{key}."""
     API[key] = fn
+
+
+def _ld(store, p):
+    from qscope_eval.jobs.summary import load
+    return load(store, p.get("encoder"))
 
 
 def _f(params: dict, name: str, default, cast=float):
@@ -50,19 +55,19 @@ def _f(params: dict, name: str, default, cast=float):
         raise QScopeError(f"query parameter {name}={v!r} is not a {cast.__name__}") from None
 
 
-def _coverage(store, ld, p):
+def _coverage(store, p):
     from qscope_eval.jobs.summary import coverage_report
-    return coverage_report(ld, _f(p, "threshold", 0.0), _f(p, "min_support", 1, int))
+    return coverage_report(_ld(store, p), _f(p, "threshold", 0.0), _f(p, "min_support", 1, int))
 
 
-def _overlap(store, ld, p):
+def _overlap(store, p):
     from qscope_eval.jobs.summary import overlap_report
-    return overlap_report(ld, p.get("kind", "asym"), _f(p, "threshold", 0.0), _f(p, "min_support", 1, int))
+    return overlap_report(_ld(store, p), p.get("kind", "asym"), _f(p, "threshold", 0.0), _f(p, "min_support", 1, int))
 
 
-def _selection(store, ld, p):
+def _selection(store, p):
     from qscope_eval.jobs.summary import select_benchmarks, select_samples
-    target, threshold = _f(p, "target", 0.95), _f(p, "threshold", 0.0)
+    ld, target, threshold = _ld(store, p), _f(p, "target", 0.95), _f(p, "threshold", 0.0)
     if p.get("level", "benchmark") == "sample":
         return select_samples(store, ld, target, p.get("benchmark"), _f(p, "n", None, int),
                               _f(p, "token_budget", None, int), threshold=threshold)
@@ -70,9 +75,29 @@ def _selection(store, ld, p):
                              min_support=_f(p, "min_support", 1, int))
 
 
+def _validation(store, p):
+    """The newest stored `validate --json` result for the encoder (validate --save records it)."""
+    enc = store.encoder(p.get("encoder"))
+    out = store.latest_validation(enc.encoder_id)
+    if out is None:
+        raise FileNotFoundError(f"no validation stored for encoder {enc.encoder_id}; run "
+                                "`qscope-eval validate --db DB LOGDIRS` (it saves its result)")
+    return out
+
+
+def _gaps(store, p):
+    """`gaps --json` (without the model-dependent token evidence)."""
+    from qscope_eval.analysis.gaps import GapConfig
+    from qscope_eval.jobs.gaps import gaps_report
+    cfg = GapConfig(ratio=_f(p, "ratio", 2.0), min_count=_f(p, "min_count", 3, int), top_samples=_f(p, "per_group", 5, int))
+    return gaps_report(store, p.get("encoder"), p.get("reference"), cfg, tokens=False)
+
+
 register_api("coverage", _coverage)
 register_api("overlap", _overlap)
 register_api("selection", _selection)
+register_api("validation", _validation)
+register_api("gaps", _gaps)
 
 
 def check_binding(host: str, token: str | None) -> None:
@@ -118,14 +143,12 @@ def runs(db: Path) -> list[dict]:
 
 def api_answer(db: Path, key: str, params: dict) -> dict:
     """The JSON of /api/{key}: load the encoder's arrays read-only, then the key's library function."""
-    from qscope_eval.jobs.summary import load
     from qscope_eval.store import Store
 
     if key not in API:
         raise KeyError(key)
     with Store(db, read_only=True) as store:
-        ld = load(store, params.get("encoder"))
-        return API[key](store, ld, params)
+        return API[key](store, params)
 
 
 def report_file(db: Path, run_id: str, rel: str) -> Path:
@@ -266,7 +289,7 @@ def create_app(db: str | Path, token: str | None = None, sql_timeout_s: float = 
             return JSONResponse(json.loads(json.dumps(api_answer(db, key, dict(request.query_params)), default=str)))
         except KeyError:
             return error(KeyError(f"no API key {key!r}; known: {', '.join(sorted(API))}"))
-        except QScopeError as e:
+        except (QScopeError, FileNotFoundError) as e:
             return error(e)
 
     @app.get("/runs/{run_id}/{rel:path}")
