@@ -409,21 +409,6 @@ F(D) is the set of SAE features fired by a benchmark's samples (Qwen-Scope repor
             f"<script>{scripts[2]}</script>\n</body></html>\n")
 
 
-def page_html(title: str, body: str, specs: dict[str, dict]) -> str:
-    """Any page in the report's frame: its CSS, the inlined Vega runtime and CSP; charts go in
-    `<figure class="chart" id="chart-NAME">` elements of `body` (used by `qscope-eval serve`)."""
-    scripts = [_ERRORS_JS, f"\n{_vega_bundle()}\n", _EMBED_JS % embed_json(specs)]
-    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(js.encode()).digest()).decode()}'" for js in scripts)
-    csp = (f"default-src 'none'; script-src {hashes} 'unsafe-eval'; style-src 'unsafe-inline'; "
-           "img-src data: blob:; font-src data:")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
-            f"<title>{_e(title)}</title><style>{_CSS}</style>\n"
-            f"<script>{scripts[0]}</script>\n<script>{scripts[1]}</script></head>\n<body><main>"
-            f'<header><h1>{_e(title)}</h1></header><p id="render-error"></p>{body}</main>\n'
-            f"<script>{scripts[2]}</script>\n</body></html>\n")
-
-
 def render_report(summary: dict, out_dir: Path, png: bool = True, scale: float = 2.0) -> ReportFiles:
     """Write report.html, one PNG per chart (unless png=False) and summary.json into ``out_dir``."""
     out = Path(out_dir)

@@ -153,7 +153,10 @@ def api_answer(db: Path, key: str, params: dict) -> dict:
 
 def report_file(db: Path, run_id: str, rel: str) -> Path:
     """A file of a run's report folder; never a path outside it."""
-    folder = next((r["report_dir"] for r in runs(db) if r["run_id"] == run_id), None)
+    from qscope_eval.store import Store
+
+    with Store(db, read_only=True) as store:
+        folder = next((r["report_dir"] for r in store.runs() if r["run_id"] == run_id), None)
     if not folder:
         raise FileNotFoundError(f"run {run_id!r} has no report folder")
     root = Path(folder).resolve()
@@ -199,7 +202,7 @@ def _cell(v) -> str:
 
 def index_html(db: Path, rows: list[dict]) -> str:
     """The index: per suite, the audit history table, charts above; self-contained (inline JS, strict CSP)."""
-    from qscope_eval.report.html import page_html
+    from qscope_eval.report.page import page_html
 
     if not rows:
         body = "<p class='lead'>No audits yet. Run <code>qscope-eval audit SUITE --db ...</code>; they appear here.</p>"

@@ -151,21 +151,20 @@ class Store(ValidationTables, RunHistory):
                 for statement in MIGRATIONS:
                     self.con.execute(statement)
                 P.migrate_table_to_parts(self.con, self.parts_dir)
-                self.con.execute(P.view_sql(self.parts_dir, self._part_names()))
+                self.con.execute(P.view_sql(self.parts_dir, P.part_names(self.con)))
                 self.con.execute(VIEWS)
                 self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
                 self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_digest', ?)", [SCHEMA_DIGEST])
             meta["schema_version"] = str(SCHEMA_VERSION)
         if not self.read_only:
-            P.remove_orphans(self.parts_dir, set(self._part_names()))  # files only: parts no commit listed
+            P.remove_orphans(self.parts_dir, set(P.part_names(self.con)))  # files only: parts no commit listed
+            if not P.view_points_at(self.con, self.parts_dir):  # the folder moved: re-point the stored view
+                with self.transaction():
+                    self.con.execute(P.view_sql(self.parts_dir, P.part_names(self.con)))
         version = int(meta.get("schema_version", 0))
         if version not in (1, SCHEMA_VERSION) or (version != SCHEMA_VERSION and not self.read_only):
             raise StoreError(f"{self.path} has schema version {version}, this qscope-eval expects {SCHEMA_VERSION}; use a new --db path")
         self.release()
-
-    def _part_names(self, encoder_id: int | None = None) -> list[str]:
-        return [r[0] for r in self.con.execute(
-            "SELECT part FROM parts WHERE ? IS NULL OR encoder_id = ? ORDER BY created_at, part", [encoder_id, encoder_id]).fetchall()]
 
     def release(self) -> None:
         """Close the DuckDB file now (readers may open it); the next use of `con` reopens it."""
@@ -324,7 +323,7 @@ class Store(ValidationTables, RunHistory):
                     written += n
                     new_files += [name] if name else []
                 if new_files:
-                    self.con.execute(P.view_sql(self.parts_dir, self._part_names()))
+                    self.con.execute(P.view_sql(self.parts_dir, P.part_names(self.con)))
         except BaseException:
             for name in new_files:  # never listed: remove now rather than at the next open
                 (self.parts_dir / name).unlink(missing_ok=True)

@@ -105,6 +105,17 @@ def view_sql(directory: Path, names: list[str], temp: bool = False) -> str:
     return f"CREATE OR REPLACE {kind} activations AS SELECT {COLUMNS} FROM read_parquet([{files}])"
 
 
+def part_names(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The committed parts, oldest first (the order of the `activations` view)."""
+    return [r[0] for r in con.execute("SELECT part FROM parts ORDER BY created_at, part").fetchall()]
+
+
+def view_points_at(con: duckdb.DuckDBPyConnection, directory: Path) -> bool:
+    """Whether the stored `activations` view reads its parts from `directory` (False after the files moved)."""
+    row = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'activations' AND NOT temporary").fetchall()
+    return not row or "read_parquet" not in row[0][0] or str(directory.resolve()) + "/" in row[0][0]
+
+
 def remove_orphans(directory: Path, listed: set[str]) -> int:
     """Delete part files the catalog does not list (runs killed before their commit). Caller holds the write lock."""
     if not directory.is_dir():
@@ -195,8 +206,7 @@ def reader_view(con: duckdb.DuckDBPyConnection, db: Path) -> None:
     """
     if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'parts' AND table_schema = 'main'").fetchall():
         return
-    names = [r[0] for r in con.execute("SELECT part FROM parts ORDER BY created_at, part").fetchall()]
-    con.execute(view_sql(parts_dir(db), names, temp=True))
+    con.execute(view_sql(parts_dir(db), part_names(con), temp=True))
 
 
 def migrate_table_to_parts(con: duckdb.DuckDBPyConnection, directory: Path) -> int:
@@ -256,8 +266,7 @@ def compact(store, encoder_id: int) -> int:
             n_rows = sum(pq.ParquetFile(store.parts_dir / n).metadata.num_rows for n in group)
             con.execute("INSERT INTO parts VALUES (?, ?, ?, now()::TIMESTAMP)", [new, encoder_id, n_rows])
             con.execute("DELETE FROM parts WHERE list_contains(?, part)", [group])
-            names = [r[0] for r in con.execute("SELECT part FROM parts ORDER BY created_at, part").fetchall()]
-            con.execute(view_sql(store.parts_dir, names))
+            con.execute(view_sql(store.parts_dir, part_names(con)))
     except BaseException:
         if new:
             (store.parts_dir / new).unlink(missing_ok=True)
