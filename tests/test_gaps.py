@@ -148,7 +148,7 @@ def test_empty_or_identical_reference_is_refused(tmp_path):
 
 def test_database_from_before_references_opens_and_gaps_says_how_to_fix(tmp_path):
     from qscope_eval.jobs.gaps import gaps_report
-    from qscope_eval.store import Store
+    from qscope_eval.store import Store, copy_database
 
     db = tmp_path / "old.duckdb"
     with duckdb.connect(str(db)) as con:  # the benchmarks table as it was before the `role` column
@@ -273,13 +273,12 @@ def test_audit_summary_and_report_show_the_gaps(real_db):
 
 
 def test_feature_evidence_without_the_model_says_why_and_shows_the_rest(real_db, tmp_path):
-    import shutil
 
     from qscope_eval.jobs.evidence import feature_evidence
-    from qscope_eval.store import Store
+    from qscope_eval.store import Store, copy_database
 
     db = tmp_path / "old.duckdb"
-    shutil.copy(real_db, db)
+    copy_database(real_db, db)  # the file and its parts folder
     with duckdb.connect(str(db)) as con:  # an encoder stored before its model spec was recorded
         con.execute("""UPDATE encoders SET params = '{"k": 32, "pooling": "top"}'""")
         feature = con.execute("SELECT feature FROM activations WHERE encoder_id = 1 LIMIT 1").fetchall()[0][0]

@@ -23,7 +23,7 @@ from scipy import stats
 from lmeval_fixtures import BENCH_OF, SUITE_BENCHMARKS, TOPIC, ability_correlation, plant_features, plant_models
 from qscope_eval.cli import cli
 from qscope_eval.jobs.pipeline import encode_suite
-from qscope_eval.store import Store
+from qscope_eval.store import Store, copy_database
 from qscope_eval.data.suite import load_suite
 from qscope_eval.jobs.validation import ValidateConfig, run_validation
 from synthetic import write_tiny_suite
@@ -48,7 +48,7 @@ def base(tmp_path_factory):
 @pytest.fixture
 def db(base, tmp_path):
     path = tmp_path / "v.duckdb"
-    shutil.copy(base[1], path)
+    copy_database(base[1], path)  # the file and its parts folder
     return path
 
 

@@ -4,5 +4,6 @@ All SQL of the project lives in this package.
 """
 
 from qscope_eval.store.db import EncodedSet, EncoderRow, Store, sample_id
+from qscope_eval.store.parts import copy_database
 
-__all__ = ["EncodedSet", "EncoderRow", "Store", "sample_id"]
+__all__ = ["EncodedSet", "EncoderRow", "Store", "copy_database", "sample_id"]

@@ -105,6 +105,17 @@ def view_sql(directory: Path, names: list[str], temp: bool = False) -> str:
     return f"CREATE OR REPLACE {kind} activations AS SELECT {COLUMNS} FROM read_parquet([{files}])"
 
 
+def copy_database(src: str | Path, dst: str | Path) -> Path:
+    """Copy a database: the DuckDB file and its parts folder (a copy of the file alone has no activations)."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    shutil.copy2(src, dst)
+    if parts_dir(src).is_dir():
+        shutil.copytree(parts_dir(src), parts_dir(dst), dirs_exist_ok=True)
+    return dst
+
+
 def part_names(con: duckdb.DuckDBPyConnection) -> list[str]:
     """The committed parts, oldest first (the order of the `activations` view)."""
     return [r[0] for r in con.execute("SELECT part FROM parts ORDER BY created_at, part").fetchall()]
