@@ -148,7 +148,7 @@ def test_empty_or_identical_reference_is_refused(tmp_path):
 
 def test_database_from_before_references_opens_and_gaps_says_how_to_fix(tmp_path):
     from qscope_eval.jobs.gaps import gaps_report
-    from qscope_eval.store import Store, copy_database
+    from qscope_eval.store import Store
 
     db = tmp_path / "old.duckdb"
     with duckdb.connect(str(db)) as con:  # the benchmarks table as it was before the `role` column
@@ -273,7 +273,6 @@ def test_audit_summary_and_report_show_the_gaps(real_db):
 
 
 def test_feature_evidence_without_the_model_says_why_and_shows_the_rest(real_db, tmp_path):
-
     from qscope_eval.jobs.evidence import feature_evidence
     from qscope_eval.store import Store, copy_database
 
