@@ -123,7 +123,9 @@ def test_runs_api_carries_history(url):
 @pytest.mark.parametrize("key,cli_args", [
     ("coverage", ["coverage"]),
     ("overlap?kind=jaccard", ["overlap", "--kind", "jaccard"]),
-    ("selection?target=0.9", ["select", "--target", "0.9"]),
+    ("selection", ["select"]),
+    ("selection?method=union&target=0.9", ["select", "--method", "union", "--target", "0.9"]),
+    ("selection?tau=0.6&cost=tokens", ["select", "--tau", "0.6", "--cost", "tokens"]),
     ("selection?level=sample&n=5", ["select", "--level", "sample", "--n", "5"]),
     ("coverage?min_support=2", ["coverage", "--min-support", "2"]),
 ])

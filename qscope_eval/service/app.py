@@ -66,13 +66,15 @@ def _overlap(store, p):
 
 
 def _selection(store, p):
+    """`select --json`: the same call as the CLI, with its defaults (method characteristic, greedy)."""
     from qscope_eval.jobs.summary import select_benchmarks, select_samples
     ld, target, threshold = _ld(store, p), _f(p, "target", 0.95), _f(p, "threshold", 0.0)
+    method, tau = p.get("method", "characteristic"), _f(p, "tau", None)
     if p.get("level", "benchmark") == "sample":
         return select_samples(store, ld, target, p.get("benchmark"), _f(p, "n", None, int),
-                              _f(p, "token_budget", None, int), threshold=threshold)
-    return select_benchmarks(store, ld, target, p.get("cost", "samples"), threshold=threshold,
-                             min_support=_f(p, "min_support", 1, int))
+                              _f(p, "token_budget", None, int), False, 30.0, threshold, method)
+    return select_benchmarks(store, ld, target, p.get("cost", "samples"), False, 30.0, threshold,
+                             _f(p, "min_support", 1, int), method, tau)
 
 
 def _validation(store, p):
