@@ -109,6 +109,7 @@ def write_shard(shard: int, store: Store, encoders: dict, batches: list[pipeline
     """Store one shard, one transaction per forward batch. Returns the samples it held."""
     for batch in batches:
         pipeline.write_results(store, encoders, batch)
+    store.release()  # the flow now waits for the next shard: let readers in meanwhile
     return sum(len(b.ids) for b in batches)
 
 

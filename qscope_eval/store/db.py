@@ -400,7 +400,7 @@ class Store(ValidationTables, RunHistory):
         finally:
             self.con.unregister("_names")
         assert np.array_equal(tok["sample_id"], ids)
-        self._maybe_release()
+        self.release()  # the caller computes on these arrays now: let readers in meanwhile
         rows = np.searchsorted(ids, acts["sample_id"])
         X = sp.csr_matrix((acts["value"].astype(np.float32), (rows, acts["feature"].astype(np.int64))), shape=(len(ids), encoder.d_sae))
         return EncodedSet(encoder, X, ids, tok["n_tokens"].astype(np.int64), M, list(names))

@@ -45,7 +45,7 @@ class RunHistory:
             self.con.execute("INSERT INTO run_features (run_id, benchmark, feature, encoder_id) "
                              "SELECT run_id, benchmark, feature, encoder_id FROM _rf")
             self.con.unregister("_rf")
-        self._maybe_release()
+        self.release()  # the audit computes the next layer now: let readers in meanwhile
 
     # A run_features row without encoder_id (older files) belongs to its run's own encoder.
     _RF_ENCODER = "coalesce(f.encoder_id, (SELECT r.encoder_id FROM runs r WHERE r.run_id = f.run_id))"
