@@ -55,7 +55,6 @@ the benchmark being covered, column = the one covering it.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
