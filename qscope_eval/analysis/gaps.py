@@ -40,6 +40,8 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 from scipy.stats import binom
 
+from qscope_eval.analysis import recommend
+
 
 @dataclass(frozen=True)
 class GapConfig:
@@ -166,7 +168,7 @@ def characteristic_mass(bench_freq: np.ndarray, parts: list[tuple[np.ndarray, in
     """
     part_freq = np.array([c / max(n, 1) for c, n in parts])  # (n_parts, d)
     supported = np.array([c >= min_count for c, _ in parts])  # (n_parts, d)
-    background = np.vstack([bench_freq, part_freq]).mean(axis=0)
+    background = recommend.background(np.vstack([bench_freq, part_freq]))  # the recommendation's b(f), over all corpora
     sizes = np.array([n for _, n in parts], float)
     mass = (sizes / max(sizes.sum(), 1)) @ (np.clip(part_freq - background, 0.0, None) * supported)
     total = mass.sum()

@@ -65,7 +65,7 @@ class SaeConfig:
         return f"layer{self.layer}.sae.pt"
 
 
-class EncoderOutput(NamedTuple):
+class TopKCodes(NamedTuple):
     """TopK codes of a batch of activations."""
 
     top_acts: torch.Tensor
@@ -110,10 +110,10 @@ class Sae:
         pre = torch.addmm(self.b_enc, flat, self.W_enc.T)
         return pre.reshape(*x.shape[:-1], self.cfg.d_sae)
 
-    def encode(self, x: torch.Tensor) -> EncoderOutput:
+    def encode(self, x: torch.Tensor) -> TopKCodes:
         """[..., d_model] -> top-k of the pre-activations, then ReLU; shapes [..., k]."""
         top = self.pre_acts(x).topk(self.cfg.k, dim=-1, sorted=False)
-        return EncoderOutput(top.values.relu(), top.indices)
+        return TopKCodes(top.values.relu(), top.indices)
 
     def decode(self, top_acts: torch.Tensor, top_indices: torch.Tensor) -> torch.Tensor:
         """[..., k] codes -> [..., d_model]: z @ W_dec.T + b_dec, touching only the k columns."""
