@@ -5,6 +5,8 @@ into a Store, for tests of metrics, SQL, the CLI and the report.
 `write_tiny_suite(root)` writes the real project path end to end: a tiny random
 Qwen3 checkpoint with the real Qwen tokenizer (toy.tiny_qwen3), a random SAE in
 the exact Qwen-Scope format (sae.save_sae) and two local JSONL benchmarks.
+`tiny_backbone()` is an in-memory tiny Qwen3 Backbone (real tokenizer) for forward-path tests;
+`OutOfMemoryError` stands in for torch.cuda.OutOfMemoryError there.
 """
 
 from __future__ import annotations
@@ -18,6 +20,19 @@ import numpy as np
 from qscope_eval.store import Store
 
 SHARD = 4  # tiny suite: 20 samples -> 5 shards
+
+
+class OutOfMemoryError(RuntimeError):
+    """Stands in for torch.cuda.OutOfMemoryError (batching.is_oom matches the class name)."""
+
+
+def tiny_backbone(num_hidden_layers: int = 4, dtype=None):
+    """A tiny random Qwen3 Backbone (d_model 64, the real Qwen tokenizer) on CPU, seed 0."""
+    from qscope_eval.model import toy
+
+    config = toy.qwen3_1p7b_config(hidden_size=64, intermediate_size=128, num_hidden_layers=num_hidden_layers,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    return toy.random_qwen3(config, device="cpu", dtype=dtype, seed=0)
 
 
 def build_store(path, seed=0, n_bench=5, n=60, d=256):

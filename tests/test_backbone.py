@@ -18,6 +18,7 @@ from qscope_eval.model.backbone import Backbone, load_backbone, resolve_device, 
 from qscope_eval.model.batching import plan_batches, run_with_oom_split
 from qscope_eval.errors import ModelError, OutOfMemory
 from qscope_eval.data.suite import ModelSpec
+from synthetic import OutOfMemoryError
 
 TEXTS = [
     "Question: Natalia sold clips to 48 of her friends in April. How many clips did she sell?",
@@ -285,10 +286,6 @@ def test_plan_batches_fills_budget():
 
 
 # --- out-of-memory splitting ------------------------------------------------------------------------------------------
-
-class OutOfMemoryError(RuntimeError):
-    """Stands in for torch.cuda.OutOfMemoryError (matched by class name)."""
-
 
 def test_oom_split_keeps_order():
     seen, splits = [], []

@@ -22,6 +22,7 @@ from qscope_eval.model.batching import ForwardOptions, build_host_batch, plan_pa
 from qscope_eval.model.encode import encode_tokens
 from qscope_eval.model.forward import iter_forward, iter_texts
 from qscope_eval.model.sae import Sae, SaeConfig
+from synthetic import OutOfMemoryError, tiny_backbone
 
 LAYERS = [1, 2]
 TEXTS = [
@@ -34,15 +35,9 @@ TEXTS = [
 ]
 
 
-class OutOfMemoryError(RuntimeError):
-    """Stands in for torch.cuda.OutOfMemoryError (backbone.is_oom matches the class name)."""
-
-
 @pytest.fixture(scope="module")
 def bb():
-    config = toy.qwen3_1p7b_config(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16)
-    return toy.random_qwen3(config, device="cpu", seed=0)
+    return tiny_backbone()
 
 
 def per_prompt(bb, opts, texts=TEXTS, layers=LAYERS):

@@ -26,7 +26,6 @@ import torch
 from qscope_eval.model import encoders
 
 from qscope_eval.jobs import pipeline
-from qscope_eval.model import toy
 from qscope_eval.model import batching, forward
 from qscope_eval.model.batching import plan_batches
 from qscope_eval.model.encode import EncoderHandle
@@ -34,6 +33,7 @@ from qscope_eval.errors import OutOfMemory
 from qscope_eval.model.sae import Sae, SaeConfig
 from qscope_eval.model.feature_stats import FeatureStats
 from qscope_eval.data.suite import BenchmarkSpec, EncodeSpec, ModelSpec, SaeSpec, Suite
+from synthetic import OutOfMemoryError, tiny_backbone
 
 LAYER = 1
 D_SAE, K = 256, 8
@@ -44,15 +44,9 @@ TEXTS = [" ".join((WORDS * 3)[i: 3 + 4 * i]) for i in range(13)]
 TEXTS.append("Question:<|im_start|> which number is prime, 21 or 23?")
 
 
-class OutOfMemoryError(RuntimeError):
-    """Stands in for torch.cuda.OutOfMemoryError (backbone.is_oom matches the class name)."""
-
-
 @pytest.fixture(scope="module")
 def bb():
-    config = toy.qwen3_1p7b_config(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16)
-    return toy.random_qwen3(config, device="cpu", seed=0)
+    return tiny_backbone()
 
 
 @pytest.fixture(scope="module")

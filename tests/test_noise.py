@@ -13,11 +13,10 @@ from qscope_eval.analysis.noise import NoiseFloor, compare_sets, jaccard
 from qscope_eval.data.suite import BenchmarkSpec, EncodeSpec, ModelSpec, SaeSpec, Suite
 from qscope_eval.jobs import summary as analysis
 from qscope_eval.jobs.noise import measure_noise_floor, with_deterministic
-from qscope_eval.model import toy
 from qscope_eval.model.encode import EncoderHandle
 from qscope_eval.model.encoders import Runtime
 from qscope_eval.model.sae import Sae, SaeConfig
-from synthetic import build_store, write_tiny_suite
+from synthetic import build_store, tiny_backbone, write_tiny_suite
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven students solve an equation about triangles".split()
 TEXTS = [" ".join((WORDS * 4)[i: 2 + 3 * i]) for i in range(16)]
@@ -39,9 +38,7 @@ def test_compare_sets_by_hand():
 
 @pytest.fixture(scope="module")
 def rt():
-    config = toy.qwen3_1p7b_config(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16)
-    bb = toy.random_qwen3(config, device="cpu", dtype=torch.bfloat16, seed=0)
+    bb = tiny_backbone(num_hidden_layers=3, dtype=torch.bfloat16)
     g = torch.Generator().manual_seed(0)
     W = torch.randn(512, 64, generator=g)
     sae = Sae(SaeConfig(64, 512, 16, 1), W, torch.randn(512, generator=g) * 0.1, W.T.contiguous(), torch.zeros(64))
