@@ -15,7 +15,7 @@ import torch
 
 from qscope_eval.model import toy
 from qscope_eval.model.backbone import Backbone, load_backbone, resolve_device, resolve_dtype
-from qscope_eval.model.batching import plan_batches, run_with_oom_split
+from qscope_eval.model.batching import padded_tokens, plan_batches, run_with_oom_split
 from qscope_eval.errors import ModelError, OutOfMemory
 from qscope_eval.data.suite import ModelSpec
 from synthetic import OutOfMemoryError
@@ -266,15 +266,45 @@ def test_plan_batches_properties(seed):
     n = int(rng.integers(0, 300))
     lengths = rng.integers(1, 700, size=n)
     budget, max_batch = int(rng.integers(16, 5000)), int(rng.integers(1, 64))
-    batches = plan_batches(lengths, budget, max_batch)
+    bucket, overhead = int(rng.choice([1, 8, 16, 64])), int(rng.choice([0, 64, 8192]))
+    batches = plan_batches(lengths, budget, max_batch, bucket, overhead)
     flat = np.concatenate(batches) if batches else np.zeros(0, dtype=int)
     assert sorted(flat.tolist()) == list(range(n))  # every index exactly once
     assert np.all(np.diff(lengths[flat]) <= 0)  # longest first
     for b in batches:
         assert 1 <= len(b) <= max_batch
-        assert len(b) == 1 or lengths[b].max() * len(b) <= budget
-        if lengths[b].max() > budget:
+        width = -(-lengths[b].max() // bucket) * bucket
+        assert len(b) == 1 or width * len(b) <= budget  # the padded batch, bucket included, fits
+        if width > budget:
             assert len(b) == 1  # an over-budget prompt rides alone
+
+
+def _plan_cost(lengths, batches, bucket, overhead):
+    return padded_tokens(lengths, batches, bucket) + overhead * len(batches)
+
+
+def _brute_force_cost(lengths, budget, max_batch, bucket, overhead):
+    """Least cost over every way to cut the sorted prompts into runs (2^(n-1) cuts)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    n, best = len(order), float("inf")
+    for mask in range(1 << max(n - 1, 0)):
+        cuts = [0] + [i + 1 for i in range(n - 1) if mask >> i & 1] + [n]
+        runs = [order[a:b] for a, b in zip(cuts, cuts[1:])]
+        widths = [-(-lengths[r].max() // bucket) * bucket for r in runs]
+        if all(len(r) <= max_batch and (len(r) == 1 or w * len(r) <= budget) for r, w in zip(runs, widths)):
+            best = min(best, _plan_cost(lengths, runs, bucket, overhead))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_plan_batches_is_the_least_cost_cut(seed):
+    # the dynamic programme finds the cheapest plan among all cuts of the sorted prompts
+    rng = np.random.default_rng(100 + seed)
+    lengths = rng.integers(1, 300, size=int(rng.integers(1, 11)))
+    budget, max_batch = int(rng.integers(100, 1500)), int(rng.integers(1, 8))
+    bucket, overhead = int(rng.choice([1, 16])), int(rng.choice([0, 40, 500]))
+    got = _plan_cost(lengths, plan_batches(lengths, budget, max_batch, bucket, overhead), bucket, overhead)
+    assert got == _brute_force_cost(lengths, budget, max_batch, bucket, overhead)
 
 
 def test_plan_batches_fills_budget():
@@ -283,6 +313,22 @@ def test_plan_batches_fills_budget():
     assert [b.tolist() for b in plan_batches([3, 500, 7], 100, 8)] == [[1], [2, 0]]
     with pytest.raises(ModelError):
         plan_batches([3, 0], 100, 8)
+
+
+def test_plan_batches_trades_padding_against_batches():
+    # 40 prompts of 400 tokens and 40 of 100 fit one 16 384-token batch of 40 long + 1 short (greedy filling);
+    # at a small overhead each length gets its own batch (no padding), at a huge one as few batches as fit
+    lengths = np.array([400] * 40 + [100] * 40)
+    assert [sorted(set(lengths[b].tolist())) for b in plan_batches(lengths, 16384, 256, overhead=64)] == [[400], [100]]
+    assert len(plan_batches(lengths, 32768, 256, overhead=10**6)) == 1  # 80 x 400 = 32 000 tokens, 12 000 of padding
+    assert len(plan_batches(lengths, 32768, 256, overhead=64)) == 2
+    # the bucket counts: widths 17 and 31 both pad to 32, so at bucket 16 they share a batch for free
+    assert len(plan_batches([31, 17], 1000, 8, bucket=16, overhead=1)) == 1
+    assert len(plan_batches([31, 17], 1000, 8, bucket=1, overhead=1)) == 2
+    # mixed lengths: padded tokens + overhead never exceed the previous greedy planner's on the same prompts
+    mixed = np.random.default_rng(0).integers(20, 900, size=500)
+    greedy = [np.argsort(-mixed, kind="stable")[i:i + 18] for i in range(0, 500, 18)]  # 18 x 900 <= 16 384
+    assert _plan_cost(mixed, plan_batches(mixed, 16384, 256, 1, 8192), 1, 8192) < _plan_cost(mixed, greedy, 1, 8192)
 
 
 # --- out-of-memory splitting ------------------------------------------------------------------------------------------
@@ -354,19 +400,3 @@ def test_cuda_bf16_matches_cpu(qwen3):
     ref = qwen3.residuals(tok.ids, [3])
     assert res.hidden[3].is_cuda and res.special_mask.is_cuda
     torch.testing.assert_close(res.hidden[3].float().cpu(), ref.hidden[3], atol=0.1, rtol=0.05)
-
-
-def test_plan_batches_keeps_padding_low_on_mixed_lengths():
-    from qscope_eval.model.batching import MIN_FILL, SPREAD
-
-    # 40 prompts of 400 tokens, 40 of 100: at a 16 384 budget, filling greedily puts 40 long and 1 short
-    # prompt in one batch; the spread rule keeps each length in its own batch (no padding at all)
-    lengths = np.array([400] * 40 + [100] * 40)
-    batches = plan_batches(lengths, 16384, 256)
-    assert [sorted(set(lengths[b].tolist())) for b in batches] == [[400], [100]]
-    # ... but a batch is not closed below MIN_FILL of the budget (here ceil(2048 / 400) = 6 prompts): tiny
-    # batches would leave a GPU idle. Greedy filling gave one batch padded to 4800 tokens; this gives 3600.
-    mixed = np.array([400, 300, 200, 100] * 3)
-    assert MIN_FILL * 16384 == 2048 and SPREAD == 0.8
-    assert [sorted(mixed[b].tolist(), reverse=True) for b in plan_batches(mixed, 16384, 256)] == [
-        [400, 400, 400, 300, 300, 300], [200, 200, 200, 100, 100, 100]]

@@ -10,6 +10,7 @@ if this torch cannot run it on CPU.
 from __future__ import annotations
 
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import torch
 
 from qscope_eval.data.suite import EncodeSpec
 from qscope_eval.errors import OutOfMemory
-from qscope_eval.model import compiling, forward, toy
+from qscope_eval.model import batching, compiling, forward, toy
 from qscope_eval.model.batching import ForwardOptions, build_host_batch, plan_packed
 from qscope_eval.model.encode import encode_tokens
 from qscope_eval.model.forward import iter_forward, iter_texts
@@ -138,7 +139,7 @@ def test_compile_wrapper_runs_and_falls_back_to_eager(bb, caplog):
     eager = per_prompt(bb, ForwardOptions(batch_tokens=4096))
     try:
         compiling.compile_layers(bb, backend="eager")  # dynamo tracing without inductor: seconds on CPU
-        got = per_prompt(bb, ForwardOptions(batch_tokens=4096, compile=True, bucket=64))
+        got = per_prompt(bb, ForwardOptions(batch_tokens=4096, compile=True, bucket=forward.COMPILE_BUCKET))
         assert compiling.compiled(bb) and bb.model._qscope_compile.scope == "layer"
         compiling.compile_layers(bb, backend="eager", scope="mlp")  # packed batches compile the MLPs only
         packed = per_prompt(bb, ForwardOptions(batch_tokens=4096, compile=True, packing=True, attention="sdpa"))
@@ -166,6 +167,29 @@ def test_compile_wrapper_runs_and_falls_back_to_eager(bb, caplog):
         torch.testing.assert_close(got[i][2], eager[i][2], atol=0, rtol=0)  # the eager rerun of the same batches
 
 
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")), reason="inductor on CPU needs a C++ compiler")
+def test_inductor_rounds_like_eager_in_bf16():
+    # a bf16 model compiled by inductor: fused pointwise chains keep fp32 intermediates unless told to round
+    # where eager rounds; emulate_eager brings the residuals much closer to the eager model's
+    bb16 = tiny_backbone(num_hidden_layers=2, dtype=torch.bfloat16)
+    texts = [t * 4 for t in TEXTS]
+    opts = ForwardOptions(batch_tokens=4096, bucket=forward.COMPILE_BUCKET)
+    eager = per_prompt(bb16, opts, texts=texts, layers=[1])
+    differ = {}
+    for emulate in (False, True):
+        torch._dynamo.reset()
+        try:
+            compiling.compile_layers(bb16, emulate_eager=emulate)
+            got = per_prompt(bb16, ForwardOptions(**{**opts.__dict__, "compile": True}), texts=texts, layers=[1])
+            assert compiling.compiled(bb16)  # inductor really ran (no eager fallback)
+        finally:
+            compiling.uncompile(bb16)
+            torch._dynamo.reset()
+        diff = torch.cat([(got[i][1].float() - eager[i][1].float()).flatten() for i in eager])
+        differ[emulate] = float((diff != 0).float().mean())
+    assert differ[True] < 0.5 * differ[False], differ  # here: 64 % of the elements differ without, none with
+
+
 def test_options_for_spec(bb):
     assert forward.can_pack(bb)
     o = forward.options_for(EncodeSpec(batch_tokens=0), bb, [1])
@@ -173,7 +197,8 @@ def test_options_for_spec(bb):
     o = forward.options_for(EncodeSpec(deterministic=True), bb, [1])
     assert o.packing and o.fixed_shape and o.align == forward.ALIGN_DETERMINISTIC
     o = forward.options_for(EncodeSpec(compile=True), bb, [1])
-    assert o.compile and o.bucket == 64 and not o.packing
+    assert o.compile and o.bucket == forward.COMPILE_BUCKET == 16 and not o.packing
+    assert o.overhead == batching.BATCH_OVERHEAD_CPU  # the planner's per-batch cost off CUDA
     assert forward.bytes_per_token(bb, 1) > 0
 
 
