@@ -277,40 +277,83 @@ def test_pipeline_forward_never_runs_later_layers(bb, sae):
 # ---------------------------------------------------------------- writes overlap compute
 
 
-def test_db_writes_overlap_the_next_batch(bb, sae, tmp_path, monkeypatch):
-    """encode_suite: the write of batch j cannot finish until batch j+1's forward has started."""
+def test_db_writes_overlap_compute_and_a_late_writer_merges(bb, sae, tmp_path, monkeypatch):
+    """encode_suite: forwards go on while a write is pending, and the batches that queued up behind a slow write
+    are written in one transaction, each sample with its own features."""
     from qscope_eval.store import Store
 
     suite = make_suite(batch_tokens=96, max_batch=4)
     rows = pd.DataFrame({"benchmark": "b", "position": np.arange(len(TEXTS)), "text": TEXTS})
     n_batches = len(plan_batches(bb.tokenize(TEXTS).lengths, 96, 4))
-    started = threading.Semaphore(0)  # one release per forward started
-    real_res, real_write = forward._forward, pipeline.write_results
-    waited = []
-
-    def residuals(backbone, host, layers, opts):
-        started.release()
-        return real_res(backbone, host, layers, opts)
+    assert 2 < n_batches <= pipeline.WRITE_QUEUE
+    queued = threading.Semaphore(0)  # one release per batch handed to the writer (on_batch runs after the put)
+    real_write = pipeline.write_results
+    calls = []
 
     def write_results(store, encoders, batch):
-        j = len(waited)
-        if j < n_batches - 1:  # the first write waits for forward j+2 (the next batch's) to start
-            if j == 0:
-                assert started.acquire(timeout=30)
-            waited.append(started.acquire(timeout=30))
-        else:
-            waited.append(True)
+        # the first write cannot finish before every batch was computed and queued: compute goes on meanwhile
+        ok = all(queued.acquire(timeout=30) for _ in range(n_batches)) if not calls else True
+        calls.append((ok, len(batch.ids)))
         return real_write(store, encoders, batch)
 
-    monkeypatch.setattr(forward, "_forward", residuals)
     monkeypatch.setattr(pipeline, "write_results", write_results)
     monkeypatch.setattr(pipeline, "load_rows", lambda s: rows)
-    monkeypatch.setattr(pipeline, "load_runtime", lambda s: runtime(bb, sae, None, "last"))
+    monkeypatch.setattr(pipeline, "WRITE_INTERVAL_S", 0.0)  # write each batch as it comes unless some queued up
+    rt = runtime(bb, sae, None, "last")
+    monkeypatch.setattr(pipeline, "load_runtime", lambda s: rt)
     with Store(tmp_path / "x.duckdb") as store:
-        report = pipeline.encode_suite(suite, store, progress=False)
+        report = pipeline.encode_suite(suite, store, progress=False, on_batch=lambda n: queued.release())
+        stored = store.con.execute("SELECT sample_id, feature, value FROM activations ORDER BY 1, 2").fetchall()
         n_done = store.con.execute("SELECT count(*) FROM encoded").fetchall()[0][0]
-    assert len(waited) == n_batches > 2 and all(waited), "a write waited in vain for the next batch's forward"
-    assert report.n_encoded == n_done == len(TEXTS)
+    assert all(ok for ok, _ in calls), "the first write did not overlap the later forwards"
+    # the first write took what was there (usually batch 0 alone), the batches that queued behind it went in one
+    assert len(calls) <= 2 < n_batches
+    assert sum(n for _, n in calls) == report.n_encoded == n_done == len(TEXTS)
+    # the merged write put every feature on its own sample: the same as the batches computed alone
+    from qscope_eval.store import sample_id
+
+    ids = np.array([sample_id(t) for t in TEXTS])
+    expect = []
+    for eb in pipeline.encode_texts(rt, ids, TEXTS, suite):
+        pb = eb.pooled[rt.handles[0].key]
+        expect += [(int(eb.ids[r]), int(f), v) for r, f, v in zip(pb.row, pb.feature, pb.value)]
+    assert [(s, f) for s, f, _ in stored] == [(s, f) for s, f, _ in sorted(expect)]
+    np.testing.assert_allclose([v for *_, v in stored], [v for *_, v in sorted(expect)], rtol=1e-6)
+
+
+def test_batches_within_the_write_interval_share_a_transaction(bb, sae, tmp_path, monkeypatch):
+    from qscope_eval.store import Store
+
+    suite = make_suite(batch_tokens=96, max_batch=4)
+    rows = pd.DataFrame({"benchmark": "b", "position": np.arange(len(TEXTS)), "text": TEXTS})
+    n_batches = len(plan_batches(bb.tokenize(TEXTS).lengths, 96, 4))
+    monkeypatch.setattr(pipeline, "load_rows", lambda s: rows)
+    monkeypatch.setattr(pipeline, "load_runtime", lambda s: runtime(bb, sae, None, "last"))
+    for interval, transactions in ((60.0, 1), (0.0, None)):
+        sizes = []
+        real_write = pipeline.write_results
+        monkeypatch.setattr(pipeline, "WRITE_INTERVAL_S", interval)
+        monkeypatch.setattr(pipeline, "write_results", lambda st, e, b: sizes.append(len(b.ids)) or real_write(st, e, b))
+        with Store(tmp_path / f"w{interval}.duckdb") as store:
+            pipeline.encode_suite(suite, store, progress=False)
+        monkeypatch.setattr(pipeline, "write_results", real_write)
+        assert sum(sizes) == len(TEXTS)
+        assert len(sizes) == (transactions or len(sizes)) and 1 <= len(sizes) <= n_batches
+
+
+def test_merge_batches_reindexes_rows():
+    from qscope_eval.model.encode import PooledBatch
+
+    def pb(rows, feats):
+        return PooledBatch(np.array(rows, np.int64), np.array(feats, np.int32), np.ones(len(rows), np.float32),
+                           np.ones(len(rows), np.int32))
+
+    a = pipeline.EncodedBatch(np.array([10, 11]), np.array([3, 4]), np.array([False, True]), {"k": pb([0, 1, 1], [5, 6, 7])})
+    b = pipeline.EncodedBatch(np.array([12]), np.array([5]), np.array([False]), {"k": pb([0], [9])})
+    m = pipeline.merge_batches([a, b])
+    assert m.ids.tolist() == [10, 11, 12] and m.n_tokens.tolist() == [3, 4, 5] and m.truncated.tolist() == [False, True, False]
+    assert [(int(m.ids[r]), int(f)) for r, f in zip(m.pooled["k"].row, m.pooled["k"].feature)] == [(10, 5), (11, 6), (11, 7), (12, 9)]
+    assert isinstance(m.pooled["k"], PooledBatch) and pipeline.merge_batches([a]) is a
 
 
 # ---------------------------------------------------------------- the benchmark's GPU mode, dry run

@@ -9,7 +9,6 @@ halves it and retries each half. `ForwardOptions` says which of these the forwar
 from __future__ import annotations
 
 import gc
-import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence, TypeVar
 
