@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import uuid
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -202,11 +203,11 @@ def audit(suite: str, db: str, out: str, target: float | None = None, task_runne
                                      tuple(e.encoder_id for e in prep.main_encoders), target or s.selection.target,
                                      s.selection.cost, s.selection.min_support, exact, s.selection.method,
                                      s.selection.tau)
-            store.update_run_params(run_id, {**params, "settings": settings.to_params()})
             why = validate(store, s, settings.encoder_ids[0]) if s.validation is not None else None
+            if why:  # stored with the settings, so `qscope-eval report` shows it too
+                settings = replace(settings, notes=(why,))
+            store.update_run_params(run_id, {**params, "settings": settings.to_params()})
             summaries = summarize(store, settings, run_id, tokens=not remote)
-            if why:
-                summaries[0]["warnings"].append(why)
             for w in summaries[0]["warnings"]:
                 log.warning(w)
             summary, enc = summaries[0], prep.main_encoders[0]

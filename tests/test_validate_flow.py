@@ -42,3 +42,24 @@ def test_audit_with_a_validation_key(prefect_api, tmp_path):
     again = CliRunner().invoke(cli, ["report", "--db", str(db), "--out", str(tmp_path / "re"), "--no-png"])
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "re" / "summary.json").read_text())["validation"] == json.loads(Path(res["summary_json"]).read_text())["validation"]
+
+
+def test_a_skipped_validation_step_is_warned_and_rerendered(prefect_api, tmp_path):
+    # logs that match none of the suite's prompts: the audit stands, its report says why validation was
+    # skipped, and `qscope-eval report` re-renders the same page (the reason is stored with the settings)
+    from click.testing import CliRunner
+
+    from flows.audit import audit
+    from qscope_eval.cli import cli
+
+    (tmp_path / "logs").mkdir()
+    suite = write_tiny_suite(tmp_path, name="valskip", benchmarks=SUITE_BENCHMARKS,
+                             extra=f"limit: 20\nvalidation: {{logs: [{tmp_path / 'logs'}]}}\n")
+    db, out, again = tmp_path / "s.duckdb", tmp_path / "report", tmp_path / "re"
+    res = audit(str(suite), str(db), str(out))
+    skipped = [w for w in res["summary"]["warnings"] if w.startswith("validation against behaviour skipped")]
+    assert len(skipped) == 1 and res["summary"]["validation"] is None
+    rr = CliRunner().invoke(cli, ["report", "--db", str(db), "--out", str(again), "--no-png"])
+    assert rr.exit_code == 0, rr.output
+    for page in ("summary.json", "report.html"):
+        assert (again / page).read_text() == (out / page).read_text(), page

@@ -81,6 +81,8 @@ class AuditSettings:
     """Benchmark recommendation: characteristic (README "Recommendations") or union (the report's set cover)."""
     tau: float | None = None
     """characteristic: share of a benchmark's characteristic a kept one must show (None: the library default)."""
+    notes: tuple[str, ...] = ()
+    """Warnings the audit's own steps raised (a skipped `validation:` step), shown on the main report."""
 
     def __post_init__(self):
         if not self.encoder_ids:
@@ -121,7 +123,7 @@ def summarize_layers(store: Store, settings: AuditSettings, run_id: str | None,
         if save_features:
             store.save_run_features(run_id, sm.feature_sets(ld.real, min_support=settings.min_support), encoder_id)
         s["gaps"] = summary_gaps(store, encoder_id, settings.suite, tokens=tokens)
-        s["warnings"] = list(warnings)
+        s["warnings"] = list(warnings) + (list(settings.notes) if not summaries else [])
         s["validation"] = store.latest_validation(encoder_id)  # `validate` (or the suite's validation step), if run
         if generated:
             s["generated_at"] = generated
