@@ -25,10 +25,11 @@ from pathlib import Path
 
 import duckdb
 import httpx
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from serve_data import build_audited
-from synthetic import write_tiny_suite
+from synthetic import build_store, write_tiny_suite
 from test_report import chromium  # noqa: F401  (the session fixture: Debian's chromium, installed if missing)
 
 from qscope_eval.cli import cli
@@ -158,6 +159,31 @@ def test_gaps_api_equals_cli(url, audited):
         assert r.status_code == 200 and r.json() == json.loads(res.output)
     else:  # the synthetic suite has no reference corpus: the same one-line error
         assert r.status_code == 400 and res.output.strip() == f"Error: {r.json()['error']}"
+
+
+def test_gaps_api_finds_a_planted_gap_like_the_cli(tmp_path):
+    # a reference corpus whose prompts fire features 200-229, which no benchmark fires: /api/gaps answers
+    # 200 with the same JSON as `gaps --json`, and that JSON holds a gap group made of those features
+
+    db = tmp_path / "g.duckdb"
+    s = build_store(db)
+    try:
+        rng = np.random.default_rng(7)
+        ids = s.register_benchmark("ref_new", "synth", {"path": "x"}, [f"ref q{i}" for i in range(120)], role="reference")
+        for enc in s.encoders():
+            lo = 200 if enc.kind == "sae" else 0  # the null twin fires like the benchmarks' null
+            feats = np.concatenate([rng.choice(np.arange(lo, lo + 30), 6, replace=False) for _ in ids])
+            s.write_batch(enc.encoder_id, ids, np.full(len(ids), 30), np.zeros(len(ids), bool),
+                          np.repeat(np.arange(len(ids)), 6), feats, rng.random(feats.size) + 0.1, np.ones(feats.size, int))
+    finally:
+        s.close()
+    with server(db) as u:
+        r = get(u + "/api/gaps")
+    res = CliRunner().invoke(cli, ["gaps", "--db", str(db), "--json"])
+    assert res.exit_code == 0, res.output
+    assert r.status_code == 200 and r.json() == json.loads(res.output)
+    gap_features = {f for g in r.json()["groups"] for f in g["features"]}
+    assert gap_features and gap_features <= set(range(200, 230))
 
 
 def test_api_errors_are_json(url):
