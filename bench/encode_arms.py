@@ -57,6 +57,7 @@ from qscope_eval.data.suite import BenchmarkSpec, EncodeSpec, ModelSpec, SaeSpec
 from qscope_eval.jobs import pipeline  # noqa: E402
 from qscope_eval.jobs.noise import measure_noise_floor  # noqa: E402
 from qscope_eval.model import forward, toy  # noqa: E402
+from qscope_eval.model.batching import padded_tokens  # noqa: E402
 from qscope_eval.model.encode import EncoderHandle, encode_tokens, token_mask  # noqa: E402
 from qscope_eval.model.encoders import Runtime  # noqa: E402
 from qscope_eval.model.feature_stats import FeatureStats  # noqa: E402
@@ -149,8 +150,11 @@ class Bench:
             pass
         self.sync()
         state = getattr(self.bb.model, "_qscope_compile", None)
+        plan = forward._plan(self.lengths, opts)
+        padded = None if opts.packing else round(padded_tokens(self.lengths, plan, opts.bucket) / self.lengths.sum(), 3)
         return self.record(f"forward: {name}", time.perf_counter() - t0, self.lengths, budget=opts.batch_tokens,
-                           warmup_s=round(warm, 1), compile_failed=getattr(state, "failed", None) if spec.compile else None)
+                           batches=len(plan), padded_over_real=padded, warmup_s=round(warm, 1),
+                           compile_failed=getattr(state, "failed", None) if spec.compile else None)
 
     def forward_texts_arm(self, name: str, spec: EncodeSpec) -> dict:
         """The forward from texts (tokenization in the background thread), no SAE: what overlapping buys."""
