@@ -64,10 +64,10 @@ def stats():
     return FeatureStats(mean=np.random.default_rng(0).uniform(0.05, 1.0, D_SAE), freq=np.full(D_SAE, 0.1), n_tokens=100)
 
 
-def make_suite(pooling="last", batch_tokens=2048, max_batch=256) -> Suite:
+def make_suite(pooling="last", batch_tokens=2048, max_batch=256, commit_every_s=0.5) -> Suite:
     return Suite(name="gpu-path", model=ModelSpec(id="random:qwen3", device="cpu"), sae=SaeSpec(path="unused"),
                  layers=(LAYER,), pooling=pooling, benchmarks=(BenchmarkSpec(name="b", path="b.jsonl", text="text"),),
-                 encode=EncodeSpec(batch_tokens=batch_tokens, max_batch=max_batch))
+                 encode=EncodeSpec(batch_tokens=batch_tokens, max_batch=max_batch, commit_every_s=commit_every_s))
 
 
 def runtime(bb, sae, stats, *poolings):
@@ -282,7 +282,7 @@ def test_db_writes_overlap_compute_and_a_late_writer_merges(bb, sae, tmp_path, m
     are written in one transaction, each sample with its own features."""
     from qscope_eval.store import Store
 
-    suite = make_suite(batch_tokens=96, max_batch=4)
+    suite = make_suite(batch_tokens=96, max_batch=4, commit_every_s=0)  # each batch as it comes unless some queued
     rows = pd.DataFrame({"benchmark": "b", "position": np.arange(len(TEXTS)), "text": TEXTS})
     n_batches = len(plan_batches(bb.tokenize(TEXTS).lengths, 96, 4))
     assert 2 < n_batches <= pipeline.WRITE_QUEUE
@@ -298,7 +298,6 @@ def test_db_writes_overlap_compute_and_a_late_writer_merges(bb, sae, tmp_path, m
 
     monkeypatch.setattr(pipeline, "write_results", write_results)
     monkeypatch.setattr(pipeline, "load_rows", lambda s: rows)
-    monkeypatch.setattr(pipeline, "WRITE_INTERVAL_S", 0.0)  # write each batch as it comes unless some queued up
     rt = runtime(bb, sae, None, "last")
     monkeypatch.setattr(pipeline, "load_runtime", lambda s: rt)
     with Store(tmp_path / "x.duckdb") as store:
@@ -324,7 +323,6 @@ def test_db_writes_overlap_compute_and_a_late_writer_merges(bb, sae, tmp_path, m
 def test_batches_within_the_write_interval_share_a_transaction(bb, sae, tmp_path, monkeypatch):
     from qscope_eval.store import Store
 
-    suite = make_suite(batch_tokens=96, max_batch=4)
     rows = pd.DataFrame({"benchmark": "b", "position": np.arange(len(TEXTS)), "text": TEXTS})
     n_batches = len(plan_batches(bb.tokenize(TEXTS).lengths, 96, 4))
     monkeypatch.setattr(pipeline, "load_rows", lambda s: rows)
@@ -332,7 +330,7 @@ def test_batches_within_the_write_interval_share_a_transaction(bb, sae, tmp_path
     for interval, transactions in ((60.0, 1), (0.0, None)):
         sizes = []
         real_write = pipeline.write_results
-        monkeypatch.setattr(pipeline, "WRITE_INTERVAL_S", interval)
+        suite = make_suite(batch_tokens=96, max_batch=4, commit_every_s=interval)
         monkeypatch.setattr(pipeline, "write_results", lambda st, e, b: sizes.append(len(b.ids)) or real_write(st, e, b))
         with Store(tmp_path / f"w{interval}.duckdb") as store:
             pipeline.encode_suite(suite, store, progress=False)

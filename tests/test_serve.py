@@ -254,7 +254,8 @@ def _big_suite(root: Path, n: int) -> Path:
         rows = [{"q": f"{name} prompt {i}: " + " ".join(["apple", "seven", "plum", "nine"][(i + j) % 4] for j in range(6 + i % 9))}
                 for i in range(n)]
         (root / f"{name}_big.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    text = suite.read_text().replace("batch_tokens: 256", "batch_tokens: 48")
+    # small batches, each committed on its own: readers must see the encode progress batch by batch
+    text = suite.read_text().replace("batch_tokens: 256", "batch_tokens: 48, commit_every_s: 0")
     text = text.replace("fruit.jsonl", "fruit_big.jsonl").replace("numbers.jsonl", "numbers_big.jsonl")
     suite.write_text(text)
     return suite
@@ -273,7 +274,9 @@ def test_answers_while_an_encode_writes_and_a_killed_encode_resumes(tmp_path):
     """One real encode is killed with SIGKILL half-way and resumed, while the service answers throughout."""
     db = tmp_path / "busy.duckdb"
     build_audited(db, n_runs=1)  # the service starts on an existing database with an audit
-    suite = _big_suite(tmp_path / "suite", 60)  # 120 prompts, x2 encoders (SAE + null)
+    n = 150  # per benchmark: 300 prompts, x2 encoders (SAE + null); long enough to be caught half-way
+    total = 4 * n  # markers
+    suite = _big_suite(tmp_path / "suite", n)
     seen, asked, answered, pages = [], 0, 0, 0
     with server(db) as u, httpx.Client(timeout=30) as c:
         def poll() -> int:
@@ -297,7 +300,7 @@ def test_answers_while_an_encode_writes_and_a_killed_encode_resumes(tmp_path):
         enc.send_signal(signal.SIGKILL)
         enc.wait()
         killed_at = poll()
-        assert killed_at < base + 240, "the encode finished before the kill landed"
+        assert killed_at < base + total, "the encode finished before the kill landed"
         resume = _encode(suite, db)
         while resume.poll() is None:
             poll()
@@ -305,10 +308,10 @@ def test_answers_while_an_encode_writes_and_a_killed_encode_resumes(tmp_path):
         assert resume.returncode == 0, err.decode()[-2000:]
         final = poll()
     rep = json.loads(out)
-    assert rep["n_encoded"] == 120 - (killed_at - base) // 2 and rep["n_skipped"] == (killed_at - base) // 2
-    assert final == base + 240 and seen[-1][1] > seen[0][1]
+    assert rep["n_encoded"] == total // 2 - (killed_at - base) // 2 and rep["n_skipped"] == (killed_at - base) // 2
+    assert final == base + total and seen[-1][1] > seen[0][1]
     assert answered == asked and asked >= 10, (answered, asked)
-    assert len({m for m, _ in seen if base < m < base + 240}) >= 3, seen  # it saw the encode progress, batch by batch
+    assert len({m for m, _ in seen if base < m < base + total}) >= 3, seen  # it saw the encode progress, batch by batch
     assert pages >= 1
     assert all(a <= b for a, b in zip(seen, seen[1:])), seen  # counts never go backwards
     with duckdb.connect(str(db), read_only=True) as con:

@@ -55,6 +55,7 @@ def test_builtin_demo_suite_loads_by_name():
     (lambda t: t.replace("name: release-audit\n", ""), "has no `name:`"),
     (lambda t: t + "  - {name: bad, task: x, colour: red}\n", "unknown key 'colour' in benchmarks[3]"),
     (lambda t: t.replace("dtype: bfloat16", "dtype: int8"), "model.dtype"),
+    (lambda t: t + "encode: {commit_every_s: -1}\n", "encode.commit_every_s must be between 0"),
 ])
 def test_bad_suites_name_the_fix(tmp_path, edit, needle):
     with pytest.raises(SuiteError, match=None) as e:

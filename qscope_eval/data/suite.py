@@ -166,6 +166,8 @@ class EncodeSpec:
     """Each prompt's codes independent of its batch: aligned fixed-shape packing (or one prompt per forward), fp32 SAE."""
     sae_precision: str = "tf32"
     """SAE encoder matmul on CUDA: fp32, tf32 (fp32 accumulate; the bf16 residual is exact in tf32) or bf16."""
+    commit_every_s: float = 0.5
+    """The writer commits at least this often; batches finished in between share one transaction (0: each batch)."""
 
     def __post_init__(self):
         if self.sae_precision not in SAE_PRECISIONS:
@@ -174,6 +176,8 @@ class EncodeSpec:
             raise SuiteError("encode: batch_tokens >= 16 (or 0 = auto), max_batch >= 1, top_m >= 1 and shard_size >= 1 are required")
         if self.sink_factor <= 1:
             raise SuiteError("encode.sink_factor must be > 1 (it multiplies the median token norm)")
+        if not 0 <= self.commit_every_s <= 3600:
+            raise SuiteError("encode.commit_every_s must be between 0 (commit every batch) and 3600 seconds")
         if not 0 < self.saturation_warn <= 1:
             raise SuiteError("encode.saturation_warn must be in (0, 1]")
 

@@ -5,7 +5,7 @@ is loaded, the model and every SAE are loaded and checked against each other
 BEFORE the first write. Then benchmarks and encoders are registered, and only
 the samples each encoder has not stored yet are encoded. Batches are written
 by a background thread while the next batch computes; batches finished
-within WRITE_INTERVAL_S of each other are merged into one transaction. A
+within `encode.commit_every_s` of each other are merged into one transaction. A
 killed run loses at most those and the batches queued for the writer, and
 never writes a sample twice.
 
@@ -165,10 +165,6 @@ def merge_batches(batches: list[EncodedBatch]) -> EncodedBatch:
 
 WRITE_QUEUE = 8
 """Forward batches that may wait for the writer (and most batches in one transaction)."""
-WRITE_INTERVAL_S = 0.5
-"""Batches finished within this long of each other are written in one transaction. A transaction costs
-~25 ms whatever its size (Parquet part + fsync, markers, commit, compaction check): on a CPU, or a GPU
-with short prompts, batches take ~15-50 ms and the writes cost as much as the forward itself."""
 
 
 def write_results(store: Store, encoders: dict[str, EncoderRow], batch: EncodedBatch) -> int:
@@ -183,12 +179,13 @@ def write_results(store: Store, encoders: dict[str, EncoderRow], batch: EncodedB
 class BatchWriter:
     """The single writer thread of encode_suite: write_results for the batches `put` to it, in order.
 
-    Batches finished within WRITE_INTERVAL_S of the first unwritten one, and any already queued, share one
-    transaction (merge_batches). An error stops the writing; `put` then returns False and `raise_error`
-    re-raises it in the caller's thread."""
+    Batches finished within `interval` seconds of the first unwritten one, and any already queued, share
+    one transaction (merge_batches): a transaction costs ~25 ms whatever its size (Parquet part + fsync,
+    markers, commit, compaction check), and on a CPU, or a GPU on short prompts, a batch takes 15-50 ms.
+    An error stops the writing; `put` then returns False and `raise_error` re-raises it in the caller's thread."""
 
-    def __init__(self, store: Store, encoders: dict[str, EncoderRow]):
-        self.store, self.encoders = store, encoders
+    def __init__(self, store: Store, encoders: dict[str, EncoderRow], interval: float = 0.5):
+        self.store, self.encoders, self.interval = store, encoders, interval
         self.queue: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
         self.errors: list[BaseException] = []
         self.batches = self.transactions = 0
@@ -233,7 +230,7 @@ class BatchWriter:
                 self._flush(items)
                 continue
             if not items:
-                due = time.monotonic() + WRITE_INTERVAL_S
+                due = time.monotonic() + self.interval
             while item is not None:
                 items.append(item)
                 try:  # batches already waiting join too
@@ -260,7 +257,7 @@ def encode_suite(suite: Suite, store: Store, progress: bool = True,
     texts = [prep.texts[i] for i in ids.tolist()]
     bar = _progress(len(ids), suite.name, progress)
     stats = {"truncated": 0, "tokens": 0}
-    writer = BatchWriter(store, prep.encoders)
+    writer = BatchWriter(store, prep.encoders, suite.encode.commit_every_s)
     try:
         for batch in encode_texts(runtime, ids, texts, suite):
             if not writer.put(batch):
