@@ -9,11 +9,11 @@ $OUT/arms.jsonl as it finishes, so a run cut short keeps what it measured):
 
   tokenize alone: Backbone.tokenize of all prompts on one thread and with the Rust tokenizer on every core
   forward alone (prompts tokenized beforehand; forward.iter_forward with fn doing nothing):
-    padded 16k eager      today's default: length-sorted padded batches of 16 384 tokens, sdpa
-    padded auto eager     token budget from free GPU memory (forward.auto_batch_tokens)
+    padded 16k eager      the default before the auto budget: padded batches of 16 384 tokens, sdpa
+    padded auto eager     token budget from free GPU memory (forward.auto_batch_tokens): today's default
     packed flex           one row per batch, position_ids restarting per prompt, flex_attention
     packed flex+compile   the same, fixed row length, MLP blocks and norms compiled
-    padded auto+compile   padded, widths bucketed to 64, whole decoder layers compiled
+    padded auto+compile   padded, widths bucketed to 16, whole decoder layers compiled
   end to end with the fastest forward configuration above (and today's default, for the ratio):
     encode_texts last, encode_suite + DB last, encode_suite + DB max / top (--n-pool prompts)
   SAE alone: masked-token residuals encoded fp32 / tf32 / bf16; time and top-k set agreement with fp32
@@ -24,7 +24,7 @@ $OUT/arms.jsonl as it finishes, so a run cut short keeps what it measured):
 
 Compilation and first-call costs are paid in an untimed warm-up pass per arm and reported beside it.
 
-    python bench/encode_arms.py --out DIR                 # CUDA
+    python bench/encode_arms.py --out DIR                 # CUDA (bench/gpu_arms.sh: issue 14's arms in one device call)
     python bench/encode_arms.py --device cpu --tiny       # dry run on CPU (figures mean nothing)
 """
 
@@ -296,20 +296,21 @@ def run(args) -> int:
           f"{b.config.hidden_size}) truncated after layer {b.layer}; SAE d_sae {b.sae.cfg.d_sae} k {b.sae.cfg.k}; "
           f"{len(b.texts)} prompts, {int(b.lengths.sum()):,} tokens; peak "
           f"{f'{b.peak:g} TFLOP/s ({b.peak_src})' if b.peak else b.peak_src}", flush=True)
-    today = EncodeSpec()
+    today = EncodeSpec(batch_tokens=16384)  # the default before the auto budget (EncodeSpec() is auto now)
     b.base_sets = {}
     try:
         b.baseline_arm(today, min(args.baseline_n, len(b.texts)))
     except Exception:  # noqa: BLE001
         print(f"FAILED: baseline\n{traceback.format_exc(limit=4)}", flush=True)
     auto = dataclasses.replace(today, batch_tokens=0)
-    configs = {
+    configs = {  # names: CONFIGS
         "padded 16k eager": today,
         "padded auto eager": auto,
         "packed flex 64k": dataclasses.replace(today, batch_tokens=65536 if not args.tiny else 2048, packing=True),
         "packed flex auto+compile": dataclasses.replace(auto, packing=True, compile=True),
         "padded auto+compile": dataclasses.replace(auto, compile=True),
     }
+    assert list(configs) == list(CONFIGS)
     try:
         b.tokenize_arm()
     except Exception:  # noqa: BLE001
@@ -354,6 +355,7 @@ def run(args) -> int:
         ("vs baseline deterministic", lambda: b.versus_baseline("deterministic", det)),
         ("encode_texts last", lambda: b.texts_arm(best_name, "last", best)),
     ]
+    assert [n for n, _ in steps] == list(STEPS), "STEPS lists the steps, in order"
     for name, step in steps:
         if args.steps is not None and name not in args.steps:
             continue
@@ -367,6 +369,14 @@ def run(args) -> int:
     print(f"total {time.perf_counter() - b.t_start:.0f} s; results in {b.out / 'arms.jsonl'}", flush=True)
     b.tmp.cleanup()
     return 0
+
+
+CONFIGS = ("padded 16k eager", "padded auto eager", "packed flex 64k", "packed flex auto+compile", "padded auto+compile")
+"""Forward configurations (--only, --best)."""
+STEPS = ("forward from texts", "suite last best", "suite last today", "suite last default", "suite max", "suite top",
+         "noise today", "noise deterministic", "deterministic cost", "best on the same prompts", "sae", "noise best",
+         "noise max best", "vs baseline best", "vs baseline today", "vs baseline deterministic", "encode_texts last")
+"""End-to-end steps (--steps), in the order they run."""
 
 
 def main(argv=None) -> int:
@@ -386,6 +396,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT") or "out/arms")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    for given, known, flag in ((args.only, CONFIGS, "--only"), ([args.best] if args.best else None, CONFIGS, "--best"),
+                               (args.steps, STEPS, "--steps")):
+        unknown = [x for x in given or () if x not in known]
+        if unknown:  # a typo would silently skip the arm on a device whose time is counted
+            ap.error(f"{flag}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(map(repr, known))}")
     if args.tiny:
         args.n, args.n_pool, args.n_noise = min(args.n, 40), min(args.n_pool, 20), min(args.n_noise, 8)
         args.baseline_n, args.sae_tokens = min(args.baseline_n, 4), min(args.sae_tokens, 2048)

@@ -389,3 +389,20 @@ def test_encode_arms_dry_run(tmp_path, capsys, monkeypatch):
     assert "forward: padded 16k eager" in names and "encode_suite+DB last: padded 16k eager" in names
     assert any(n.startswith("noise floor last") for n in names) and any("vs model-card baseline" in n for n in names)
     assert all(r["tokens_per_s"] > 0 for r in rows if "tokens_per_s" in r)
+
+
+def test_gpu_arms_script_names_real_arms():
+    # bench/gpu_arms.sh is the one device call that measures issue 14: a misspelt arm would be skipped silently
+    # on a device whose minutes are counted, so every name it passes must be one encode_arms.py knows
+    import re
+    import shlex
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("encode_arms_names", root / "bench" / "encode_arms.py")
+    arms = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(arms)
+    words = shlex.split(re.sub(r"\\\n", " ", (root / "bench" / "gpu_arms.sh").read_text()).split("bench/encode_arms.py", 1)[1])
+    only = words[words.index("--only") + 1: words.index("--steps")]
+    steps = words[words.index("--steps") + 1: words.index("$@")]
+    assert only and set(only) <= set(arms.CONFIGS)
+    assert steps and set(steps) <= set(arms.STEPS)
