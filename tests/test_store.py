@@ -161,3 +161,33 @@ def test_moved_database_reads_its_parts_from_the_new_place(tmp_path):
     assert run_sql(new, count)["n"][0] == want > 0  # a reader points at the parts beside the file
     with Store(new) as s:  # a writer re-points the stored view once
         assert s.con.execute(count).fetchall()[0][0] == want
+
+
+def test_activation_rows_are_grouped_by_sample_whatever_order_they_come_in(tmp_path):
+    from qscope_eval.store.parts import activation_table
+
+    rng = np.random.default_rng(3)
+    ids = np.array([50, 10, 40, 20], dtype=np.int64)
+    rows = np.repeat(np.arange(4), 5)
+    feats = np.concatenate([np.sort(rng.choice(1000, 5, replace=False)) for _ in range(4)])
+    vals = rng.random(20).astype(np.float32)
+    keep = np.ones(4, bool)
+    sorted_in = activation_table(1, ids, keep, rows, feats, vals, np.ones(20, int)).to_pydict()
+    assert sorted_in["sample_id"] == np.repeat(ids, 5).tolist() and sorted_in["feature"] == feats.tolist()  # as given
+    shuffle = rng.permutation(20)
+    got = activation_table(1, ids, keep, rows[shuffle], feats[shuffle], vals[shuffle], np.ones(20, int)).to_pydict()
+    assert got == sorted_in  # a shuffled batch is grouped back by sample, features rising
+    keep = np.array([True, False, True, True])  # sample 10 is stored already: its rows go
+    part = activation_table(1, ids, keep, rows[shuffle], feats[shuffle], vals[shuffle], np.ones(20, int)).to_pydict()
+    assert 10 not in part["sample_id"] and len(part["sample_id"]) == 15
+    # the store keeps each (sample, feature) with its own value, shuffled or not
+    for name, order in (("s", np.arange(20)), ("u", shuffle)):
+        with Store(tmp_path / f"{name}.duckdb") as s:
+            e = s.register_encoder("toy@main|sae|L1|max|sae", "toy", "main", "sae", 1, "max", "sae", 1000, {})
+            sids = s.register_benchmark("b", "t", {"path": "x"}, [f"q{i}" for i in range(4)])
+            s.write_batch(e.encoder_id, sids, np.full(4, 9), np.zeros(4, bool), rows[order], feats[order], vals[order],
+                          np.ones(20, int))
+            got = s.con.execute("SELECT sample_id, feature, value FROM activations ORDER BY ALL").fetchall()
+        expect = sorted((int(sids[r]), int(f), float(v)) for r, f, v in zip(rows, feats, vals))
+        assert [(a, b) for a, b, _ in got] == [(a, b) for a, b, _ in expect]
+        np.testing.assert_allclose([v for *_, v in got], [v for *_, v in expect], rtol=1e-6)

@@ -353,17 +353,12 @@ class Store(ValidationTables, RunHistory):
             "n_tokens": np.asarray(n_tokens, np.int32)[keep], "truncated": np.asarray(truncated, bool)[keep],
             "n_features": n_feat[keep], "encoded_at": pa.array([_now()] * n_keep, pa.timestamp("us")),
         })
-        sel = keep[rows]
-        sid, feat = ids[rows[sel]], np.asarray(features, np.int32)[sel]
-        val, tok = np.asarray(values, np.float32)[sel], np.asarray(fired_tokens, np.int32)[sel]
-        order = np.lexsort((feat, sid))  # sorted by (sample, feature): runs and small deltas compress best
-        acts = pa.table({"encoder_id": np.full(len(order), encoder_id, np.int32), "sample_id": sid[order],
-                         "feature": feat[order], "value": val[order], "n_tokens": tok[order]})
+        acts = P.activation_table(encoder_id, ids, keep, rows, features, values, fired_tokens)
         name = P.write_part(self.parts_dir, encoder_id, acts)
         self.con.register("_marker", marker)
         try:
             self.con.execute("INSERT INTO encoded SELECT * FROM _marker")
-            self.con.execute("INSERT INTO parts VALUES (?, ?, ?, ?)", [name, encoder_id, len(order), _now()])
+            self.con.execute("INSERT INTO parts VALUES (?, ?, ?, ?)", [name, encoder_id, acts.num_rows, _now()])
         except BaseException:
             (self.parts_dir / name).unlink(missing_ok=True)  # the transaction rolls back; its part goes too
             raise

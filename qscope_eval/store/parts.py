@@ -33,6 +33,7 @@ import uuid
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -71,6 +72,26 @@ def yield_to_readers(db: Path, max_s: float = 0.2) -> None:
 # within a sample) take 6.0 B/pair against 8.5 with pyarrow's defaults (dictionary + zstd).
 WRITE_OPTIONS = dict(compression="zstd", use_dictionary=["encoder_id", "sample_id", "n_tokens"],
                      column_encoding={"value": "BYTE_STREAM_SPLIT", "feature": "DELTA_BINARY_PACKED"})
+
+
+def activation_table(encoder_id: int, ids: np.ndarray, keep: np.ndarray, rows, features, values,
+                     fired_tokens) -> pa.Table:
+    """A part's rows: the COO triples of the samples `keep` marks (rows index `ids`), grouped by sample with
+    features rising (runs and small deltas compress best).
+
+    Pooled batches arrive in that order (sorted by (row, feature)) and usually keep every sample; then nothing
+    is copied or sorted. On a 2M-row `max` batch the sort and the masked copies had been 80 % of the write."""
+    rows = np.asarray(rows, np.int64)
+    cols = [np.asarray(features, np.int32), np.asarray(values, np.float32), np.asarray(fired_tokens, np.int32)]
+    if not keep.all():
+        sel = keep[rows]
+        rows, cols = rows[sel], [c[sel] for c in cols]
+    key = (rows << 32) | cols[0].astype(np.int64)  # (row, feature) in one int64: features are >= 0 int32
+    if not (key[1:] > key[:-1]).all():
+        order = np.argsort(key, kind="stable")
+        rows, cols = rows[order], [c[order] for c in cols]
+    return pa.table({"encoder_id": np.full(len(rows), encoder_id, np.int32), "sample_id": ids[rows],
+                     "feature": cols[0], "value": cols[1], "n_tokens": cols[2]})
 
 
 def write_part(directory: Path, encoder_id: int, tables) -> str:
