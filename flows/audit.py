@@ -107,8 +107,8 @@ def encode_shard(shard: int, suite: Suite, ids: np.ndarray, texts: list[str]) ->
 
 @task(task_run_name="write-shard-{shard}", **LOCAL)
 def write_shard(shard: int, store: Store, encoders: dict, batches: list[pipeline.EncodedBatch]) -> int:
-    """Store one shard, one transaction per forward batch. Returns the samples it held."""
-    for batch in batches:
+    """Store one shard: its forward batches merged into transactions of up to 2^20 pairs. Returns its samples."""
+    for batch in pipeline.merged_runs(batches):
         pipeline.write_results(store, encoders, batch)
     store.release()  # the flow now waits for the next shard: let readers in meanwhile
     return sum(len(b.ids) for b in batches)

@@ -352,6 +352,12 @@ def test_merge_batches_reindexes_rows():
     assert m.ids.tolist() == [10, 11, 12] and m.n_tokens.tolist() == [3, 4, 5] and m.truncated.tolist() == [False, True, False]
     assert [(int(m.ids[r]), int(f)) for r, f in zip(m.pooled["k"].row, m.pooled["k"].feature)] == [(10, 5), (11, 6), (11, 7), (12, 9)]
     assert isinstance(m.pooled["k"], PooledBatch) and pipeline.merge_batches([a]) is a
+    # merged_runs: consecutive batches joined while their pairs stay within the bound, order kept
+    c = pipeline.EncodedBatch(np.array([13]), np.array([6]), np.array([False]), {"k": pb([0, 0], [1, 2])})
+    runs = list(pipeline.merged_runs([a, b, c], max_pairs=4))
+    assert [r.ids.tolist() for r in runs] == [[10, 11, 12], [13]]
+    assert [r.ids.tolist() for r in pipeline.merged_runs([a, b, c], max_pairs=1)] == [[10, 11], [12], [13]]
+    assert list(pipeline.merged_runs([])) == []
 
 
 # ---------------------------------------------------------------- the benchmark's GPU mode, dry run

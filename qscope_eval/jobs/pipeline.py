@@ -163,6 +163,21 @@ def merge_batches(batches: list[EncodedBatch]) -> EncodedBatch:
                         np.concatenate([b.truncated for b in batches]), pooled)
 
 
+def merged_runs(batches: list[EncodedBatch], max_pairs: int = 1 << 20) -> Iterator[EncodedBatch]:
+    """Consecutive batches merged while their (sample, feature) pairs stay under `max_pairs`: one transaction
+    each, instead of one per forward batch (a transaction costs ~25 ms, a CPU batch 15-50 ms)."""
+    run, pairs = [], 0
+    for b in batches:
+        n = max((len(pb.row) for pb in b.pooled.values()), default=0)
+        if run and pairs + n > max_pairs:
+            yield merge_batches(run)
+            run, pairs = [], 0
+        run.append(b)
+        pairs += n
+    if run:
+        yield merge_batches(run)
+
+
 WRITE_QUEUE = 8
 """Forward batches that may wait for the writer (and most batches in one transaction)."""
 
