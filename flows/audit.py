@@ -3,7 +3,7 @@
 Tasks are thin calls into the library. The flow process is the ONLY DuckDB writer:
 `encode_shard` is pure compute (one shard's texts in, its batches out; it runs on a
 thread of this process or on a Dask worker) and `write_shard` stores each shard as
-soon as its future completes, one transaction per forward batch. The store is the
+soon as its future completes, its forward batches merged into transactions of up to 2^20 pairs. The store is the
 resume point: a rerun registers again and encodes only the samples still pending.
 
 Input errors (suite, benchmark files, model, SAE) fail in `load` before the first
