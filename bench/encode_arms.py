@@ -110,15 +110,19 @@ class Bench:
     def flops(self, lengths) -> float:
         return forward_flops(self.bb.model, self.bb.layers_module, self.layer, np.asarray(lengths))
 
+    def save(self, row: dict) -> None:
+        """Keep a result row and append it to $OUT/arms.jsonl at once (a run cut short keeps what it measured)."""
+        self.results.append(row)
+        with open(self.out / "arms.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
     def record(self, arm: str, seconds: float, lengths, **extra) -> dict:
         tokens = int(np.sum(lengths))
         share = 100 * self.flops(lengths) / seconds / 1e12 / self.peak if self.peak else None
         row = {"arm": arm, "prompts": int(len(lengths)), "tokens": tokens, "seconds": round(seconds, 3),
                "tokens_per_s": round(tokens / seconds), "share_of_peak_pct": None if share is None else round(share, 1),
                **extra}
-        self.results.append(row)
-        with open(self.out / "arms.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        self.save(row)
         sh = f"{share:5.1f}%" if share is not None else "   n/a"
         more = "  ".join(f"{k}={v}" for k, v in extra.items())
         print(f"{arm:<40}{len(lengths):>6}{tokens:>10,}{seconds:>9.2f}s{tokens / seconds:>11,.0f} tok/s {sh}  {more}",
@@ -227,9 +231,7 @@ class Bench:
             row = {"arm": f"SAE alone {prec}", "tokens": int(x.shape[0]), "seconds": round(dt, 4),
                    "tokens_per_s": round(x.shape[0] / dt), "sae_tflops": round(tflops, 1),
                    "topk_sets_identical_to_fp32": round(agree, 4), "mean_jaccard_vs_fp32": round(jac, 4)}
-            self.results.append(row)
-            with open(self.out / "arms.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            self.save(row)
             print(f"SAE alone {prec:<5} {x.shape[0]:>9,} tokens {dt:8.3f}s {x.shape[0] / dt:>12,.0f} tok/s "
                   f"{tflops:7.1f} TFLOP/s  sets identical to fp32 {agree:.4f}  mean Jaccard {jac:.4f}", flush=True)
 
@@ -246,9 +248,7 @@ class Bench:
         nf = measure_noise_floor(self.runtime(pooling), self.texts, self.suite(pooling, spec), n=n)
         nf = next(iter(nf.values()))
         row = {"arm": f"noise floor {pooling}: {name}", "seconds": round(time.perf_counter() - t0, 1), **nf.to_dict()}
-        self.results.append(row)
-        with open(self.out / "arms.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        self.save(row)
         print(f"noise floor {pooling}: {name:<28} {nf.n_samples} prompts batched vs alone: mean Jaccard "
               f"{nf.mean_jaccard:.4f}, min {nf.min_jaccard:.3f}, {nf.share_differ:.0%} of sets differ; union floor "
               + ", ".join(f"m={m}: {j:.3f}" for m, j in zip(nf.union_sizes, nf.union_jaccard)), flush=True)
@@ -282,9 +282,7 @@ class Bench:
         batches = list(pipeline.encode_texts(self.runtime("last"), np.arange(n), self.texts[:n], self.suite("last", spec)))
         nf = noise.compare_sets(self.base_sets, noise.feature_sets(batches, f"random|L{self.layer}|last|sae"))
         row = {"arm": f"ours ({name}) vs model-card baseline, last", **nf.to_dict()}
-        self.results.append(row)
-        with open(self.out / "arms.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        self.save(row)
         print(f"ours ({name}) vs model-card baseline (last, {n} prompts): mean Jaccard {nf.mean_jaccard:.4f}, "
               f"{nf.share_differ:.0%} of sets differ", flush=True)
 

@@ -123,11 +123,12 @@ def summarize_layers(store: Store, settings: AuditSettings, run_id: str | None,
         if save_features:
             store.save_run_features(run_id, sm.feature_sets(ld.real, min_support=settings.min_support), encoder_id)
         s["gaps"] = summary_gaps(store, encoder_id, settings.suite, tokens=tokens)
-        s["warnings"] = list(warnings) + (list(settings.notes) if not summaries else [])
+        s["warnings"] = list(warnings)
         s["validation"] = store.latest_validation(encoder_id)  # `validate` (or the suite's validation step), if run
         if generated:
             s["generated_at"] = generated
         summaries.append(s)
+    summaries[0]["warnings"] += settings.notes  # the audit's own warnings go on the main report
     if len(summaries) > 1:
         layers = sm.layer_overview(summaries)
         for s in summaries:

@@ -246,14 +246,11 @@ class BatchWriter:
                 continue
             if not items:
                 due = time.monotonic() + self.interval
-            while item is not None:
+            while item is not None:  # batches already waiting join too
                 items.append(item)
-                try:  # batches already waiting join too
-                    item = self.queue.get_nowait() if len(items) < WRITE_QUEUE else False
-                except queue.Empty:
-                    item = False
-                if item is False:
+                if len(items) >= WRITE_QUEUE or self.queue.empty():
                     break
+                item = self.queue.get_nowait()  # this thread is the only consumer: not empty means there
             if item is None:
                 self._flush(items)
                 return

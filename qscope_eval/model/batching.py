@@ -113,7 +113,7 @@ def plan_batches(lengths: Sequence[int] | np.ndarray, batch_tokens: int, max_bat
     if lengths.ndim != 1:
         raise ModelError("plan_batches needs a 1-D sequence of prompt lengths")
     if batch_tokens < 1 or max_batch < 1 or bucket < 1 or overhead < 0:
-        raise ModelError("encode.batch_tokens, encode.max_batch and the bucket must be >= 1")
+        raise ModelError("encode.batch_tokens, encode.max_batch and the bucket must be >= 1, the overhead >= 0")
     if len(lengths) and lengths.min() < 1:
         raise ModelError("every prompt needs at least one token; drop empty prompts first")
     order = np.argsort(-lengths, kind="stable")
@@ -137,7 +137,7 @@ def plan_batches(lengths: Sequence[int] | np.ndarray, batch_tokens: int, max_bat
 def padded_tokens(lengths: np.ndarray, batches: Sequence[np.ndarray], bucket: int = 1) -> int:
     """Tokens the forward computes for a plan (each batch padded to its longest prompt, rounded up to `bucket`)."""
     lengths = np.asarray(lengths, dtype=np.int64)
-    return int(sum(int(_widths(lengths[b].max(keepdims=True), bucket)[0]) * len(b) for b in batches))
+    return int(sum(int(_widths(lengths[b].max(), bucket)) * len(b) for b in batches))
 
 
 # ---------------------------------------------------------------- packed rows and host batches
