@@ -72,8 +72,8 @@ def compile_layers(backbone, backend: Any = "inductor", dynamic: bool | None = N
     # inductor fuses pointwise chains and keeps their intermediates in fp32, where eager rounds each op's bf16
     # output: the residuals drift from the eager model's (the H200 run: feature-set Jaccard 0.918 against the
     # model-card baseline, vs 0.996 eager). emulate_precision_casts rounds where eager rounds. On CPU, bf16 toy
-    # Qwen3s: residual elements that differ from eager 64 % -> 0 (2 layers, d 64: tests/test_forward.py) and
-    # 79 % -> 22 % (6 layers, d 256; relative L2 error 0.0085 -> 0.0031). Not yet measured on a GPU.
+    # Qwen3s: residual elements that differ from eager 63 % -> 0.4 % (2 layers, d 64) and 79 % -> 22 % (6 layers,
+    # d 256; relative L2 error 0.0085 -> 0.0031): bench/compile_fidelity.py. Not yet measured on a GPU.
     options = {"emulate_precision_casts": emulate_eager} if backend == "inductor" else None
     for module in _compile_targets(backbone, scope):
         state.originals.append((module, module.forward))
