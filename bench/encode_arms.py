@@ -193,6 +193,16 @@ class Bench:
         self.sync()
         return self.record(f"encode_texts {pooling}: {name}", time.perf_counter() - t0, self.lengths)
 
+    def in_turn(self, step):
+        """Run a step with the previous producer: a group's texts tokenized only once the last group's batches are
+        queued, and every group after the first `shard_size` large (forward.TOKENIZE_AHEAD, GROUP_GROWTH)."""
+        saved = forward.TOKENIZE_AHEAD, forward.GROUP_GROWTH
+        forward.TOKENIZE_AHEAD, forward.GROUP_GROWTH = False, 1 << 40
+        try:
+            return step()
+        finally:
+            forward.TOKENIZE_AHEAD, forward.GROUP_GROWTH = saved
+
     def sae_arm(self, n_tokens: int) -> None:
         """SAE encode alone on real masked residuals: fp32 / tf32 / bf16 and agreement of the top-k sets with fp32."""
         spec = EncodeSpec()
@@ -265,8 +275,8 @@ class Bench:
         lm.model = self.bb.model
         lm.lm_head.weight = self.bb.model.embed_tokens.weight
         lm.eval()
-        base = ModelCardBaseline(lm, self.bb.tokenizer, self.bb.layers_module[self.layer], self.sae, "last", spec,
-                                 self.bb.max_length)
+        base = self.base = ModelCardBaseline(lm, self.bb.tokenizer, self.bb.layers_module[self.layer], self.sae,
+                                             "last", spec, self.bb.max_length)  # kept: gpu_probe reruns it
         keys = list(range(n))
         base.run(keys[:2], self.texts[:2])
         self.sync()
@@ -352,6 +362,10 @@ def run(args) -> int:
         ("vs baseline today", lambda: b.versus_baseline("padded 16k eager (today)", today)),
         ("vs baseline deterministic", lambda: b.versus_baseline("deterministic", det)),
         ("encode_texts last", lambda: b.texts_arm(best_name, "last", best)),
+        ("encode_texts last in turn", lambda: b.in_turn(lambda: b.texts_arm(best_name + ", tokenized in turn", "last",
+                                                                             best))),
+        ("suite last best in turn", lambda: b.in_turn(lambda: b.suite_arm(best_name + ", tokenized in turn", "last",
+                                                                           best, len(b.texts)))),
     ]
     assert [n for n, _ in steps] == list(STEPS), "STEPS lists the steps, in order"
     for name, step in steps:
@@ -373,7 +387,8 @@ CONFIGS = ("padded 16k eager", "padded auto eager", "packed flex 64k", "packed f
 """Forward configurations (--only, --best)."""
 STEPS = ("forward from texts", "suite last best", "suite last today", "suite last default", "suite max", "suite top",
          "noise today", "noise deterministic", "deterministic cost", "best on the same prompts", "sae", "noise best",
-         "noise max best", "vs baseline best", "vs baseline today", "vs baseline deterministic", "encode_texts last")
+         "noise max best", "vs baseline best", "vs baseline today", "vs baseline deterministic", "encode_texts last",
+         "encode_texts last in turn", "suite last best in turn")
 """End-to-end steps (--steps), in the order they run."""
 
 

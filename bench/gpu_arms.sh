@@ -5,8 +5,11 @@
 #   bash ../shared/gpu/prepare.sh                      # here: the wheels the device machine lacks -> .gpu/
 #   device run: command "bash bench/gpu_arms.sh", carry [".gpu"], timeout_s 480
 #
-# Writes env.txt, arms.txt and arms.jsonl under $OUT. Extra arguments go to bench/encode_arms.py
-# (e.g. --device cpu --tiny for a dry run here).
+# Writes env.txt, arms.txt and arms.jsonl under $OUT, then (PROBE=1, the default) bench/gpu_probe.py's
+# probe.txt, probe.jsonl and profile.txt: the model-card baseline's own noise floor, the compiled forward on
+# shapes it has not run and on shapes it has, its kernel profile, and the same with torch's own sdpa choice.
+# Extra arguments go to bench/encode_arms.py (e.g. --device cpu --tiny for a dry run here; PROBE_ARGS=
+# "--device cpu --tiny" for the probe).
 set -u
 cd "$(dirname "$0")/.."
 if command -v nvidia-smi > /dev/null && compgen -G ".gpu/whl/*.whl" > /dev/null; then  # on the device machine
@@ -19,5 +22,9 @@ O=${OUT:-.gpu/out}; mkdir -p "$O"
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi") | tee "$O/env.txt"
 $PY bench/encode_arms.py --out "$O" --budget-s "${BUDGET_S:-330}" \
   --only "padded auto eager" "padded auto+compile" \
-  --steps "suite last best" "suite last default" "suite max" "suite top" "noise best" "vs baseline best" \
+  --steps "suite last best" "suite last default" "suite max" "suite top" "noise today" "noise best" "vs baseline best" \
           "vs baseline today" "encode_texts last" "$@" 2>&1 | tee "$O/arms.txt"
+if [ "${PROBE:-1}" = 1 ]; then
+  $PY bench/gpu_probe.py --out "$O" --sections floors compiled profile "compiled fidelity" cudnn ${PROBE_ARGS:-} \
+    2>&1 | tee "$O/probe.txt"
+fi

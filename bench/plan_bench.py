@@ -12,10 +12,10 @@ was filled), and compiled batches were padded to multiples of 64 tokens (now 16)
   lognormal   5000 prompts, log-normal lengths (median 150, long tail to 4096)
 
 under the settings the forward uses: CPU (2048-token budget, overhead 64), CUDA eager (auto budget 131 072 or
-16 384, overhead 8192, bucket 1) and CUDA compiled (bucket 64 before, 16 now). For each it prints batches,
+16 384, overhead 8192, bucket 1) and CUDA compiled (overhead 1024; bucket 64 before, 16 now). For each it prints batches,
 padded / real tokens, and the estimated time (padded + overhead x batches) / real tokens; the last column is
 the previous planner's estimate over the new one's (> 1: the new plan is faster). Prompts are planned in the
-forward's groups (first 256, then encode.shard_size 2048), as model.forward does.
+forward's groups (first 256, growing 4-fold up to encode.shard_size 2048), as model.forward does.
 
 Then one measured figure, on this machine: the demo's prompts through MiniLM on CPU, batch by batch, under
 both plans (alternating, best of --repeat), wall seconds and the ratio.
@@ -40,8 +40,8 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from qscope_eval.model.batching import (BATCH_OVERHEAD_CPU, BATCH_OVERHEAD_CUDA, CPU_BATCH_TOKENS,  # noqa: E402
-                                        padded_tokens, plan_batches)
+from qscope_eval.model.batching import (BATCH_OVERHEAD_CPU, BATCH_OVERHEAD_CUDA,  # noqa: E402
+                                        BATCH_OVERHEAD_CUDA_COMPILED, CPU_BATCH_TOKENS, padded_tokens, plan_batches)
 from qscope_eval.model.forward import _groups  # noqa: E402
 
 
@@ -101,7 +101,7 @@ SETTINGS = [  # name, budget, overhead, old bucket, new bucket
     ("CPU 2048", CPU_BATCH_TOKENS, BATCH_OVERHEAD_CPU, 1, 1),
     ("CUDA eager 131072", 131072, BATCH_OVERHEAD_CUDA, 1, 1),
     ("CUDA eager 16384", 16384, BATCH_OVERHEAD_CUDA, 1, 1),
-    ("CUDA compile 131072", 131072, BATCH_OVERHEAD_CUDA, 64, 16),
+    ("CUDA compile 131072", 131072, BATCH_OVERHEAD_CUDA_COMPILED, 64, 16),
 ]
 
 

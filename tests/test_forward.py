@@ -132,7 +132,55 @@ def test_early_stop_of_the_consumer_stops_the_prefetch_thread(bb):
     gen.close()
     import threading
 
-    assert not any(t.name == "qscope-prefetch" and t.is_alive() for t in threading.enumerate())
+    assert not any(t.name in ("qscope-prefetch", "qscope-tokenize") and t.is_alive() for t in threading.enumerate())
+
+
+def test_next_group_is_tokenized_while_this_one_runs(bb, monkeypatch):
+    """TOKENIZE_AHEAD: group g+1 is tokenized while group g's batches are consumed; results are unchanged."""
+    import threading
+    import time
+
+    texts = [t + f" {i}" for i, t in enumerate(TEXTS * 10)]  # 60 texts, groups of 10, ~5 batches each
+    opts = ForwardOptions(batch_tokens=64, group=10)
+    log, real = [], bb.tokenize
+
+    def tokenize(batch):
+        log.append(("tokenize", len([e for e in log if e[0] == "chunk"]), threading.current_thread().name))
+        return real(batch)
+
+    def run(ahead: bool):
+        monkeypatch.setattr(forward, "TOKENIZE_AHEAD", ahead)
+        log.clear()
+        out = {}
+        for chunk in iter_texts(bb, texts, [1], lambda res: res.hidden[1].sum(dim=(1, 2)), opts):
+            time.sleep(0.02)  # a slow consumer: the GPU's work on this batch
+            log.append(("chunk",))
+            out.update(zip(chunk.positions.tolist(), chunk.result.tolist()))
+        return out, [(n, name) for kind, n, *name in [e for e in log if e[0] == "tokenize"] for name in name]
+
+    monkeypatch.setattr(bb, "tokenize", tokenize)
+    before, calls_before = run(False)
+    after, calls_after = run(True)
+    assert before == after and sorted(after) == list(range(len(texts)))
+    assert len(calls_after) == len(calls_before) == 6
+    assert all(name == "qscope-tokenize" for _, name in calls_after[1:])
+    # chunks consumed when each later group's tokenization began: earlier with the look-ahead
+    assert sum(n for n, _ in calls_after) < sum(n for n, _ in calls_before), (calls_before, calls_after)
+
+
+def test_an_error_tokenizing_ahead_reaches_the_consumer(bb, monkeypatch):
+    real, calls = bb.tokenize, []
+
+    def tokenize(batch):
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise ValueError("tokenizer broke on group 3")
+        return real(batch)
+
+    monkeypatch.setattr(bb, "tokenize", tokenize)
+    with pytest.raises(ValueError, match="group 3"):
+        for _ in iter_texts(bb, TEXTS * 5, [1], lambda res: None, ForwardOptions(batch_tokens=64, group=6)):
+            pass
 
 
 def test_compile_wrapper_runs_and_falls_back_to_eager(bb, caplog):
@@ -167,6 +215,48 @@ def test_compile_wrapper_runs_and_falls_back_to_eager(bb, caplog):
         torch.testing.assert_close(got[i][2], eager[i][2], atol=0, rtol=0)  # the eager rerun of the same batches
 
 
+def test_compiled_prompt_alone_runs_the_batch_graph(bb):
+    """Dynamo gives a batch of one its own graph (size 1 is specialised), whose kernels round differently on a
+    GPU: a prompt alone then got other features than in a batch (H100: 86 % of 64 sets differed). The forward
+    runs it as a batch of two of itself instead, so no second graph is compiled and its rows are the batch's."""
+    graphs = []
+
+    def counting(gm, example_inputs):  # a dynamo backend that counts the graphs it is handed
+        graphs.append(gm)
+        return gm.forward
+
+    # one batch of all six (a large per-batch overhead makes the planner keep them together)
+    opts = ForwardOptions(batch_tokens=4096, compile=True, bucket=forward.COMPILE_BUCKET, overhead=10**6)
+    torch._dynamo.reset()
+    try:
+        compiling.compile_layers(bb, backend=counting)
+        together = per_prompt(bb, opts)
+        n = len(graphs)
+        alone = {i: per_prompt(bb, opts, texts=[t])[0] for i, t in enumerate(TEXTS[:3])}
+    finally:
+        compiling.uncompile(bb)
+        torch._dynamo.reset()
+    assert n >= 1 and len(graphs) == n, f"{len(graphs) - n} more graphs for prompts alone"
+    for i in alone:
+        torch.testing.assert_close(alone[i][2], together[i][2], atol=1e-6, rtol=1e-6)
+
+
+def test_sdpa_backends_option_limits_the_attention_kernel(bb):
+    """ForwardOptions.sdpa_backends reaches the attention call (compiled CUDA batches leave cuDNN out with it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def attention_ops(opts):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            per_prompt(bb, opts, texts=TEXTS[:2])
+        return {e.name for e in prof.events() if "attention" in e.name and e.name.startswith("aten::_")}
+
+    default = attention_ops(ForwardOptions(batch_tokens=4096))
+    math_only = attention_ops(ForwardOptions(batch_tokens=4096, sdpa_backends=("MATH",)))
+    assert any("flash" in o for o in default), default  # torch's own CPU choice is its flash kernel
+    assert not any("flash" in o for o in math_only), math_only
+    assert forward.COMPILED_SDPA[0] == "FLASH_ATTENTION" and "CUDNN_ATTENTION" not in forward.COMPILED_SDPA
+
+
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")), reason="inductor on CPU needs a C++ compiler")
 def test_inductor_rounds_like_eager_in_bf16():
     # a bf16 model compiled by inductor: fused pointwise chains keep fp32 intermediates unless told to round
@@ -199,6 +289,7 @@ def test_options_for_spec(bb):
     o = forward.options_for(EncodeSpec(compile=True), bb, [1])
     assert o.compile and o.bucket == forward.COMPILE_BUCKET == 16 and not o.packing
     assert o.overhead == batching.BATCH_OVERHEAD_CPU  # the planner's per-batch cost off CUDA
+    assert o.sdpa_backends is None  # torch's own attention kernel off CUDA
     assert forward.bytes_per_token(bb, 1) > 0
 
 

@@ -397,6 +397,26 @@ def test_encode_arms_dry_run(tmp_path, capsys, monkeypatch):
     assert all(r["tokens_per_s"] > 0 for r in rows if "tokens_per_s" in r)
 
 
+def test_gpu_probe_dry_run(tmp_path, capsys, monkeypatch):
+    """bench/gpu_probe.py runs on a tiny CPU config: the baseline's own floors (another attention kernel, fp32),
+    then ours against the baseline (exact on CPU)."""
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root / "bench"))
+    spec = importlib.util.spec_from_file_location("gpu_probe", root / "bench" / "gpu_probe.py")
+    gp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gp)
+    rc = gp.main(["--device", "cpu", "--tiny", "--n", "8", "--n-fidelity", "4", "--out", str(tmp_path),
+                  "--sections", "floors", "eager"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = {r["what"]: r for r in map(json.loads, (tmp_path / "probe.jsonl").read_text().splitlines())}
+    assert rows["floor: baseline bf16 vs baseline fp32"]["n_samples"] == 4
+    assert "floor: baseline sdpa vs baseline eager attention" in rows and "forward padded auto eager" in rows
+    assert "ours (eager at 16k) vs model-card baseline (last, 4 prompts): mean Jaccard 1.0000" in out
+
+
 def test_gpu_arms_script_names_real_arms():
     # bench/gpu_arms.sh is the one device call that measures issue 14: a misspelt arm would be skipped silently
     # on a device whose minutes are counted, so every name it passes must be one encode_arms.py knows
@@ -412,3 +432,9 @@ def test_gpu_arms_script_names_real_arms():
     steps = words[words.index("--steps") + 1: words.index("$@")]
     assert only and set(only) <= set(arms.CONFIGS)
     assert steps and set(steps) <= set(arms.STEPS)
+    probe = shlex.split(re.sub(r"\\\n", " ", (root / "bench" / "gpu_arms.sh").read_text()).split("$PY bench/gpu_probe.py", 1)[1])
+    sections = probe[probe.index("--sections") + 1: probe.index("${PROBE_ARGS:-}")]
+    spec = importlib.util.spec_from_file_location("gpu_probe_names", root / "bench" / "gpu_probe.py")
+    gp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gp)
+    assert sections and set(sections) <= set(gp.SECTIONS)

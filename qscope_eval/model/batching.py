@@ -84,9 +84,17 @@ def batch_tokens(spec, device) -> int:
 
 
 BATCH_OVERHEAD_CUDA = 8192
-"""Fixed cost of one forward batch on CUDA, in padded-token equivalents. Fitted on the H200 (bench/results/
-encode_arms_h200_run1.txt): the same 2000 prompts ran 8.61 s in 80 batches of <= 16 384 tokens and 6.24 s in
-18 of <= 131 072; time = a x batches + b x padded tokens gives a = 43 ms, b = 4.4 us, a / b = 9 700 tokens."""
+"""Fixed cost of one eager forward batch on CUDA, in padded-token equivalents: mostly the cuDNN attention plan
+that torch builds for every new (batch, width) shape. Fitted on the H200 (bench/results/encode_arms_h200_run1.txt):
+the same 2000 prompts ran 8.61 s in 80 batches of <= 16 384 tokens and 6.24 s in 18 of <= 131 072; time =
+a x batches + b x padded tokens gives a = 43 ms, b = 4.4 us, a / b = 9 700 tokens. On an H100 an eager pass
+over 12 new shapes took 0.52 s more than the same pass once the shapes were known (43 ms a shape)."""
+BATCH_OVERHEAD_CUDA_COMPILED = 1024
+"""The same for compiled batches, whose attention runs without cuDNN (model.forward.COMPILED_SDPA: no plan to
+build per shape). Measured on an H100 (bench/gpu_probe.py, bench/results/gpu_probe_h100_run2.txt): the 2000 prompts,
+shapes known, took 3.48 / 3.41 / 3.38 / 3.42 s planned with 8192 / 2048 / 1024 / 512 (12 / 22 / 30 / 44 batches,
+padded / real 1.067 / 1.035 / 1.025 / 1.018): below 1024 smaller batches cost more than the padding saved;
+timed batch by batch, a batch costs 0.7 ms + 2.66 us per padded token."""
 BATCH_OVERHEAD_CPU = 64
 """The same off CUDA: the demo's MiniLM on 2 cores costs about 3.5 ms per batch and 58 us per token."""
 
@@ -161,7 +169,7 @@ class ForwardOptions:
     bucket: int = 1
     """Padded batches: width rounded up to a multiple of this many tokens."""
     overhead: int = BATCH_OVERHEAD_CPU
-    """A batch's fixed cost in padded tokens, for plan_batches (options_for: BATCH_OVERHEAD_CUDA on CUDA)."""
+    """A batch's fixed cost in padded tokens, for plan_batches (options_for: BATCH_OVERHEAD_CUDA[_COMPILED] on CUDA)."""
     align: int = 1
     """Packed batches: each prompt starts at a multiple of this many tokens."""
     fixed_shape: bool = False
@@ -170,6 +178,8 @@ class ForwardOptions:
     """torch.compile each decoder layer (falls back to eager, with a warning, if compilation fails)."""
     attention: str | None = None
     """attn_implementation for packed batches (default: flex_attention on CUDA, sdpa elsewhere)."""
+    sdpa_backends: tuple[str, ...] | None = None
+    """The sdpa kernels a padded batch may use (torch.nn.attention.SDPBackend names; None: torch's own choice)."""
     group: int | None = None
     """Tokenize and plan this many texts at a time, in order (None: all at once)."""
 

@@ -10,7 +10,8 @@ Encoding (pipeline.encode_texts), reference statistics and SAE training data
 What it does, and why:
 - Tokenization and host-side batch building (padding in numpy, pinned memory) run in a
   background thread, `PREFETCH` batches ahead, so the GPU is not idle while Python pads the
-  next batch; the copy to the device is non_blocking.
+  next batch; the copy to the device is non_blocking. Texts come in groups (a small first one,
+  then growing GROUP_GROWTH-fold up to opts.group), each tokenized while the one before runs.
 - Padded batches (`plan_batches`: length-sorted runs under the token budget, cut where padded
   tokens + a per-batch overhead are least) are right-padded to a multiple of `bucket` tokens.
   Causal models run them without a padding mask: under causal attention a real token never
@@ -26,12 +27,15 @@ What it does, and why:
   a prompt that fails alone raises OutOfMemory naming its length.
 - torch.compile (opts.compile): each decoder layer's forward is compiled (our hooks stay
   outside the compiled code); if compilation fails the layers go back to eager with one
-  warning and the batch is rerun (model.compiling).
+  warning and the batch is rerun (model.compiling). On CUDA its attention leaves cuDNN out
+  (COMPILED_SDPA: no plan built per new shape), and a batch of one prompt runs as two copies of
+  it, so every batch uses the one dynamic-shape graph.
 - The packed rows and host batches themselves: model.batching (plan_packed, build_host_batch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -43,8 +47,8 @@ import torch
 
 from qscope_eval.errors import ModelError
 from qscope_eval.model.backbone import Backbone, Residuals
-from qscope_eval.model.batching import (ALIGN_DETERMINISTIC, BATCH_OVERHEAD_CPU, BATCH_OVERHEAD_CUDA, CPU_BATCH_TOKENS,
-                                        ForwardOptions, HostBatch, batch_tokens,
+from qscope_eval.model.batching import (ALIGN_DETERMINISTIC, BATCH_OVERHEAD_CPU, BATCH_OVERHEAD_CUDA,
+                                        BATCH_OVERHEAD_CUDA_COMPILED, CPU_BATCH_TOKENS, ForwardOptions, HostBatch, batch_tokens,
                                         build_host_batch, is_oom, plan_batches, plan_packed, run_with_oom_split)
 from qscope_eval.model.compiling import compile_layers, compiled, uncompile
 
@@ -55,6 +59,12 @@ PACKABLE_TYPES = ("qwen2", "qwen3")
 Qwen3.5's linear attention are left padded: linear attention would carry state across prompts)."""
 PREFETCH = 2
 """Host batches prepared ahead of the forward by the background thread."""
+COMPILED_SDPA = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+"""sdpa kernels of compiled padded batches on CUDA: all but cuDNN's. torch builds a cuDNN attention plan for every
+new (batch, width) shape, and nearly every batch of an audit has a new shape. On an H100, in one run
+(bench/results/gpu_probe_h100_run3.txt), 2000 prompts in 30 batches: with torch's choice (cuDNN) 5.40 s on shapes
+not yet run and 3.45 s once run; with these (flash) 3.65 and 3.62 s. Eager batches keep torch's choice, the
+model-card procedure's, whose sets ours then match exactly."""
 COMPILE_BUCKET = 16
 """Compiled padded batches: widths rounded up to a multiple of 16, so Triton's divisible-by-16 specialisation
 sees one case. (It was 64: on MMLU-length prompts, 90 tokens on average, that padded 30 % of the compute.)"""
@@ -102,10 +112,12 @@ def options_for(spec, backbone: Backbone, layers: Sequence[int], group: int | No
     if deterministic and not packing:
         # no packing: the only composition-free batch is a batch of one prompt, unpadded
         return ForwardOptions(budget, 1, compile=compile_, group=group)
-    overhead = BATCH_OVERHEAD_CUDA if backbone.device.type == "cuda" else BATCH_OVERHEAD_CPU
+    cuda = backbone.device.type == "cuda"
+    overhead = (BATCH_OVERHEAD_CUDA_COMPILED if compile_ else BATCH_OVERHEAD_CUDA) if cuda else BATCH_OVERHEAD_CPU
     return ForwardOptions(budget, spec.max_batch, packing=packing, bucket=COMPILE_BUCKET if compile_ and not packing else 1,
                           overhead=overhead, align=ALIGN_DETERMINISTIC if deterministic else 1,
-                          fixed_shape=packing and (compile_ or deterministic), compile=compile_, group=group)
+                          fixed_shape=packing and (compile_ or deterministic), compile=compile_, group=group,
+                          sdpa_backends=COMPILED_SDPA if compile_ and cuda and not packing else None)
 
 
 def _forward(backbone: Backbone, host: HostBatch, layers: Sequence[int], opts: ForwardOptions) -> Residuals:
@@ -121,7 +133,15 @@ def _forward(backbone: Backbone, host: HostBatch, layers: Sequence[int], opts: F
             # Right padding under a causal mask: a real token only sees earlier positions, all real, so the
             # padding mask changes nothing we read; without it sdpa takes its causal flash kernel and
             # torch.compile sees no mask tensor. (Pad positions get garbage; pooling never reads them.)
+            twin = ids.shape[0] == 1 and compiled(backbone)
+            if twin:
+                # dynamo specialises a batch of one into its own graph, whose kernels round differently:
+                # a prompt alone would get other features than in a batch. Run it as a batch of two
+                # (itself twice, [2, T]) so the one dynamic-shape graph serves every batch.
+                ids = ids.expand(2, -1)
             hidden = backbone.forward_hooked(layers, input_ids=ids)
+            if twin:
+                hidden = {n: h[:1] for n, h in hidden.items()}
         else:  # bidirectional encoders need the padding mask
             hidden = backbone.forward_hooked(layers, input_ids=ids, attention_mask=mask.long())
         return Residuals(hidden, mask, special, lens)
@@ -157,10 +177,20 @@ class attention_implementation:
         return False
 
 
+def sdpa_backends(names: Sequence[str] | None):
+    """Context: let sdpa use only these kernels (SDPBackend names); None leaves torch's choice."""
+    if not names:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, n) for n in names])
+
+
 def _run_host(backbone: Backbone, host: HostBatch, layers, opts: ForwardOptions, fn: Callable[[Residuals], Any]):
     """fn(forward(host)); a non-OOM error while compiled falls back to eager once and reruns the batch."""
     try:
-        return fn(_forward(backbone, host, layers, opts))
+        with sdpa_backends(opts.sdpa_backends):
+            return fn(_forward(backbone, host, layers, opts))
     except Exception as e:  # noqa: BLE001 - only compile failures are handled; the rest is re-raised
         if is_oom(e) or not compiled(backbone):
             raise
@@ -170,7 +200,8 @@ def _run_host(backbone: Backbone, host: HostBatch, layers, opts: ForwardOptions,
         text = str(root).strip().splitlines()
         reason = f"{type(e).__name__}: {text[0] if text else type(root).__name__}"[:300]
     uncompile(backbone, reason)
-    return fn(_forward(backbone, host, layers, opts))
+    with sdpa_backends(opts.sdpa_backends):
+        return fn(_forward(backbone, host, layers, opts))
 
 
 class Chunk(NamedTuple):
@@ -218,35 +249,82 @@ class parallel_tokenization:
 
 FIRST_GROUP = 256
 """The first group of texts is at most this large, so the GPU starts while the rest is tokenized."""
+GROUP_GROWTH = 4
+"""Each group is at most this many times the last (up to `step`): the next group's tokenization, on every core
+and one group ahead (TOKENIZE_AHEAD), then fits in this group's forward. (Tokenizing ran at 1.8 M tokens/s on
+the H100 machine's 16 cores, the compiled forward at 0.33 M: up to 5x.)"""
 
 
 def _groups(n: int, step: int) -> list[tuple[int, int]]:
-    """(start, stop) of the text groups: a small first group, then `step` at a time."""
+    """(start, stop) of the text groups: a small first group, growing GROUP_GROWTH-fold up to `step` at a time."""
     out, g = [], 0
     size = min(step, FIRST_GROUP)
     while g < n:
         out.append((g, min(n, g + size)))
         g += size
-        size = step
+        size = min(step, size * GROUP_GROWTH)
     return out
+
+
+TOKENIZE_AHEAD = True
+"""Tokenize the next group of texts while this group's batches are built and run. Without it the producer, held
+at most PREFETCH batches ahead, met each new group with nothing tokenized: the GPU waited for a whole group's
+tokenization at every shard boundary (bench/encode_arms.py measures both in one run)."""
+
+
+def _tokenized_groups(backbone: Backbone, texts, ids, groups: list[tuple[int, int]], parallel: bool, stop: threading.Event):
+    """Yield (start, ids, truncated) per group; with TOKENIZE_AHEAD, group g+1 is tokenized in a helper thread
+    (qscope-tokenize) while the caller works on group g."""
+
+    def tokenize(g: int, stop_at: int):
+        if texts is None:
+            return list(ids[g:stop_at]), np.zeros(stop_at - g, dtype=bool)
+        with parallel_tokenization(parallel):
+            tok = backbone.tokenize(texts[g:stop_at])
+        return tok.ids, tok.truncated
+
+    if not TOKENIZE_AHEAD or texts is None or len(groups) < 2:
+        for g, stop_at in groups:
+            yield (g, *tokenize(g, stop_at))
+        return
+    box: dict[int, Any] = {}
+
+    def ahead(i: int):  # runs in the helper thread; an error is raised in the caller
+        try:
+            box[i] = tokenize(*groups[i])
+        except BaseException as e:  # noqa: BLE001
+            box[i] = e
+
+    helper = None
+    try:
+        for i, (g, stop_at) in enumerate(groups):
+            if helper is None:
+                got = tokenize(g, stop_at)
+            else:
+                helper.join()
+                got = box.pop(i)
+                if isinstance(got, BaseException):
+                    raise got
+            helper = None
+            if i + 1 < len(groups) and not stop.is_set():
+                helper = threading.Thread(target=ahead, args=(i + 1,), name="qscope-tokenize", daemon=True)
+                helper.start()
+            yield (g, *got)
+    finally:
+        if helper is not None:
+            helper.join()  # at most one group's tokenization
 
 
 def _produce(backbone: Backbone, texts, ids, opts: ForwardOptions, out: queue.Queue, stop: threading.Event) -> None:
     """Background thread: tokenize group by group, plan, build host batches; puts (offset, tok, idx, host).
 
     On CUDA the tokenizer uses every core (the forward does not need them) and the first group is
-    small, so the first forward starts early and later groups are tokenized while the GPU works."""
+    small, so the first forward starts early; later groups are tokenized one group ahead (TOKENIZE_AHEAD)."""
     pin = backbone.device.type == "cuda"
     n = len(texts) if texts is not None else len(ids)
     step = opts.group or max(n, 1)
     try:
-        for g, stop_at in _groups(n, step):
-            if texts is not None:
-                with parallel_tokenization(pin):
-                    tok = backbone.tokenize(texts[g:stop_at])
-                g_ids, trunc = tok.ids, tok.truncated
-            else:
-                g_ids, trunc = list(ids[g:stop_at]), np.zeros(stop_at - g, dtype=bool)
+        for g, g_ids, trunc in _tokenized_groups(backbone, texts, ids, _groups(n, step), pin, stop):
             lengths = np.fromiter((len(x) for x in g_ids), dtype=np.int64, count=len(g_ids))
             for idx in _plan(lengths, opts):
                 host = build_host_batch([g_ids[i] for i in idx], backbone.pad_id, backbone.special_ids, opts, pin)
