@@ -215,7 +215,7 @@ def test_compile_wrapper_runs_and_falls_back_to_eager(bb, caplog):
         torch.testing.assert_close(got[i][2], eager[i][2], atol=0, rtol=0)  # the eager rerun of the same batches
 
 
-def test_compiled_prompt_alone_runs_the_batch_graph(bb):
+def test_compiled_prompt_alone_runs_the_batch_graph(bb, monkeypatch):
     """Dynamo gives a batch of one its own graph (size 1 is specialised), whose kernels round differently on a
     GPU: a prompt alone then got other features than in a batch (H100: 86 % of 64 sets differed). The forward
     runs it as a batch of two of itself instead, so no second graph is compiled and its rows are the batch's."""
@@ -225,6 +225,7 @@ def test_compiled_prompt_alone_runs_the_batch_graph(bb):
         graphs.append(gm)
         return gm.forward
 
+    real_forward = bb.forward_hooked
     # one batch of all six (a large per-batch overhead makes the planner keep them together)
     opts = ForwardOptions(batch_tokens=4096, compile=True, bucket=forward.COMPILE_BUCKET, overhead=10**6)
     torch._dynamo.reset()
@@ -239,6 +240,20 @@ def test_compiled_prompt_alone_runs_the_batch_graph(bb):
     assert n >= 1 and len(graphs) == n, f"{len(graphs) - n} more graphs for prompts alone"
     for i in alone:
         torch.testing.assert_close(alone[i][2], together[i][2], atol=1e-6, rtol=1e-6)
+    # where every batch is one prompt (deterministic mode without packing) the batch-of-one graph is the only
+    # one, and a prompt whose two copies exceed the token budget runs alone: no doubled forward for either
+    seen = []
+    monkeypatch.setattr(bb, "forward_hooked", lambda layers, **kw: seen.append(kw["input_ids"].shape[0])
+                        or real_forward(layers, **kw))
+    try:
+        compiling.compile_layers(bb, backend=counting)
+        per_prompt(bb, ForwardOptions(batch_tokens=4096, max_batch=1, compile=True), texts=TEXTS[:1])
+        per_prompt(bb, ForwardOptions(batch_tokens=40, compile=True), texts=TEXTS[:1])  # ~25 tokens, bucket 1
+        per_prompt(bb, opts, texts=TEXTS[:1])
+    finally:
+        compiling.uncompile(bb)
+        torch._dynamo.reset()
+    assert seen == [1, 1, 2]
 
 
 def test_sdpa_backends_option_limits_the_attention_kernel(bb):

@@ -133,11 +133,13 @@ def _forward(backbone: Backbone, host: HostBatch, layers: Sequence[int], opts: F
             # Right padding under a causal mask: a real token only sees earlier positions, all real, so the
             # padding mask changes nothing we read; without it sdpa takes its causal flash kernel and
             # torch.compile sees no mask tensor. (Pad positions get garbage; pooling never reads them.)
-            twin = ids.shape[0] == 1 and compiled(backbone)
+            # dynamo specialises a batch of one into its own graph, whose kernels round differently: a prompt
+            # alone would get other features than in a batch. Run it as a batch of two (itself twice, [2, T])
+            # so the one dynamic-shape graph serves every batch; not where every batch is one prompt (the
+            # deterministic mode without packing) nor where two copies would exceed the token budget.
+            twin = (ids.shape[0] == 1 and compiled(backbone) and opts.max_batch > 1
+                    and 2 * ids.shape[1] <= opts.batch_tokens)
             if twin:
-                # dynamo specialises a batch of one into its own graph, whose kernels round differently:
-                # a prompt alone would get other features than in a batch. Run it as a batch of two
-                # (itself twice, [2, T]) so the one dynamic-shape graph serves every batch.
                 ids = ids.expand(2, -1)
             hidden = backbone.forward_hooked(layers, input_ids=ids)
             if twin:
