@@ -25,6 +25,6 @@ $PY bench/encode_arms.py --out "$O" --budget-s "${BUDGET_S:-330}" \
   --steps "suite last best" "suite last default" "suite max" "suite top" "noise today" "noise best" "vs baseline best" \
           "vs baseline today" "encode_texts last" "$@" 2>&1 | tee "$O/arms.txt"
 if [ "${PROBE:-1}" = 1 ]; then
-  $PY bench/gpu_probe.py --out "$O" --sections floors compiled profile "compiled fidelity" cudnn ${PROBE_ARGS:-} \
+  $PY bench/gpu_probe.py --out "$O" --sections floors compiled profile "compiled fidelity" split cudnn ${PROBE_ARGS:-} \
     2>&1 | tee "$O/probe.txt"
 fi

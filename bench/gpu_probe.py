@@ -19,6 +19,7 @@ data-sheet bf16 peak:
   floors                      the model-card baseline (64 prompts, one at a time) against itself run with eager
                               attention instead of sdpa, and in fp32: its own noise floor; then ours against it
   overheads                   the compiled forward planned with other per-batch overheads (BATCH_OVERHEAD_*)
+  split                       the compiled path's noise floor with a lone prompt run as 16 copies of itself, not 2
   cudnn                       the compiled forward with torch's own sdpa choice (cuDNN on Hopper) instead of
                               forward.COMPILED_SDPA, recompiled, on shapes it has not run
 
@@ -277,7 +278,7 @@ class Probe:
 
 
 SECTIONS = ("ceilings", "gemms", "floors", "eager", "compiled", "profile", "per batch", "uniform", "overheads",
-            "compiled fidelity", "cudnn")
+            "compiled fidelity", "split", "cudnn")
 """What the probe can measure (--sections), in the order it runs."""
 
 
@@ -334,6 +335,15 @@ def main(argv=None) -> int:
         if "compiled fidelity" in on and "floors" in on:
             b.versus_baseline("compile", comp)
             b.noise_arm("compile at 16k", "last", comp16, n_fid)
+        if "split" in on:
+            # flash splits the keys of a small grid (few prompts x heads x query blocks) across blocks, a reduction
+            # order a full batch does not use: a lone prompt run as 16 copies fills the grid like a batch does
+            saved = forward.LONE_PROMPT_COPIES
+            forward.LONE_PROMPT_COPIES = 16
+            try:
+                b.noise_arm("compile at 16k, a lone prompt as 16 copies", "last", comp16, n_fid)
+            finally:
+                forward.LONE_PROMPT_COPIES = saved
     if "cudnn" in on and b.device.type == "cuda":
         # the compiled path with torch's own sdpa choice (cuDNN on Hopper): recompiled, on shapes it has not seen
         forward.uncompile(b.bb)

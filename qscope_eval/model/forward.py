@@ -65,6 +65,10 @@ new (batch, width) shape, and nearly every batch of an audit has a new shape. On
 (bench/results/gpu_probe_h100_run3.txt), 2000 prompts in 30 batches: with torch's choice (cuDNN) 5.40 s on shapes
 not yet run and 3.45 s once run; with these (flash) 3.65 and 3.62 s. Eager batches keep torch's choice, the
 model-card procedure's, whose sets ours then match exactly."""
+LONE_PROMPT_COPIES = 2
+"""A compiled batch of one prompt runs as this many copies of it (one dynamic-shape graph for every batch;
+bench/gpu_probe.py's `split` section tries more, to see whether flash attention's split of a small batch's keys
+is what is left of the batch-composition noise)."""
 COMPILE_BUCKET = 16
 """Compiled padded batches: widths rounded up to a multiple of 16, so Triton's divisible-by-16 specialisation
 sees one case. (It was 64: on MMLU-length prompts, 90 tokens on average, that padded 30 % of the compute.)"""
@@ -138,9 +142,9 @@ def _forward(backbone: Backbone, host: HostBatch, layers: Sequence[int], opts: F
             # so the one dynamic-shape graph serves every batch; not where every batch is one prompt (the
             # deterministic mode without packing) nor where two copies would exceed the token budget.
             twin = (ids.shape[0] == 1 and compiled(backbone) and opts.max_batch > 1
-                    and 2 * ids.shape[1] <= opts.batch_tokens)
+                    and LONE_PROMPT_COPIES * ids.shape[1] <= opts.batch_tokens)
             if twin:
-                ids = ids.expand(2, -1)
+                ids = ids.expand(LONE_PROMPT_COPIES, -1)
             hidden = backbone.forward_hooked(layers, input_ids=ids)
             if twin:
                 hidden = {n: h[:1] for n, h in hidden.items()}
