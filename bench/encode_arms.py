@@ -203,6 +203,17 @@ class Bench:
         finally:
             forward.TOKENIZE_AHEAD, forward.GROUP_GROWTH = saved
 
+    def host_in_turn(self, step):
+        """Run a step with `last` pooling's host half in turn: each batch's codes copied and turned into COO before
+        the next batch is queued (model.encode.DEFER_HOST_WORK off)."""
+        from qscope_eval.model import encode
+
+        saved, encode.DEFER_HOST_WORK = encode.DEFER_HOST_WORK, False
+        try:
+            return step()
+        finally:
+            encode.DEFER_HOST_WORK = saved
+
     def sae_arm(self, n_tokens: int) -> None:
         """SAE encode alone on real masked residuals: fp32 / tf32 / bf16 and agreement of the top-k sets with fp32."""
         spec = EncodeSpec()
@@ -366,6 +377,10 @@ def run(args) -> int:
                                                                              best))),
         ("suite last best in turn", lambda: b.in_turn(lambda: b.suite_arm(best_name + ", tokenized in turn", "last",
                                                                            best, len(b.texts)))),
+        ("encode_texts last host in turn", lambda: b.host_in_turn(lambda: b.texts_arm(
+            best_name + ", host work in turn", "last", best))),
+        ("suite last best host in turn", lambda: b.host_in_turn(lambda: b.suite_arm(
+            best_name + ", host work in turn", "last", best, len(b.texts)))),
     ]
     assert [n for n, _ in steps] == list(STEPS), "STEPS lists the steps, in order"
     for name, step in steps:
@@ -388,7 +403,8 @@ CONFIGS = ("padded 16k eager", "padded auto eager", "packed flex 64k", "packed f
 STEPS = ("forward from texts", "suite last best", "suite last today", "suite last default", "suite max", "suite top",
          "noise today", "noise deterministic", "deterministic cost", "best on the same prompts", "sae", "noise best",
          "noise max best", "vs baseline best", "vs baseline today", "vs baseline deterministic", "encode_texts last",
-         "encode_texts last in turn", "suite last best in turn")
+         "encode_texts last in turn", "suite last best in turn", "encode_texts last host in turn",
+         "suite last best host in turn")
 """End-to-end steps (--steps), in the order they run."""
 
 

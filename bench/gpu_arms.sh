@@ -23,7 +23,8 @@ O=${OUT:-.gpu/out}; mkdir -p "$O"
 $PY bench/encode_arms.py --out "$O" --budget-s "${BUDGET_S:-330}" \
   --only "padded auto eager" "padded auto+compile" \
   --steps "suite last best" "suite last default" "suite max" "suite top" "noise today" "noise best" "vs baseline best" \
-          "vs baseline today" "encode_texts last" "$@" 2>&1 | tee "$O/arms.txt"
+          "vs baseline today" "encode_texts last" "encode_texts last host in turn" "suite last best host in turn" \
+          "$@" 2>&1 | tee "$O/arms.txt"
 if [ "${PROBE:-1}" = 1 ]; then
   $PY bench/gpu_probe.py --out "$O" --sections floors compiled profile "compiled fidelity" split cudnn ${PROBE_ARGS:-} \
     2>&1 | tee "$O/probe.txt"

@@ -145,7 +145,9 @@ def encode_texts(runtime: Runtime, ids: np.ndarray, texts: list[str], suite: Sui
     layers = sorted({h.layer for h in runtime.handles})
     opts = options_for(suite.encode, bb, layers, group=group or suite.encode.shard_size)
     ids = np.asarray(ids)
-    for chunk in iter_texts(bb, texts, layers, lambda res: encode_batch(res, runtime.handles, suite.encode), opts):
+    # defer: `last` codes reach the host while the next batch runs (model.encode.DEFER_HOST_WORK)
+    for chunk in iter_texts(bb, texts, layers, lambda res: encode_batch(res, runtime.handles, suite.encode, defer=True),
+                            opts):
         yield EncodedBatch(ids[chunk.positions], chunk.lengths, chunk.truncated, chunk.result)
 
 

@@ -213,6 +213,15 @@ def plan_packed(lengths: np.ndarray, capacity: int, align: int = 1) -> list[np.n
     return [np.asarray(r, dtype=np.int64) for r in rows]
 
 
+class Deferred:
+    """A forward batch's result whose host half has not run yet: its copies to the host are queued behind the
+    batch's kernels. `settle()` waits for them and returns the result. model.forward settles a batch's results only
+    after it has queued the next batch, so the GPU works on that one meanwhile."""
+
+    def settle(self):  # pragma: no cover - subclasses define it
+        raise NotImplementedError
+
+
 class HostBatch(NamedTuple):
     """One batch built on the host (pinned on CUDA), ready to copy to the device."""
 

@@ -12,7 +12,8 @@ The token mask for `max`/`top` drops padding, special tokens, position 0 and att
 sinks (norm > sink_factor x the prompt's median). Everything runs on the model's device
 and never materialises a dense [B, T, d_sae] tensor: masked tokens are flattened to
 [N_tok, d_model], encoded in chunks to [N_tok, k], and reduced on flattened
-(row * d_sae + feature) keys. Only the non-zeros cross to CPU numpy at the end.
+(row * d_sae + feature) keys. Only the non-zeros cross to CPU numpy at the end; `last` (the
+[B, k] codes, tiny) crosses whole and without a host sync when the caller defers (DeferredLast).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from qscope_eval.errors import SaeError
+from qscope_eval.model.batching import Deferred
 from qscope_eval.model.sae import Sae
 from qscope_eval.data.suite import POOLINGS, EncodeSpec
 
@@ -267,6 +269,55 @@ def pool_last(sae: Sae, hidden: torch.Tensor, attention_mask: torch.Tensor,
     return _coo(keys, acts[fired][order], torch.ones_like(keys, dtype=torch.int32), sae.cfg.d_sae)
 
 
+DEFER_HOST_WORK = True
+"""encode_batch(defer=True) for `last` encoders: the pooled codes leave the device as dense [B, k] copies queued
+behind the batch's kernels (no host sync), and their COO is built when model.forward settles the batch, after it
+has queued the next one. bench/encode_arms.py measures both ways in one run ("... host work in turn")."""
+
+
+def _pinned_copy(t: torch.Tensor) -> torch.Tensor:
+    """An async copy to pinned host memory (CUDA), or the tensor itself (CPU)."""
+    if t.device.type != "cuda":
+        return t
+    out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return out.copy_(t, non_blocking=True)
+
+
+class DeferredLast(Deferred):
+    """`last` codes of one batch, per encoder, on their way to the host; settle() -> {key: PooledBatch}."""
+
+    def __init__(self, codes: dict[str, tuple[torch.Tensor, torch.Tensor]], d_sae: dict[str, int]):
+        # codes: key -> (acts [B, k] fp32, zero on rows with no real token; idx [B, k] int64)
+        self.host = {key: (_pinned_copy(a), _pinned_copy(i)) for key, (a, i) in codes.items()}
+        self.d_sae = d_sae
+        self.event = None
+        if any(a.device.type == "cuda" for a, _ in codes.values()):
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def settle(self) -> dict[str, PooledBatch]:
+        if self.event is not None:
+            self.event.synchronize()
+        out = {}
+        for key, (acts, idx) in self.host.items():
+            acts, idx = acts.numpy(), idx.numpy()
+            rows, cols = np.nonzero(acts > 0)  # row-major: rows rise
+            keys = rows.astype(np.int64) * self.d_sae[key] + idx[rows, cols]
+            order = np.argsort(keys, kind="stable")  # features rise within a row, as pool_last's sort
+            out[key] = PooledBatch(rows[order].astype(np.int64), idx[rows, cols][order].astype(np.int32),
+                                   acts[rows, cols][order].astype(np.float32), np.ones(len(order), np.int32))
+        return out
+
+
+def _last_codes(sae: Sae, hidden: torch.Tensor, attention_mask: torch.Tensor, special_mask: torch.Tensor | None,
+                precision: str, fixed_rows: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """pool_last's codes as dense [B, k] device tensors, with no host sync (rows without a real token fire none)."""
+    last = last_positions(attention_mask, special_mask)  # [B]
+    rows = torch.arange(last.shape[0], device=last.device)
+    acts, idx = encode_tokens(sae, hidden[rows, last.clamp(min=0)], precision, fixed_rows)  # [B, k]
+    return acts.masked_fill((last < 0)[:, None], 0.0), idx
+
+
 def pool_max(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str = "fp32",
              fixed_rows: bool = False) -> PooledBatch:
     """Per (prompt, feature): max z over the masked tokens and the count of tokens where it fired."""
@@ -311,20 +362,27 @@ def pool_top(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, ref_mean: torch
 # ---------------------------------------------------------------- one forward, several encoders
 
 
-def encode_batch(residuals, encoders: Sequence[EncoderHandle], spec: EncodeSpec | None = None) -> dict[str, PooledBatch]:
+def encode_batch(residuals, encoders: Sequence[EncoderHandle], spec: EncodeSpec | None = None,
+                 defer: bool = False) -> dict[str, PooledBatch] | DeferredLast:
     """Pool one forward batch for every encoder; the token mask is computed once per layer.
 
     `residuals` is a backbone.Residuals: hidden {layer: [B, T, d]}, attention_mask and
-    special_mask [B, T] bool (right padding).
+    special_mask [B, T] bool (right padding). defer (with DEFER_HOST_WORK, all encoders `last`):
+    a DeferredLast whose settle() gives the same dict.
     """
     spec = spec or EncodeSpec()
     precision = "fp32" if spec.deterministic else spec.sae_precision
     fixed = spec.deterministic
-    masks: dict[int, torch.Tensor] = {}
-    out = {}
     for enc in encoders:
         if enc.layer not in residuals.hidden:
             raise SaeError(f"encoder {enc.key} reads layer {enc.layer} but the forward pass returned layers {sorted(residuals.hidden)}")
+    if defer and DEFER_HOST_WORK and encoders and all(e.pooling == "last" for e in encoders):
+        return DeferredLast({e.key: _last_codes(e.sae, residuals.hidden[e.layer], residuals.attention_mask,
+                                                residuals.special_mask, precision, fixed) for e in encoders},
+                            {e.key: e.sae.cfg.d_sae for e in encoders})
+    masks: dict[int, torch.Tensor] = {}
+    out = {}
+    for enc in encoders:
         hidden = residuals.hidden[enc.layer]
         if enc.pooling == "last":
             out[enc.key] = pool_last(enc.sae, hidden, residuals.attention_mask, residuals.special_mask, precision, fixed)

@@ -48,7 +48,8 @@ import torch
 from qscope_eval.errors import ModelError
 from qscope_eval.model.backbone import Backbone, Residuals
 from qscope_eval.model.batching import (ALIGN_DETERMINISTIC, BATCH_OVERHEAD_CPU, BATCH_OVERHEAD_CUDA,
-                                        BATCH_OVERHEAD_CUDA_COMPILED, CPU_BATCH_TOKENS, ForwardOptions, HostBatch, batch_tokens,
+                                        BATCH_OVERHEAD_CUDA_COMPILED, CPU_BATCH_TOKENS, Deferred, ForwardOptions,
+                                        HostBatch, batch_tokens,
                                         build_host_batch, is_oom, plan_batches, plan_packed, run_with_oom_split)
 from qscope_eval.model.compiling import compile_layers, compiled, uncompile
 
@@ -355,7 +356,8 @@ def iter_forward(backbone: Backbone, layers: Sequence[int], fn: Callable[[Residu
 
     Chunks come in plan order (longest prompts first within each group of opts.group texts);
     on out-of-memory a batch is split in halves (on_split(n) is told) and the halves come as
-    separate chunks. A prompt that does not fit alone raises OutOfMemory.
+    separate chunks. A prompt that does not fit alone raises OutOfMemory. Where fn returns a
+    batching.Deferred, the chunk comes (settled) once the next batch has been queued.
     """
     if (texts is None) == (ids is None):
         raise ModelError("iter_forward needs texts or ids (one of them)")
@@ -372,6 +374,7 @@ def iter_forward(backbone: Backbone, layers: Sequence[int], fn: Callable[[Residu
     worker = threading.Thread(target=_produce, args=(backbone, texts, ids, opts, q, stop), name="qscope-prefetch",
                               daemon=True)
     worker.start()
+    held: list[Chunk] = []  # chunks whose Deferred results wait for the next batch to be queued
     try:
         while (item := q.get()) is not None:
             if isinstance(item, BaseException):
@@ -384,10 +387,19 @@ def iter_forward(backbone: Backbone, layers: Sequence[int], fn: Callable[[Residu
                 sub = build_host_batch([g_ids[idx[p]] for p in pos], backbone.pad_id, backbone.special_ids, opts, pin)
                 return _run_host(backbone, sub, layers, opts, fn)
 
+            done = []
             for pos, result in run_with_oom_split(range(len(idx)), run, on_split,
                                                   lambda p, idx=idx, g_ids=g_ids: backbone.oom_message(g_ids[idx[p]])):
                 sel = idx[np.asarray(pos, dtype=np.int64)]
-                yield Chunk(sel + g, lengths[sel], trunc[sel], result)
+                done.append(Chunk(sel + g, lengths[sel], trunc[sel], result))
+            # the last batch's deferred results settle now that this batch is queued on the device
+            yield from _settled(held)
+            held = []
+            if all(isinstance(c.result, Deferred) for c in done):
+                held = done
+            else:
+                yield from done
+        yield from _settled(held)
     finally:
         stop.set()
         while worker.is_alive():  # unblock a producer waiting on a full queue
@@ -396,6 +408,11 @@ def iter_forward(backbone: Backbone, layers: Sequence[int], fn: Callable[[Residu
             except queue.Empty:
                 pass
         worker.join()
+
+
+def _settled(chunks: list[Chunk]) -> Iterator[Chunk]:
+    for c in chunks:
+        yield c._replace(result=c.result.settle()) if isinstance(c.result, Deferred) else c
 
 
 def iter_texts(backbone: Backbone, texts: Sequence[str], layers: Sequence[int], fn: Callable[[Residuals], Any],
