@@ -198,14 +198,17 @@ def audit(suite: str, db: str, out: str, target: float | None = None, task_runne
             prep = prepare(s, store, rows, encoders)
             log.info("%s: %d samples, %d to encode, encoders %s", s.name, prep.n_samples, len(prep.pending_ids),
                      ", ".join(prep.encoders))
+            for w in prep.warnings:
+                log.warning(w)
             n_encoded = _encode(prep, store, task_runner)
             settings = AuditSettings(s.name, tuple(b.name for b in s.benchmarks),
                                      tuple(e.encoder_id for e in prep.main_encoders), target or s.selection.target,
                                      s.selection.cost, s.selection.min_support, exact, s.selection.method,
                                      s.selection.tau)
             why = validate(store, s, settings.encoder_ids[0]) if s.validation is not None else None
-            if why:  # stored with the settings, so `qscope-eval report` shows it too
-                settings = replace(settings, notes=(why,))
+            notes = tuple(prep.warnings) + ((why,) if why else ())
+            if notes:  # stored with the settings, so `qscope-eval report` shows them too
+                settings = replace(settings, notes=notes)
             store.update_run_params(run_id, {**params, "settings": settings.to_params()})
             summaries = summarize(store, settings, run_id, tokens=not remote)
             for w in summaries[0]["warnings"]:

@@ -111,6 +111,25 @@ def test_killed_run_resumes_without_duplicates(tiny, tmp_path):
     assert q(db, acts) == q(clean, acts)
 
 
+def test_adding_samples_on_another_encode_path_is_warned(tiny, tmp_path):
+    """Samples encoded eagerly, then more added in the deterministic mode: their sets come from different arithmetic,
+    so the run says so, once per encoder, before it starts; a run with nothing to add says nothing."""
+    base = write_tiny_suite(tiny.parent, name="onebench",
+                            benchmarks="  - {name: fruit, path: fruit.jsonl, text: q}\n")
+    more = tiny.parent / "det.yaml"
+    more.write_text(tiny.read_text().replace("batch_tokens: 256}", "batch_tokens: 256, deterministic: true}"))
+    db = tmp_path / "p.duckdb"
+    with Store(db) as s:
+        first = encode_suite(load_suite(base), s, progress=False)
+        second = encode_suite(load_suite(more), s, progress=False)
+        third = encode_suite(load_suite(more), s, progress=False)
+    assert not [w for w in first.warnings if "path" in w]
+    path = [w for w in second.warnings if "one path per database" in w]
+    assert len(path) == 1 and "10 samples" in path[0] and "10 more" in path[0] and "deterministic: False" in path[0]
+    assert second.n_encoded == 10 and third.n_encoded == 0
+    assert not [w for w in third.warnings if "one path per database" in w]
+
+
 def test_overlong_prompts_are_truncated_warned_and_counted(tiny, tmp_path):
     suite = tiny.parent / "short.yaml"
     suite.write_text(tiny.read_text().replace("device: cpu}", "device: cpu, max_length: 8}").replace("name: tiny", "name: short"))

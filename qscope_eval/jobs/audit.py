@@ -82,7 +82,8 @@ class AuditSettings:
     tau: float | None = None
     """characteristic: share of a benchmark's characteristic a kept one must show (None: the library default)."""
     notes: tuple[str, ...] = ()
-    """Warnings the audit's own steps raised (a skipped `validation:` step), shown on the main report."""
+    """Warnings the audit's own steps raised (a skipped `validation:` step, a change of encode path), shown on the
+    main report."""
 
     def __post_init__(self):
         if not self.encoder_ids:

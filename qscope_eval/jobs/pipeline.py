@@ -56,6 +56,8 @@ class Prepared:
     n_samples: int
     """Distinct samples in the suite."""
     benchmark_ids: dict[str, np.ndarray] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """What the run must say before it starts (path_change_warnings)."""
 
     @property
     def main_encoders(self) -> list[EncoderRow]:
@@ -100,6 +102,32 @@ def encoder_params(suite: Suite, k: int) -> dict:
             "sae": dataclasses.asdict(suite.sae), "encode": dataclasses.asdict(suite.encode)}
 
 
+PATH_FIELDS = ("compile", "deterministic", "packing", "sae_precision")
+"""encode settings that change the arithmetic a prompt's features come from: sets computed on two paths differ by
+more than either path's batch-composition floor (README, Noise floor)."""
+
+
+def path_change_warnings(suite: Suite, encoders: list[EncoderRow], n_stored: dict[int, int],
+                         n_pending: dict[int, int]) -> list[str]:
+    """One warning per encoder whose stored samples were encoded on another path than the one this run adds to them
+    (the encoder row keeps the encode settings of its first run)."""
+    import dataclasses
+
+    now = dataclasses.asdict(suite.encode)
+    out = []
+    for e in encoders:
+        then = (e.params or {}).get("encode") or {}
+        changed = [f for f in PATH_FIELDS if f in then and then[f] != now[f]]
+        if changed and n_stored.get(e.encoder_id) and n_pending.get(e.encoder_id):
+            was = ", ".join(f"{f}: {then[f]}" for f in changed)
+            out.append(f"layer {e.layer}: {n_stored[e.encoder_id]} samples in this database were encoded with {was}; "
+                       f"this run encodes {n_pending[e.encoder_id]} more with "
+                       f"{', '.join(f'{f}: {now[f]}' for f in changed)}, and the two paths' features differ by more "
+                       f"than the noise floor. Set encode back to {was} to keep one path per database, or encode "
+                       f"into a new database")
+    return out
+
+
 def prepare(suite: Suite, store: Store, rows=None, encoders: list[EncoderInfo] | None = None) -> Prepared:
     """Register benchmarks and encoders; list the samples some encoder still needs.
 
@@ -127,8 +155,12 @@ def prepare(suite: Suite, store: Store, rows=None, encoders: list[EncoderInfo] |
     # keep suite order so a resumed run continues where it stopped
     order = {i: n for n, i in enumerate(dict.fromkeys(all_ids.tolist()))}
     pending_ids = np.array(sorted(pending_ids.tolist(), key=order.__getitem__), dtype=np.int64)
+    n_pending = {e.encoder_id: len(np.unique(p)) for e, p in zip(encoders.values(), pending)}
+    n_stored = {e.encoder_id: len(order) - n_pending[e.encoder_id] for e in encoders.values()}
+    mains = [e for e in encoders.values() if e.kind == "sae"]
     return Prepared(suite, encoders, pending_ids, {i: texts[i] for i in pending_ids.tolist()},
-                    n_samples=len(order), benchmark_ids=bench_ids)
+                    n_samples=len(order), benchmark_ids=bench_ids,
+                    warnings=path_change_warnings(suite, mains, n_stored, n_pending))
 
 
 def encode_texts(runtime: Runtime, ids: np.ndarray, texts: list[str], suite: Suite,
@@ -267,6 +299,8 @@ def encode_suite(suite: Suite, store: Store, progress: bool = True,
     rows = load_rows(suite)
     runtime = load_runtime(suite)
     prep = prepare(suite, store, rows, runtime.encoders)
+    for w in prep.warnings:
+        log.warning(w)
     ids = prep.pending_ids
     texts = [prep.texts[i] for i in ids.tolist()]
     bar = _progress(len(ids), suite.name, progress)
@@ -289,6 +323,7 @@ def encode_suite(suite: Suite, store: Store, progress: bool = True,
     warnings = stored_warnings(store, prep, suite)
     for w in warnings:
         log.warning(w)
+    warnings = prep.warnings + warnings
     return EncodeReport(prep.n_samples, len(ids), prep.n_samples - len(ids), stats["truncated"], stats["tokens"],
                         time.perf_counter() - t0, list(prep.encoders), warnings)
 
