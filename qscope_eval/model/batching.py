@@ -88,7 +88,8 @@ BATCH_OVERHEAD_CUDA = 8192
 that torch builds for every new (batch, width) shape. Fitted on the H200 (bench/results/encode_arms_h200_run1.txt):
 the same 2000 prompts ran 8.61 s in 80 batches of <= 16 384 tokens and 6.24 s in 18 of <= 131 072; time =
 a x batches + b x padded tokens gives a = 43 ms, b = 4.4 us, a / b = 9 700 tokens. On an H100 an eager pass
-over 12 new shapes took 0.52 s more than the same pass once the shapes were known (43 ms a shape)."""
+over 12 new shapes took 0.51 s more than the same pass once the shapes were known (43 ms a shape;
+bench/results/gpu_probe_h100_run2.txt)."""
 BATCH_OVERHEAD_CUDA_COMPILED = 1024
 """The same for compiled batches, whose attention runs without cuDNN (model.forward.COMPILED_SDPA: no plan to
 build per shape). Measured on an H100 (bench/gpu_probe.py, bench/results/gpu_probe_h100_run2.txt): the 2000 prompts,
@@ -113,8 +114,8 @@ def plan_batches(lengths: Sequence[int] | np.ndarray, batch_tokens: int, max_bat
     cuts, dynamic programming picks the one with the least estimated forward time, `overhead`
     being a batch's fixed cost in tokens (BATCH_OVERHEAD_*): with overhead 0 only equal widths
     share a batch, with a large one batches fill the budget. Against filling each batch greedily
-    (the previous planner), bench/plan_bench.py estimates 1.5-14 % less forward time on lm-eval
-    and synthetic prompts at CUDA settings, and measures no change on the CPU demo. O(n x max_batch).
+    (the previous planner), bench/plan_bench.py estimates 2-26 % (eager) and 8-27 % (compiled) less
+    forward time on lm-eval and synthetic prompts at CUDA settings, and measures no change on the CPU demo. O(n x max_batch).
     Every index appears exactly once.
     """
     lengths = np.asarray(lengths, dtype=np.int64)

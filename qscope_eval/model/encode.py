@@ -255,20 +255,6 @@ def last_positions(attention_mask: torch.Tensor, special_mask: torch.Tensor | No
     return last
 
 
-def pool_last(sae: Sae, hidden: torch.Tensor, attention_mask: torch.Tensor,
-              special_mask: torch.Tensor | None = None, precision: str = "fp32", fixed_rows: bool = False) -> PooledBatch:
-    """Codes (z > 0) at each prompt's last real token; the SAE only sees [B, d_model]."""
-    last = last_positions(attention_mask, special_mask)  # [B]
-    rows = (last >= 0).nonzero(as_tuple=True)[0]
-    if rows.numel() == 0:
-        return _empty()
-    acts, idx = encode_tokens(sae, hidden[rows, last[rows]], precision, fixed_rows)  # [B', k]
-    fired = acts > 0
-    keys = rows.unsqueeze(1).expand_as(idx)[fired] * sae.cfg.d_sae + idx[fired]
-    keys, order = keys.sort()
-    return _coo(keys, acts[fired][order], torch.ones_like(keys, dtype=torch.int32), sae.cfg.d_sae)
-
-
 DEFER_HOST_WORK = True
 """encode_batch(defer=True) for `last` encoders: the pooled codes leave the device as dense [B, k] copies queued
 behind the batch's kernels (no host sync), and their COO is built when model.forward settles the batch, after it
@@ -298,15 +284,7 @@ class DeferredLast(Deferred):
     def settle(self) -> dict[str, PooledBatch]:
         if self.event is not None:
             self.event.synchronize()
-        out = {}
-        for key, (acts, idx) in self.host.items():
-            acts, idx = acts.numpy(), idx.numpy()
-            rows, cols = np.nonzero(acts > 0)  # row-major: rows rise
-            keys = rows.astype(np.int64) * self.d_sae[key] + idx[rows, cols]
-            order = np.argsort(keys, kind="stable")  # features rise within a row, as pool_last's sort
-            out[key] = PooledBatch(rows[order].astype(np.int64), idx[rows, cols][order].astype(np.int32),
-                                   acts[rows, cols][order].astype(np.float32), np.ones(len(order), np.int32))
-        return out
+        return {key: _last_coo(acts.numpy(), idx.numpy(), self.d_sae[key]) for key, (acts, idx) in self.host.items()}
 
 
 def _last_codes(sae: Sae, hidden: torch.Tensor, attention_mask: torch.Tensor, special_mask: torch.Tensor | None,
@@ -316,6 +294,22 @@ def _last_codes(sae: Sae, hidden: torch.Tensor, attention_mask: torch.Tensor, sp
     rows = torch.arange(last.shape[0], device=last.device)
     acts, idx = encode_tokens(sae, hidden[rows, last.clamp(min=0)], precision, fixed_rows)  # [B, k]
     return acts.masked_fill((last < 0)[:, None], 0.0), idx
+
+
+def _last_coo(acts: np.ndarray, idx: np.ndarray, d_sae: int) -> PooledBatch:
+    """[B, k] codes on the host -> the PooledBatch of their non-zeros, sorted by (row, feature)."""
+    rows, cols = np.nonzero(acts > 0)  # row-major: rows rise
+    feats = idx[rows, cols]
+    order = np.argsort(rows.astype(np.int64) * d_sae + feats, kind="stable")  # features rise within a row
+    return PooledBatch(rows[order].astype(np.int64), feats[order].astype(np.int32),
+                       acts[rows, cols][order].astype(np.float32), np.ones(len(order), np.int32))
+
+
+def pool_last(sae: Sae, hidden: torch.Tensor, attention_mask: torch.Tensor,
+              special_mask: torch.Tensor | None = None, precision: str = "fp32", fixed_rows: bool = False) -> PooledBatch:
+    """Codes (z > 0) at each prompt's last real token; the SAE only sees [B, d_model]."""
+    acts, idx = _last_codes(sae, hidden, attention_mask, special_mask, precision, fixed_rows)
+    return _last_coo(acts.cpu().numpy(), idx.cpu().numpy(), sae.cfg.d_sae)
 
 
 def pool_max(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str = "fp32",
