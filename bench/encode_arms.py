@@ -39,6 +39,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -140,12 +141,19 @@ class Bench:
 
     # ---- arms
 
+    def warm_ids(self) -> list:
+        """The token ids of 48 prompts spread over the lengths: the untimed warm-up pass of a forward arm."""
+        return [self.tok.ids[i] for i in np.argsort(-self.lengths)[:: max(1, len(self.lengths) // 48)]]
+
+    @staticmethod
+    def fired_sets(res: dict) -> dict[int, set]:
+        """ModelCardBaseline.run's features -> {sample: set of features with z > 0}."""
+        return {k: {f for f, (v, _) in feats.items() if v > 0} for k, feats in res.items()}
+
     def forward_arm(self, name: str, spec: EncodeSpec) -> dict:
         opts = forward.options_for(spec, self.bb, [self.layer])
-        warm_idx = np.argsort(-self.lengths)[:: max(1, len(self.lengths) // 48)]  # a spread of lengths
         t0 = time.perf_counter()
-        for _ in forward.iter_forward(self.bb, [self.layer], lambda r: None, opts,
-                                      ids=[self.tok.ids[i] for i in warm_idx]):
+        for _ in forward.iter_forward(self.bb, [self.layer], lambda r: None, opts, ids=self.warm_ids()):
             pass
         self.sync()
         warm = time.perf_counter() - t0
@@ -196,23 +204,16 @@ class Bench:
     def in_turn(self, step):
         """Run a step with the previous producer: a group's texts tokenized only once the last group's batches are
         queued, and every group after the first `shard_size` large (forward.TOKENIZE_AHEAD, GROUP_GROWTH)."""
-        saved = forward.TOKENIZE_AHEAD, forward.GROUP_GROWTH
-        forward.TOKENIZE_AHEAD, forward.GROUP_GROWTH = False, 1 << 40
-        try:
+        with mock.patch.multiple(forward, TOKENIZE_AHEAD=False, GROUP_GROWTH=1 << 40):
             return step()
-        finally:
-            forward.TOKENIZE_AHEAD, forward.GROUP_GROWTH = saved
 
     def host_in_turn(self, step):
         """Run a step with `last` pooling's host half in turn: each batch's codes copied and turned into COO before
         the next batch is queued (model.encode.DEFER_HOST_WORK off)."""
         from qscope_eval.model import encode
 
-        saved, encode.DEFER_HOST_WORK = encode.DEFER_HOST_WORK, False
-        try:
+        with mock.patch.object(encode, "DEFER_HOST_WORK", False):
             return step()
-        finally:
-            encode.DEFER_HOST_WORK = saved
 
     def sae_arm(self, n_tokens: int) -> None:
         """SAE encode alone on real masked residuals: fp32 / tf32 / bf16 and agreement of the top-k sets with fp32."""
@@ -295,7 +296,7 @@ class Bench:
         res, _ = base.run(keys, self.texts[:n])
         self.sync()
         self.record("baseline (model card) last", time.perf_counter() - t0, self.lengths[:n])
-        self.base_sets = {k: {f for f, (v, _) in feats.items() if v > 0} for k, feats in res.items()}
+        self.base_sets = self.fired_sets(res)
 
     def versus_baseline(self, name: str, spec: EncodeSpec) -> None:
         """Jaccard of our `last` feature sets (spec) against the model-card baseline's, per prompt."""

@@ -39,6 +39,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -147,8 +148,7 @@ class Probe:
         """Warm-up pass, then `passes` timed passes (each printed with what its counters moved); the min is kept."""
         b = self.b
         opts = dataclasses.replace(forward.options_for(spec, b.bb, [b.layer]), **over)
-        warm_idx = np.argsort(-b.lengths)[:: max(1, len(b.lengths) // 48)]
-        w = self.forward_pass(opts, [b.tok.ids[i] for i in warm_idx])
+        w = self.forward_pass(opts, b.warm_ids())
         times = []
         for i in range(passes):
             c0 = self.counters()
@@ -235,9 +235,6 @@ class Probe:
         self.emit(f"attention ops: {label}", ", ".join(ops) or "(none)", ops=ops)
         return ops
 
-    def sets_of(self, res) -> dict[int, set]:
-        return {k: {f for f, (v, _) in feats.items() if v > 0} for k, feats in res.items()}
-
     def floor(self, label: str, a: dict, b_: dict) -> float:
         nf = noise.compare_sets(a, b_)
         self.emit(f"floor: {label}", f"mean Jaccard {nf.mean_jaccard:.4f}, min {nf.min_jaccard:.3f}, "
@@ -254,13 +251,13 @@ class Probe:
         b.baseline_arm(EncodeSpec(batch_tokens=16384), n)
         keys, texts = list(range(n)), b.texts[:n]
         with forward.attention_implementation(b.bb.model, "eager"):
-            alt = self.sets_of(b.base.run(keys, texts)[0])
+            alt = b.fired_sets(b.base.run(keys, texts)[0])
         self.floor("baseline sdpa vs baseline eager attention", b.base_sets, alt)
         params = list(b.bb.model.parameters())  # parameters only: buffers such as rotary inv_freq are fp32 already
         for prm in params:
             prm.data = prm.data.float()
         try:
-            fp32 = self.sets_of(b.base.run(keys, texts)[0])
+            fp32 = b.fired_sets(b.base.run(keys, texts)[0])
         finally:
             for prm in params:
                 prm.data = prm.data.to(b.bb.dtype)  # bf16 -> fp32 -> bf16 is exact
@@ -338,12 +335,8 @@ def main(argv=None) -> int:
         if "split" in on:
             # flash splits the keys of a small grid (few prompts x heads x query blocks) across blocks, a reduction
             # order a full batch does not use: a lone prompt run as 16 copies fills the grid like a batch does
-            saved = forward.LONE_PROMPT_COPIES
-            forward.LONE_PROMPT_COPIES = 16
-            try:
+            with mock.patch.object(forward, "LONE_PROMPT_COPIES", 16):
                 b.noise_arm("compile at 16k, a lone prompt as 16 copies", "last", comp16, n_fid)
-            finally:
-                forward.LONE_PROMPT_COPIES = saved
     if "cudnn" in on and b.device.type == "cuda":
         # the compiled path with torch's own sdpa choice (cuDNN on Hopper): recompiled, on shapes it has not seen
         forward.uncompile(b.bb)

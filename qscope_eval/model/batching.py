@@ -251,7 +251,7 @@ def build_host_batch(ids_batch: Sequence[np.ndarray], pad_id: int, special_ids: 
         raise ModelError("a forward batch needs prompts of at least one token; drop empty prompts first")
     T = int(lengths.max())
     if not opts.packing:
-        T = -(-T // opts.bucket) * opts.bucket
+        T = int(_widths(T, opts.bucket))
     padded = np.full((len(ids_batch), T), pad_id, dtype=np.int64)
     for row, ids in enumerate(ids_batch):
         padded[row, : len(ids)] = ids
