@@ -13,6 +13,8 @@ $OUT/arms.jsonl as it finishes, so a run cut short keeps what it measured):
     padded auto eager     token budget from free GPU memory (forward.auto_batch_tokens): today's default
     packed flex           one row per batch, position_ids restarting per prompt, flex_attention
     packed flex+compile   the same, fixed row length, MLP blocks and norms compiled
+    packed varlen         one row per batch, its segments as offsets to flash attention's varlen kernel (model.varlen)
+    packed varlen+compile the same, whole decoder layers compiled with the attention inside
     padded auto+compile   padded, widths bucketed to 16, whole decoder layers compiled
   end to end with the fastest forward configuration above (and today's default, for the ratio):
     encode_texts last, encode_suite + DB last, encode_suite + DB max / top (--n-pool prompts)
@@ -57,7 +59,7 @@ from qscope_eval.analysis import noise  # noqa: E402
 from qscope_eval.data.suite import BenchmarkSpec, EncodeSpec, ModelSpec, SaeSpec, Suite  # noqa: E402
 from qscope_eval.jobs import pipeline  # noqa: E402
 from qscope_eval.jobs.noise import measure_noise_floor  # noqa: E402
-from qscope_eval.model import forward, toy  # noqa: E402
+from qscope_eval.model import forward, text_groups, toy  # noqa: E402
 from qscope_eval.model.batching import padded_tokens  # noqa: E402
 from qscope_eval.model.encode import EncoderHandle, encode_tokens, token_mask  # noqa: E402
 from qscope_eval.model.encoders import Runtime  # noqa: E402
@@ -165,7 +167,7 @@ class Bench:
         plan = forward._plan(self.lengths, opts)
         padded = None if opts.packing else round(padded_tokens(self.lengths, plan, opts.bucket) / self.lengths.sum(), 3)
         return self.record(f"forward: {name}", time.perf_counter() - t0, self.lengths, budget=opts.batch_tokens,
-                           batches=len(plan), padded_over_real=padded, warmup_s=round(warm, 1),
+                           batches=len(plan), padded_over_real=padded, warmup_s=round(warm, 1), attention=opts.attention,
                            compile_failed=getattr(state, "failed", None) if spec.compile else None)
 
     def forward_texts_arm(self, name: str, spec: EncodeSpec) -> dict:
@@ -203,13 +205,13 @@ class Bench:
 
     def in_turn(self, step):
         """Run a step with the previous producer: a group's texts tokenized only once the last group's batches are
-        queued, and every group after the first `shard_size` large (forward.TOKENIZE_AHEAD, GROUP_GROWTH)."""
-        with mock.patch.multiple(forward, TOKENIZE_AHEAD=False, GROUP_GROWTH=1 << 40):
+        queued, and every group after the first `shard_size` large (text_groups.TOKENIZE_AHEAD, GROUP_GROWTH)."""
+        with mock.patch.multiple(text_groups, TOKENIZE_AHEAD=False, GROUP_GROWTH=1 << 40):
             return step()
 
     def host_in_turn(self, step):
-        """Run a step with `last` pooling's host half in turn: each batch's codes copied and turned into COO before
-        the next batch is queued (model.encode.DEFER_HOST_WORK off)."""
+        """Run a step with pooling's host half in turn: each batch's pooled arrays copied to the host and made
+        PooledBatches before the next batch is queued (model.encode.DEFER_HOST_WORK off)."""
         from qscope_eval.model import encode
 
         with mock.patch.object(encode, "DEFER_HOST_WORK", False):
@@ -261,7 +263,7 @@ class Bench:
         """Backbone.tokenize of every prompt: one thread, and the Rust tokenizer on every core."""
         for name, par in (("one thread", False), ("all cores", True)):
             t0 = time.perf_counter()
-            with forward.parallel_tokenization(par):
+            with text_groups.parallel_tokenization(par):
                 self.bb.tokenize(self.texts)
             self.record(f"tokenize alone: {name}", time.perf_counter() - t0, self.lengths, cores=os.cpu_count())
 
@@ -329,6 +331,8 @@ def run(args) -> int:
         "packed flex 64k": dataclasses.replace(today, batch_tokens=65536 if not args.tiny else 2048, packing=True),
         "packed flex auto+compile": dataclasses.replace(auto, packing=True, compile=True),
         "padded auto+compile": dataclasses.replace(auto, compile=True),
+        "packed varlen auto eager": dataclasses.replace(auto, packing=True),
+        "packed varlen auto+compile": dataclasses.replace(auto, packing=True, compile=True),
     }
     assert list(configs) == list(CONFIGS)
     try:
@@ -343,7 +347,8 @@ def run(args) -> int:
             print(f"skipped forward: {name} (time budget)", flush=True)
             continue
         try:
-            fwd[name] = b.forward_arm(name, spec)
+            with attention_for(name):
+                fwd[name] = b.forward_arm(name, spec)
         except Exception:  # noqa: BLE001 - one arm failing must not lose the others
             print(f"FAILED forward: {name}\n{traceback.format_exc(limit=4)}", flush=True)
     best_name = max(fwd, key=lambda k: fwd[k]["tokens_per_s"]) if fwd else "padded 16k eager"
@@ -382,6 +387,10 @@ def run(args) -> int:
             best_name + ", host work in turn", "last", best))),
         ("suite last best host in turn", lambda: b.host_in_turn(lambda: b.suite_arm(
             best_name + ", host work in turn", "last", best, len(b.texts)))),
+        ("suite max host in turn", lambda: b.host_in_turn(lambda: b.suite_arm(
+            best_name + ", tf32 SAE, host work in turn", "max", best, n_pool))),
+        ("suite top host in turn", lambda: b.host_in_turn(lambda: b.suite_arm(
+            best_name + ", tf32 SAE, host work in turn", "top", best, n_pool))),
     ]
     assert [n for n, _ in steps] == list(STEPS), "STEPS lists the steps, in order"
     for name, step in steps:
@@ -391,7 +400,8 @@ def run(args) -> int:
             print(f"skipped: {name} (time budget)", flush=True)
             continue
         try:
-            step()
+            with attention_for(best_name):
+                step()
         except Exception:  # noqa: BLE001
             print(f"FAILED: {name}\n{traceback.format_exc(limit=4)}", flush=True)
     print(f"total {time.perf_counter() - b.t_start:.0f} s; results in {b.out / 'arms.jsonl'}", flush=True)
@@ -399,13 +409,20 @@ def run(args) -> int:
     return 0
 
 
-CONFIGS = ("padded 16k eager", "padded auto eager", "packed flex 64k", "packed flex auto+compile", "padded auto+compile")
+CONFIGS = ("padded 16k eager", "padded auto eager", "packed flex 64k", "packed flex auto+compile", "padded auto+compile",
+           "packed varlen auto eager", "packed varlen auto+compile")
 """Forward configurations (--only, --best)."""
+
+
+def attention_for(config: str):
+    """Context: the 'packed flex' configurations keep flex_attention (forward.packed_attention would pick the varlen
+    kernel on CUDA); 'packed varlen' ones get it where it runs (on CPU packed rows use sdpa either way)."""
+    return mock.patch.object(forward, "PACKED_VARLEN", "flex" not in config)
 STEPS = ("forward from texts", "suite last best", "suite last today", "suite last default", "suite max", "suite top",
          "noise today", "noise deterministic", "deterministic cost", "best on the same prompts", "sae", "noise best",
          "noise max best", "vs baseline best", "vs baseline today", "vs baseline deterministic", "encode_texts last",
          "encode_texts last in turn", "suite last best in turn", "encode_texts last host in turn",
-         "suite last best host in turn")
+         "suite last best host in turn", "suite max host in turn", "suite top host in turn")
 """End-to-end steps (--steps), in the order they run."""
 
 

@@ -20,6 +20,9 @@ data-sheet bf16 peak:
                               attention instead of sdpa, and in fp32: its own noise floor; then ours against it
   overheads                   the compiled forward planned with other per-batch overheads (BATCH_OVERHEAD_*)
   split                       the compiled path's noise floor with a lone prompt run as 16 copies of itself, not 2
+  varlen                      packed rows through flash attention's varlen kernel (model.varlen), whole layers
+                              compiled: the forward, its attention kernels, its profile (with "profile"), its sets
+                              against the model-card baseline and its batch-composition floor (with "floors")
   cudnn                       the compiled forward with torch's own sdpa choice (cuDNN on Hopper) instead of
                               forward.COMPILED_SDPA, recompiled, on shapes it has not run
 
@@ -158,14 +161,19 @@ class Probe:
             print(f"   pass {i + 1}: {times[-1]:.3f}s  {moved}", flush=True)
         s = min(times)
         plan = forward._plan(b.lengths, opts)
-        pad = padded_tokens(b.lengths, plan, opts.bucket) / b.lengths.sum()
+        if opts.packing:  # a row costs its tokens (or the whole budget, fixed_shape)
+            row = [max(int(b.lengths[r].sum()), opts.batch_tokens if opts.fixed_shape else 0) for r in plan]
+            pad = sum(row) / b.lengths.sum()
+        else:
+            pad = padded_tokens(b.lengths, plan, opts.bucket) / b.lengths.sum()
         self.emit(f"forward {name}", f"{s:6.2f}s {b.lengths.sum() / s:>9,.0f} tok/s {self.share(b.flops(b.lengths), s)}"
                   f"  batches={len(plan)} padded/real={pad:.3f} warm={w:.1f}s passes={[round(t, 2) for t in times]}",
                   seconds=s, passes=times, batches=len(plan), padded_over_real=pad, budget=opts.batch_tokens,
                   overhead=opts.overhead)
         return opts
 
-    def profile(self, opts) -> None:
+    def profile(self, opts, label: str = "") -> None:
+        """One pass under torch.profiler: kernel time by kind, GPU-busy share; the top kernels -> profile[_label].txt."""
         from torch.profiler import ProfilerActivity, profile
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.b.device.type == "cuda" else [])
@@ -188,15 +196,16 @@ class Probe:
                 busy += (e - max(s, end)) / 1e6
                 end = e
         total = sum(kinds.values()) or 1.0
-        self.emit("profile: wall / GPU busy", f"{wall:6.2f}s / {busy:6.2f}s ({100 * busy / wall:.0f}% busy)",
+        tag = f" {label}" if label else ""
+        self.emit(f"profile{tag}: wall / GPU busy", f"{wall:6.2f}s / {busy:6.2f}s ({100 * busy / wall:.0f}% busy)",
                   wall=wall, busy=busy)
         for k, t in sorted(kinds.items(), key=lambda kv: -kv[1]):
-            self.emit(f"profile: {k}", f"{t:6.3f}s {100 * t / total:5.1f}% of kernel time", seconds=t)
+            self.emit(f"profile{tag}: {k}", f"{t:6.3f}s {100 * t / total:5.1f}% of kernel time", seconds=t)
         for k, (n, t) in sorted(host.items(), key=lambda kv: -kv[1][1]):
-            self.emit(f"host: {k}", f"{n:6d} calls {t:7.3f}s", calls=n, seconds=t)
+            self.emit(f"host{tag}: {k}", f"{n:6d} calls {t:7.3f}s", calls=n, seconds=t)
         top = prof.key_averages().table(sort_by="self_device_time_total" if self.b.device.type == "cuda"
                                         else "self_cpu_time_total", row_limit=25, max_name_column_width=70)
-        (self.b.out / "profile.txt").write_text(top)
+        (self.b.out / (f"profile_{label}.txt" if label else "profile.txt")).write_text(top)
 
     def per_batch(self, opts) -> None:
         b = self.b
@@ -275,7 +284,7 @@ class Probe:
 
 
 SECTIONS = ("ceilings", "gemms", "floors", "eager", "compiled", "profile", "per batch", "uniform", "overheads",
-            "compiled fidelity", "split", "cudnn")
+            "compiled fidelity", "split", "varlen", "cudnn")
 """What the probe can measure (--sections), in the order it runs."""
 
 
@@ -337,6 +346,17 @@ def main(argv=None) -> int:
             # order a full batch does not use: a lone prompt run as 16 copies fills the grid like a batch does
             with mock.patch.object(forward, "LONE_PROMPT_COPIES", 16):
                 b.noise_arm("compile at 16k, a lone prompt as 16 copies", "last", comp16, n_fid)
+    if "varlen" in on:
+        packed = dataclasses.replace(comp, packing=True)
+        with mock.patch.object(forward, "PACKED_VARLEN", True):
+            opts = p.forward("packed varlen auto+compile", packed, passes=3)
+            p.attention_ops(opts, f"packed, attention {opts.attention or 'flex/sdpa (varlen does not run here)'}")
+            if "profile" in on:
+                p.profile(opts, "varlen")
+            if "floors" in on:
+                b.versus_baseline("packed varlen compile", packed)
+                b.noise_arm("packed varlen compile at 16k", "last",
+                            dataclasses.replace(packed, batch_tokens=comp16.batch_tokens), n_fid)
     if "cudnn" in on and b.device.type == "cuda":
         # the compiled path with torch's own sdpa choice (cuDNN on Hopper): recompiled, on shapes it has not seen
         forward.uncompile(b.bb)

@@ -9,7 +9,12 @@
    grouped by sample and features rising, as pooled batches arrive (taken as they come), and the same rows
    shuffled (sorted first, the path every batch took before).
 
-    python bench/write_bench.py [--repeat 2] [--prompts 200] [--features 10000]
+4. The host half of one such batch's `max` pooling (--prompts x --features pairs as the device leaves them:
+   sorted (row * d_sae + feature) keys): split into the PooledBatch's arrays with numpy on the host (the
+   previous encode._coo, which ran while the GPU waited) and with torch (encode._parts: on a GPU this runs on
+   the device) followed by the host's only remaining work, wrapping the arrays (encode._host); median of 5.
+
+    python bench/write_bench.py [--repeat 2] [--prompts 200] [--features 10000] [--sections 1 2 3 4]
 """
 
 from __future__ import annotations
@@ -100,16 +105,57 @@ def big_batch(tmp: Path, prompts: int, features: int) -> None:
     print(f"   ratio {b / a:.2f}x")
 
 
+def pooled_to_host(prompts: int, features: int, d_sae: int = 32768) -> None:
+    import torch
+
+    from qscope_eval.model import encode
+
+    rng = np.random.default_rng(0)
+    keys = torch.from_numpy(np.concatenate([r * d_sae + np.sort(rng.choice(d_sae, features, replace=False))
+                                            for r in range(prompts)]))
+    vals, counts = torch.rand(keys.numel()), torch.randint(1, 5, (keys.numel(),))
+
+    def numpy_split():  # the previous encode._coo
+        k = keys.cpu()
+        return ((k // d_sae).numpy().astype(np.int64), (k % d_sae).numpy().astype(np.int32),
+                vals.float().cpu().numpy(), counts.cpu().numpy().astype(np.int32))
+
+    def median(fn) -> float:
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return float(np.median(times))
+
+    parts = encode._parts(keys, vals, counts, d_sae)
+    old, new = numpy_split(), encode._host(parts)
+    same = all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(old, new))
+    t_old, t_split, t_wrap = median(numpy_split), median(lambda: encode._parts(keys, vals, counts, d_sae)), \
+        median(lambda: encode._host(parts))
+    print(f"4. the host half of a `max` batch of {keys.numel():,} pairs ({prompts} prompts x {features}):")
+    print(f"   split with numpy on the host (before)      {t_old * 1e3:7.1f} ms")
+    print(f"   split with torch (a GPU: on the device)    {t_split * 1e3:7.1f} ms")
+    print(f"   host work left: wrap the arrays (now)      {t_wrap * 1e3:7.1f} ms")
+    print(f"   host time taken off the critical path: {(t_old - t_wrap) * 1e3:.1f} ms; arrays identical: {same}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--features", type=int, default=10000)
+    ap.add_argument("--sections", nargs="*", type=int, default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="write_bench.") as tmp:
-        commits(Path(tmp), args.repeat)
-        shard_write(Path(tmp))
-        big_batch(Path(tmp), args.prompts, args.features)
+        if 1 in args.sections:
+            commits(Path(tmp), args.repeat)
+        if 2 in args.sections:
+            shard_write(Path(tmp))
+        if 3 in args.sections:
+            big_batch(Path(tmp), args.prompts, args.features)
+        if 4 in args.sections:
+            pooled_to_host(args.prompts, args.features)
 
 
 if __name__ == "__main__":

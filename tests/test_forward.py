@@ -18,7 +18,7 @@ import torch
 
 from qscope_eval.data.suite import EncodeSpec
 from qscope_eval.errors import OutOfMemory
-from qscope_eval.model import batching, compiling, forward, toy
+from qscope_eval.model import batching, compiling, forward, text_groups, toy
 from qscope_eval.model.batching import ForwardOptions, build_host_batch, plan_packed
 from qscope_eval.model.encode import encode_tokens
 from qscope_eval.model.forward import iter_forward, iter_texts
@@ -149,7 +149,7 @@ def test_next_group_is_tokenized_while_this_one_runs(bb, monkeypatch):
         return real(batch)
 
     def run(ahead: bool):
-        monkeypatch.setattr(forward, "TOKENIZE_AHEAD", ahead)
+        monkeypatch.setattr(text_groups, "TOKENIZE_AHEAD", ahead)
         log.clear()
         out = {}
         for chunk in iter_texts(bb, texts, [1], lambda res: res.hidden[1].sum(dim=(1, 2)), opts):

@@ -232,16 +232,17 @@ def test_last_gathers_last_positions_before_the_sae(bb, sae, monkeypatch):
     assert_same(got["last"], want)
 
 
-def test_last_codes_settle_after_the_next_batch_is_queued(bb, sae, monkeypatch):
-    """`last` pooling's host half (the COO of the codes) runs once the next forward batch is queued; the results
+@pytest.mark.parametrize("poolings", [("last",), ("last", "max", "top")])
+def test_pooled_arrays_settle_after_the_next_batch_is_queued(bb, sae, stats, monkeypatch, poolings):
+    """Pooling's host half (the copies and the PooledBatches) runs once the next forward batch is queued; the results
     are the ones pooled in turn, array for array."""
     from qscope_eval.model import encode as enc
 
     events = []
-    real_forward, real_settle = forward._forward, enc.DeferredLast.settle
+    real_forward, real_settle = forward._forward, enc.DeferredPooled.settle
     monkeypatch.setattr(forward, "_forward", lambda *a, **k: events.append("forward") or real_forward(*a, **k))
-    monkeypatch.setattr(enc.DeferredLast, "settle", lambda self: events.append("settle") or real_settle(self))
-    rt, suite = runtime(bb, sae, None, "last"), make_suite(batch_tokens=128)
+    monkeypatch.setattr(enc.DeferredPooled, "settle", lambda self: events.append("settle") or real_settle(self))
+    rt, suite = runtime(bb, sae, stats, *poolings), make_suite(batch_tokens=128)
     deferred, _ = run(rt, suite)
     n = len(deferred)
     assert n >= 3 and events == ["forward"] + ["forward", "settle"] * (n - 1) + ["settle"], events
@@ -250,10 +251,12 @@ def test_last_codes_settle_after_the_next_batch_is_queued(bb, sae, monkeypatch):
     in_turn, _ = run(rt, suite)
     assert events == ["forward"] * n  # nothing deferred
     for a, b in zip(deferred, in_turn):
-        assert np.array_equal(a.ids, b.ids)
-        for f in enc.PooledBatch._fields:
-            x, y = getattr(a.pooled["last"], f), getattr(b.pooled["last"], f)
-            assert x.dtype == y.dtype and np.array_equal(x, y), f
+        assert np.array_equal(a.ids, b.ids) and a.pooled.keys() == b.pooled.keys() == set(poolings)
+        for p in poolings:
+            assert len(a.pooled[p].row) > 0
+            for f in enc.PooledBatch._fields:
+                x, y = getattr(a.pooled[p], f), getattr(b.pooled[p], f)
+                assert x.dtype == y.dtype and np.array_equal(x, y), (p, f)
 
 
 @pytest.mark.parametrize("pooling", ["max", "top"])

@@ -159,7 +159,7 @@ class EncodeSpec:
     saturation_warn: float = 0.9
     """Warn when a benchmark fires more than this share of d_sae (`max` pooling saturates)."""
     packing: bool = False
-    """Pack prompts into one row with per-prompt attention (Qwen2/Qwen3 dense models; flex_attention on CUDA)."""
+    """Pack prompts into one row with per-prompt attention (Qwen2/Qwen3 dense models; flash varlen on CUDA sm80+)."""
     compile: bool = False
     """torch.compile the decoder layers (falls back to eager with a warning if compilation fails)."""
     deterministic: bool = False

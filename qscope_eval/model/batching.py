@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from qscope_eval.errors import ModelError, OutOfMemory
+from qscope_eval.model.varlen import segment_offsets
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -178,7 +179,8 @@ class ForwardOptions:
     compile: bool = False
     """torch.compile each decoder layer (falls back to eager, with a warning, if compilation fails)."""
     attention: str | None = None
-    """attn_implementation for packed batches (default: flex_attention on CUDA, sdpa elsewhere)."""
+    """attn_implementation for packed batches (options_for: model.varlen.VARLEN where flash runs, else flex_attention
+    on CUDA, sdpa elsewhere; None: flex_attention on CUDA, sdpa elsewhere)."""
     sdpa_backends: tuple[str, ...] | None = None
     """The sdpa kernels a padded batch may use (torch.nn.attention.SDPBackend names; None: torch's own choice)."""
     group: int | None = None
@@ -236,6 +238,10 @@ class HostBatch(NamedTuple):
     """Packed: [1, L] int64 positions restarting at 0 per prompt; None for padded batches."""
     gather: torch.Tensor | None
     """Packed: [B, T] int64 index into the packed row of each padded slot (padding points at 0)."""
+    segments: torch.Tensor | None = None
+    """Packed: int32 [S + 1] offsets of the row's segments, where position_ids restart (model.varlen)."""
+    max_segment: int = 0
+    """Packed: the longest segment's length in tokens."""
 
 
 def _host(x: np.ndarray, pin: bool) -> torch.Tensor:
@@ -274,5 +280,6 @@ def build_host_batch(ids_batch: Sequence[np.ndarray], pad_id: int, special_ids: 
         tail = (starts[starts > s].min() if (starts > s).any() else L) - (s + n)
         pos[s + n : s + n + tail] = np.arange(tail) % PAD_SEGMENT
     gather = np.where(valid, starts[:, None] + np.arange(T)[None, :], 0)
+    cu, longest = segment_offsets(pos)
     return HostBatch(_host(row[None], pin), _host(lengths, pin), _host(special, pin), _host(pos[None], pin),
-                     _host(gather, pin))
+                     _host(gather, pin), _host(cu, pin), longest)

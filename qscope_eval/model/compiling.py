@@ -49,9 +49,11 @@ def compile_layers(backbone, backend: Any = "inductor", dynamic: bool | None = N
     """torch.compile the decoder layers' forwards in place (idempotent per scope); our hooks stay outside.
 
     scope 'layer': whole layers (padded batches), compiled with dynamic shapes (dynamic=None picks
-    True here), so a new (B, T) does not recompile (sizes 0 and 1 are still specialised). scope 'mlp': the MLP blocks and norms only (packed batches: transformers builds
-    a new flex BlockMask, a new closure, for every batch, and a compiled attention would recompile
-    on each; flex_attention compiles its own kernel anyway). emulate_eager (inductor only): round
+    True here), so a new (B, T) does not recompile (sizes 0 and 1 are still specialised); packed rows through
+    model.varlen compile this way too (one graph for every row length and segment count). scope 'mlp':
+    the MLP blocks and norms only (packed rows through flex_attention: transformers builds a new flex
+    BlockMask, a new closure, for every batch, and a compiled attention would recompile on each;
+    flex_attention compiles its own kernel anyway). emulate_eager (inductor only): round
     fused intermediates to the model dtype where eager does (see below)."""
     if scope not in COMPILE_SCOPES:
         raise ModelError(f"compile scope {scope!r} is not one of {', '.join(COMPILE_SCOPES)}")

@@ -12,14 +12,17 @@ The token mask for `max`/`top` drops padding, special tokens, position 0 and att
 sinks (norm > sink_factor x the prompt's median). Everything runs on the model's device
 and never materialises a dense [B, T, d_sae] tensor: masked tokens are flattened to
 [N_tok, d_model], encoded in chunks to [N_tok, k], and reduced on flattened
-(row * d_sae + feature) keys. Only the non-zeros cross to CPU numpy at the end; `last` (the
-[B, k] codes, tiny) crosses whole and without a host sync when the caller defers (DeferredLast).
+(row * d_sae + feature) keys, split back into the PooledBatch's arrays on the device. Only the
+non-zeros cross to CPU numpy at the end (`last`: the [B, k] codes, tiny, whole); when the caller
+defers (DeferredPooled) they cross as async copies, turned into PooledBatches after model.forward
+has queued the next batch.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -211,19 +214,18 @@ def encode_tokens(sae: Sae, x: torch.Tensor, precision: str = "fp32", fixed_rows
     return torch.cat(outs_v), torch.cat(outs_i)
 
 
-def _coo(keys: torch.Tensor, values: torch.Tensor, counts: torch.Tensor, d_sae: int) -> PooledBatch:
-    """Flattened (row * d_sae + feature) keys -> a CPU PooledBatch (sorted when keys are)."""
-    keys = keys.cpu()
-    return PooledBatch(
-        row=(keys // d_sae).numpy().astype(np.int64),
-        feature=(keys % d_sae).numpy().astype(np.int32),
-        value=values.float().cpu().numpy(),
-        n_tokens=counts.cpu().numpy().astype(np.int32),
-    )
+Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+"""A PooledBatch's four arrays as device tensors in its dtypes (row int64, feature int32, value fp32, n_tokens int32)."""
 
 
-def _empty() -> PooledBatch:
-    return PooledBatch(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32))
+def _parts(keys: torch.Tensor, values: torch.Tensor, counts: torch.Tensor, d_sae: int) -> Parts:
+    """Flattened (row * d_sae + feature) keys -> the PooledBatch's arrays, split and cast on the device (the host then
+    only wraps them: on a 10^6-pair `max` batch that was ~30 ms of numpy while the GPU waited)."""
+    return keys // d_sae, (keys % d_sae).to(torch.int32), values.float(), counts.to(torch.int32)
+
+
+def _host(parts: Parts) -> PooledBatch:
+    return PooledBatch(*(t.cpu().numpy() for t in parts))
 
 
 def _fired_keys(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str = "fp32", fixed_rows: bool = False):
@@ -256,9 +258,11 @@ def last_positions(attention_mask: torch.Tensor, special_mask: torch.Tensor | No
 
 
 DEFER_HOST_WORK = True
-"""encode_batch(defer=True) for `last` encoders: the pooled codes leave the device as dense [B, k] copies queued
-behind the batch's kernels (no host sync), and their COO is built when model.forward settles the batch, after it
-has queued the next one. bench/encode_arms.py measures both ways in one run ("... host work in turn")."""
+"""encode_batch(defer=True): every encoder's pooled arrays leave the device as async copies queued behind the batch's
+kernels, and become PooledBatches when model.forward settles the batch, after it has queued the next one (so the
+GPU runs that one meanwhile). `last` then has no host sync at all; `max`/`top` still sync inside (their output
+sizes depend on the data: nonzero, unique) but their copies and host work wait. bench/encode_arms.py measures both
+ways in one run ("... host work in turn")."""
 
 
 def _pinned_copy(t: torch.Tensor) -> torch.Tensor:
@@ -269,22 +273,21 @@ def _pinned_copy(t: torch.Tensor) -> torch.Tensor:
     return out.copy_(t, non_blocking=True)
 
 
-class DeferredLast(Deferred):
-    """`last` codes of one batch, per encoder, on their way to the host; settle() -> {key: PooledBatch}."""
+class DeferredPooled(Deferred):
+    """One batch's pooled arrays, per encoder, on their way to the host; settle() -> {key: PooledBatch}."""
 
-    def __init__(self, codes: dict[str, tuple[torch.Tensor, torch.Tensor]], d_sae: dict[str, int]):
-        # codes: key -> (acts [B, k] fp32, zero on rows with no real token; idx [B, k] int64)
-        self.host = {key: (_pinned_copy(a), _pinned_copy(i)) for key, (a, i) in codes.items()}
-        self.d_sae = d_sae
+    def __init__(self, parts: dict[str, tuple[tuple[torch.Tensor, ...], Callable[..., PooledBatch]]]):
+        # parts: key -> (device tensors, finish(*numpy arrays) -> PooledBatch)
+        self.host = {key: (tuple(_pinned_copy(t) for t in ts), finish) for key, (ts, finish) in parts.items()}
         self.event = None
-        if any(a.device.type == "cuda" for a, _ in codes.values()):
+        if any(t.device.type == "cuda" for ts, _ in parts.values() for t in ts):
             self.event = torch.cuda.Event()
             self.event.record()
 
     def settle(self) -> dict[str, PooledBatch]:
         if self.event is not None:
             self.event.synchronize()
-        return {key: _last_coo(acts.numpy(), idx.numpy(), self.d_sae[key]) for key, (acts, idx) in self.host.items()}
+        return {key: finish(*(t.numpy() for t in ts)) for key, (ts, finish) in self.host.items()}
 
 
 def _last_codes(sae: Sae, hidden: torch.Tensor, attention_mask: torch.Tensor, special_mask: torch.Tensor | None,
@@ -312,30 +315,26 @@ def pool_last(sae: Sae, hidden: torch.Tensor, attention_mask: torch.Tensor,
     return _last_coo(acts.cpu().numpy(), idx.cpu().numpy(), sae.cfg.d_sae)
 
 
-def pool_max(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str = "fp32",
-             fixed_rows: bool = False) -> PooledBatch:
-    """Per (prompt, feature): max z over the masked tokens and the count of tokens where it fired."""
+def _max_parts(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str, fixed_rows: bool) -> Parts:
+    """pool_max on the device: per (prompt, feature), max z over the masked tokens and the tokens where it fired."""
     keys, vals, _ = _fired_keys(sae, hidden, mask, precision, fixed_rows)
-    if keys.numel() == 0:
-        return _empty()
-    uniq, inv = torch.unique(keys, sorted=True, return_inverse=True)
+    uniq, inv = torch.unique(keys, sorted=True, return_inverse=True)  # sorted by (row, feature)
     best = torch.zeros(uniq.shape[0], dtype=vals.dtype, device=vals.device)
     best.scatter_reduce_(0, inv, vals, reduce="amax", include_self=False)
     counts = torch.bincount(inv, minlength=uniq.shape[0])
-    return _coo(uniq, best, counts, sae.cfg.d_sae)
+    return _parts(uniq, best, counts, sae.cfg.d_sae)
 
 
-def pool_top(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, ref_mean: torch.Tensor, m: int = 32,
-             precision: str = "fp32", fixed_rows: bool = False) -> PooledBatch:
-    """Per prompt, the m features with the highest mean z over its masked tokens / ref_mean.
+def pool_max(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str = "fp32",
+             fixed_rows: bool = False) -> PooledBatch:
+    """Per (prompt, feature): max z over the masked tokens and the count of tokens where it fired."""
+    return _host(_max_parts(sae, hidden, mask, precision, fixed_rows))
 
-    Mean z counts zeros on tokens where the feature did not fire (so frequency and strength
-    both count). `ref_mean` [d_sae] must already be floored (FeatureStats.reference_mean).
-    value = the score; n_tokens = tokens where the feature fired. Ties break on lower id.
-    """
+
+def _top_parts(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, ref_mean: torch.Tensor, m: int, precision: str,
+               fixed_rows: bool) -> Parts:
+    """pool_top on the device."""
     keys, vals, n_tok = _fired_keys(sae, hidden, mask, precision, fixed_rows)
-    if keys.numel() == 0:
-        return _empty()
     d_sae = sae.cfg.d_sae
     uniq, inv = torch.unique(keys, sorted=True, return_inverse=True)  # sorted by (row, feature)
     sums = torch.zeros(uniq.shape[0], dtype=torch.float32, device=vals.device).index_add_(0, inv, vals.float())
@@ -350,19 +349,30 @@ def pool_top(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, ref_mean: torch
     rank = torch.arange(order.numel(), device=order.device) - starts[row[order]]
     keep = order[(rank < m) & (score[order] > 0)]
     keep = keep.sort().values  # back to (row, feature) order
-    return _coo(uniq[keep], score[keep], counts[keep], d_sae)
+    return _parts(uniq[keep], score[keep], counts[keep], d_sae)
+
+
+def pool_top(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, ref_mean: torch.Tensor, m: int = 32,
+             precision: str = "fp32", fixed_rows: bool = False) -> PooledBatch:
+    """Per prompt, the m features with the highest mean z over its masked tokens / ref_mean.
+
+    Mean z counts zeros on tokens where the feature did not fire (so frequency and strength
+    both count). `ref_mean` [d_sae] must already be floored (FeatureStats.reference_mean).
+    value = the score; n_tokens = tokens where the feature fired. Ties break on lower id.
+    """
+    return _host(_top_parts(sae, hidden, mask, ref_mean, m, precision, fixed_rows))
 
 
 # ---------------------------------------------------------------- one forward, several encoders
 
 
 def encode_batch(residuals, encoders: Sequence[EncoderHandle], spec: EncodeSpec | None = None,
-                 defer: bool = False) -> dict[str, PooledBatch] | DeferredLast:
+                 defer: bool = False) -> dict[str, PooledBatch] | DeferredPooled:
     """Pool one forward batch for every encoder; the token mask is computed once per layer.
 
     `residuals` is a backbone.Residuals: hidden {layer: [B, T, d]}, attention_mask and
-    special_mask [B, T] bool (right padding). defer (with DEFER_HOST_WORK, all encoders `last`):
-    a DeferredLast whose settle() gives the same dict.
+    special_mask [B, T] bool (right padding). defer (with DEFER_HOST_WORK): a DeferredPooled whose
+    settle() gives the same dict.
     """
     spec = spec or EncodeSpec()
     precision = "fp32" if spec.deterministic else spec.sae_precision
@@ -370,25 +380,25 @@ def encode_batch(residuals, encoders: Sequence[EncoderHandle], spec: EncodeSpec 
     for enc in encoders:
         if enc.layer not in residuals.hidden:
             raise SaeError(f"encoder {enc.key} reads layer {enc.layer} but the forward pass returned layers {sorted(residuals.hidden)}")
-    if defer and DEFER_HOST_WORK and encoders and all(e.pooling == "last" for e in encoders):
-        return DeferredLast({e.key: _last_codes(e.sae, residuals.hidden[e.layer], residuals.attention_mask,
-                                                residuals.special_mask, precision, fixed) for e in encoders},
-                            {e.key: e.sae.cfg.d_sae for e in encoders})
     masks: dict[int, torch.Tensor] = {}
-    out = {}
+    parts = {}
     for enc in encoders:
         hidden = residuals.hidden[enc.layer]
         if enc.pooling == "last":
-            out[enc.key] = pool_last(enc.sae, hidden, residuals.attention_mask, residuals.special_mask, precision, fixed)
+            codes = _last_codes(enc.sae, hidden, residuals.attention_mask, residuals.special_mask, precision, fixed)
+            parts[enc.key] = (codes, functools.partial(_last_coo, d_sae=enc.sae.cfg.d_sae))
             continue
         if enc.layer not in masks:
             masks[enc.layer] = token_mask(hidden, residuals.attention_mask, residuals.special_mask,
                                           spec.exclude_first, spec.sink_factor)
         if enc.pooling == "max":
-            out[enc.key] = pool_max(enc.sae, hidden, masks[enc.layer], precision, fixed)
+            got = _max_parts(enc.sae, hidden, masks[enc.layer], precision, fixed)
         else:
-            out[enc.key] = pool_top(enc.sae, hidden, masks[enc.layer], enc.ref_mean(), enc.m, precision, fixed)
-    return out
+            got = _top_parts(enc.sae, hidden, masks[enc.layer], enc.ref_mean(), enc.m, precision, fixed)
+        parts[enc.key] = (got, PooledBatch)
+    if defer and DEFER_HOST_WORK:
+        return DeferredPooled(parts)
+    return {key: finish(*(t.cpu().numpy() for t in ts)) for key, (ts, finish) in parts.items()}
 
 
 # ---------------------------------------------------------------- corpus iteration (stats, training)

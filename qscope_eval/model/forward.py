@@ -11,14 +11,16 @@ What it does, and why:
 - Tokenization and host-side batch building (padding in numpy, pinned memory) run in a
   background thread, `PREFETCH` batches ahead, so the GPU is not idle while Python pads the
   next batch; the copy to the device is non_blocking. Texts come in groups (a small first one,
-  then growing GROUP_GROWTH-fold up to opts.group), each tokenized while the one before runs.
+  then growing up to opts.group), each tokenized while the one before runs (model.text_groups).
 - Padded batches (`plan_batches`: length-sorted runs under the token budget, cut where padded
   tokens + a per-batch overhead are least) are right-padded to a multiple of `bucket` tokens.
   Causal models run them without a padding mask: under causal attention a real token never
   sees the padding to its right, so sdpa can use its flash kernel.
 - Packed batches (causal Qwen2/Qwen3 only): prompts are laid end to end in ONE row with
-  position_ids restarting at 0 per prompt, and transformers builds a per-prompt causal mask
-  (flex_attention on CUDA: no padding and no quadratic mask). With `fixed_shape` every row is
+  position_ids restarting at 0 per prompt. On CUDA the row's segments go as offsets to flash
+  attention's varlen kernel (model.varlen: no padding, no mask, whole layers compiled around it);
+  otherwise transformers builds a per-prompt causal mask (flex_attention on CUDA, the deterministic
+  mode's; sdpa with a dense mask elsewhere). With `fixed_shape` every row is
   exactly `batch_tokens` long (one compiled shape); with `align` each prompt starts at a
   multiple of `align` tokens (attention blocks line up the same way in any batch: the
   deterministic mode). The packed output is scattered back to a padded [B, T, d] Residuals,
@@ -37,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import threading
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
@@ -51,6 +52,7 @@ from qscope_eval.model.batching import (ALIGN_DETERMINISTIC, BATCH_OVERHEAD_CPU,
                                         BATCH_OVERHEAD_CUDA_COMPILED, CPU_BATCH_TOKENS, Deferred, ForwardOptions,
                                         HostBatch, batch_tokens,
                                         build_host_batch, is_oom, plan_batches, plan_packed, run_with_oom_split)
+from qscope_eval.model import text_groups, varlen
 from qscope_eval.model.compiling import compile_layers, compiled, uncompile
 
 log = logging.getLogger(__name__)
@@ -119,10 +121,29 @@ def options_for(spec, backbone: Backbone, layers: Sequence[int], group: int | No
         return ForwardOptions(budget, 1, compile=compile_, group=group)
     cuda = backbone.device.type == "cuda"
     overhead = (BATCH_OVERHEAD_CUDA_COMPILED if compile_ else BATCH_OVERHEAD_CUDA) if cuda else BATCH_OVERHEAD_CPU
+    attention = packed_attention(backbone, deterministic) if packing else None
+    # a varlen row compiles with dynamic shapes (one graph for every length), so it needs no fixed length: a
+    # group's last, part-filled row then costs its real tokens. The flex path compiles its MLPs statically.
+    fixed = packing and (deterministic or (compile_ and attention != varlen.VARLEN))
     return ForwardOptions(budget, spec.max_batch, packing=packing, bucket=COMPILE_BUCKET if compile_ and not packing else 1,
                           overhead=overhead, align=ALIGN_DETERMINISTIC if deterministic else 1,
-                          fixed_shape=packing and (compile_ or deterministic), compile=compile_, group=group,
+                          fixed_shape=fixed, compile=compile_, group=group, attention=attention,
                           sdpa_backends=COMPILED_SDPA if compile_ and cuda and not packing else None)
+
+
+PACKED_VARLEN = True
+"""Packed rows on CUDA run through flash attention's varlen kernel (model.varlen) where it runs, not flex_attention:
+no per-batch BlockMask, and whole layers compile around it. (Not yet measured on a GPU: bench/encode_arms.py's
+"packed varlen auto+compile" arm against the padded and flex arms, in one run.)"""
+
+
+def packed_attention(backbone: Backbone, deterministic: bool = False) -> str | None:
+    """attn_implementation of packed rows: model.varlen.VARLEN on CUDA where flash's varlen kernel runs; None
+    (flex_attention on CUDA, sdpa elsewhere) otherwise, and in the deterministic mode, whose batch invariance
+    was measured with flex_attention's aligned blocks."""
+    if deterministic or not PACKED_VARLEN or not varlen.flash_varlen_ok(backbone.device, backbone.dtype):
+        return None
+    return varlen.register()
 
 
 def _forward(backbone: Backbone, host: HostBatch, layers: Sequence[int], opts: ForwardOptions) -> Residuals:
@@ -146,7 +167,8 @@ def _forward(backbone: Backbone, host: HostBatch, layers: Sequence[int], opts: F
                     and LONE_PROMPT_COPIES * ids.shape[1] <= opts.batch_tokens)
             if twin:
                 ids = ids.expand(LONE_PROMPT_COPIES, -1)
-            hidden = backbone.forward_hooked(layers, input_ids=ids)
+            with _maskless_sdpa(backbone):
+                hidden = backbone.forward_hooked(layers, input_ids=ids)
             if twin:
                 hidden = {n: h[:1] for n, h in hidden.items()}
         else:  # bidirectional encoders need the padding mask
@@ -154,11 +176,29 @@ def _forward(backbone: Backbone, host: HostBatch, layers: Sequence[int], opts: F
         return Residuals(hidden, mask, special, lens)
     pos = host.position_ids.to(dev, non_blocking=nb)
     gather = host.gather.to(dev, non_blocking=nb)
-    with attention_implementation(backbone.model, opts.attention or ("flex_attention" if nb else "sdpa")):
+    impl = opts.attention or _packed_fallback(backbone)
+    if impl == varlen.VARLEN and not _varlen(backbone, opts):
+        impl = _packed_fallback(backbone)  # the varlen kernel failed on this model earlier in the run
+    extra = {}
+    if impl == varlen.VARLEN:  # the segments go to the attention as offsets; transformers builds no mask
+        varlen.register()
+        extra = {varlen.SEGMENTS_KW: host.segments.to(dev, non_blocking=nb), varlen.MAX_LEN_KW: host.max_segment}
+    with attention_implementation(backbone.model, impl):
         # attention_mask None + position_ids restarting per prompt: transformers masks per prompt
-        packed = backbone.forward_hooked(layers, input_ids=ids, position_ids=pos)
+        packed = backbone.forward_hooked(layers, input_ids=ids, position_ids=pos, **extra)
     hidden = {n: h[0][gather] for n, h in packed.items()}  # [1, L, d] -> [B, T, d]
     return Residuals(hidden, mask, special, lens)
+
+
+def _maskless_sdpa(backbone: Backbone):
+    """Context for a padded causal batch: sdpa under varlen.CAUSAL_SDPA (no mask step, no host sync) where the model
+    runs sdpa and every layer is full causal attention (a sliding-window layer needs the mask transformers builds)."""
+    cfg = backbone.model.config
+    if (cfg._attn_implementation != "sdpa" or getattr(cfg, "model_type", "") not in PACKABLE_TYPES
+            or getattr(cfg, "use_sliding_window", False)
+            or any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or ()))):
+        return contextlib.nullcontext()
+    return attention_implementation(backbone.model, varlen.register_causal_sdpa())
 
 
 class attention_implementation:
@@ -193,22 +233,43 @@ def sdpa_backends(names: Sequence[str] | None):
     return sdpa_kernel([getattr(SDPBackend, n) for n in names])
 
 
+def _failure(e: BaseException) -> str:
+    """One line on why a batch failed (dynamo wraps the backend's own error: the innermost one is named)."""
+    root = e
+    while root.__cause__ is not None or getattr(root, "inner_exception", None) is not None:
+        root = root.__cause__ or root.inner_exception
+    text = str(root).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else type(root).__name__}"[:300]
+
+
 def _run_host(backbone: Backbone, host: HostBatch, layers, opts: ForwardOptions, fn: Callable[[Residuals], Any]):
-    """fn(forward(host)); a non-OOM error while compiled falls back to eager once and reruns the batch."""
-    try:
-        with sdpa_backends(opts.sdpa_backends):
-            return fn(_forward(backbone, host, layers, opts))
-    except Exception as e:  # noqa: BLE001 - only compile failures are handled; the rest is re-raised
-        if is_oom(e) or not compiled(backbone):
-            raise
-        root = e
-        while root.__cause__ is not None or getattr(root, "inner_exception", None) is not None:
-            root = root.__cause__ or root.inner_exception  # dynamo wraps the backend's own error
-        text = str(root).strip().splitlines()
-        reason = f"{type(e).__name__}: {text[0] if text else type(root).__name__}"[:300]
-    uncompile(backbone, reason)
-    with sdpa_backends(opts.sdpa_backends):
-        return fn(_forward(backbone, host, layers, opts))
+    """fn(forward(host)). A non-OOM error while compiled falls back to eager once and reruns the batch; one in a
+    varlen row (eager) falls back to transformers' own packed mask (flex_attention on CUDA) from then on."""
+    while True:
+        try:
+            with sdpa_backends(opts.sdpa_backends):
+                return fn(_forward(backbone, host, layers, opts))
+        except Exception as e:  # noqa: BLE001 - only compile and varlen failures are handled; the rest is re-raised
+            if is_oom(e):
+                raise
+            if compiled(backbone):
+                uncompile(backbone, _failure(e))
+            elif _varlen(backbone, opts):
+                backbone.model._qscope_varlen_failed = _failure(e)
+                log.warning("packed rows: the varlen attention failed (%s); this loaded model uses %s for packed rows "
+                            "from now on (encode.packing: false runs padded batches instead)",
+                            backbone.model._qscope_varlen_failed, _packed_fallback(backbone))
+            else:
+                raise
+
+
+def _varlen(backbone: Backbone, opts: ForwardOptions) -> bool:
+    """True when this packed batch goes to the varlen kernel (not after it failed on this model)."""
+    return opts.packing and opts.attention == varlen.VARLEN and not getattr(backbone.model, "_qscope_varlen_failed", None)
+
+
+def _packed_fallback(backbone: Backbone) -> str:
+    return "flex_attention" if backbone.device.type == "cuda" else "sdpa"
 
 
 class Chunk(NamedTuple):
@@ -230,108 +291,17 @@ def _plan(lengths: np.ndarray, opts: ForwardOptions) -> list[np.ndarray]:
     return plan_batches(lengths, opts.batch_tokens, opts.max_batch, opts.bucket, opts.overhead)
 
 
-class parallel_tokenization:
-    """Context: let the Rust tokenizer encode a batch on all cores (TOKENIZERS_PARALLELISM=true), then restore.
-
-    The variable is off in our environment for fork safety (Dask workers); the tokenizers library reads it
-    on every call, and restoring it to its old value keeps a later fork quiet and safe."""
-
-    def __init__(self, on: bool = True):
-        self.on, self.saved = on, None
-
-    def __enter__(self):
-        if self.on:
-            self.saved = os.environ.get("TOKENIZERS_PARALLELISM")
-            os.environ["TOKENIZERS_PARALLELISM"] = "true"
-        return self
-
-    def __exit__(self, *exc):
-        if self.on:
-            if self.saved is None:
-                os.environ.pop("TOKENIZERS_PARALLELISM", None)
-            else:
-                os.environ["TOKENIZERS_PARALLELISM"] = self.saved
-        return False
-
-
-FIRST_GROUP = 256
-"""The first group of texts is at most this large, so the GPU starts while the rest is tokenized."""
-GROUP_GROWTH = 4
-"""Each group is at most this many times the last (up to `step`): the next group's tokenization, on every core
-and one group ahead (TOKENIZE_AHEAD), then fits in this group's forward. (Tokenizing ran at 1.8 M tokens/s on
-the H100 machine's 16 cores, the compiled forward at 0.33 M: up to 5x.)"""
-
-
-def _groups(n: int, step: int) -> list[tuple[int, int]]:
-    """(start, stop) of the text groups: a small first group, growing GROUP_GROWTH-fold up to `step` at a time."""
-    out, g = [], 0
-    size = min(step, FIRST_GROUP)
-    while g < n:
-        out.append((g, min(n, g + size)))
-        g += size
-        size = min(step, size * GROUP_GROWTH)
-    return out
-
-
-TOKENIZE_AHEAD = True
-"""Tokenize the next group of texts while this group's batches are built and run. Without it the producer, held
-at most PREFETCH batches ahead, met each new group with nothing tokenized: the GPU waited for a whole group's
-tokenization at every shard boundary (bench/encode_arms.py measures both in one run)."""
-
-
-def _tokenized_groups(backbone: Backbone, texts, ids, groups: list[tuple[int, int]], parallel: bool, stop: threading.Event):
-    """Yield (start, ids, truncated) per group; with TOKENIZE_AHEAD, group g+1 is tokenized in a helper thread
-    (qscope-tokenize) while the caller works on group g."""
-
-    def tokenize(g: int, stop_at: int):
-        if texts is None:
-            return list(ids[g:stop_at]), np.zeros(stop_at - g, dtype=bool)
-        with parallel_tokenization(parallel):
-            tok = backbone.tokenize(texts[g:stop_at])
-        return tok.ids, tok.truncated
-
-    if not TOKENIZE_AHEAD or texts is None or len(groups) < 2:
-        for g, stop_at in groups:
-            yield (g, *tokenize(g, stop_at))
-        return
-    box: dict[int, Any] = {}
-
-    def ahead(i: int):  # runs in the helper thread; an error is raised in the caller
-        try:
-            box[i] = tokenize(*groups[i])
-        except BaseException as e:  # noqa: BLE001
-            box[i] = e
-
-    helper = None
-    try:
-        for i, (g, stop_at) in enumerate(groups):
-            if helper is None:
-                got = tokenize(g, stop_at)
-            else:
-                helper.join()
-                got = box.pop(i)
-                if isinstance(got, BaseException):
-                    raise got
-            helper = None
-            if i + 1 < len(groups) and not stop.is_set():
-                helper = threading.Thread(target=ahead, args=(i + 1,), name="qscope-tokenize", daemon=True)
-                helper.start()
-            yield (g, *got)
-    finally:
-        if helper is not None:
-            helper.join()  # at most one group's tokenization
-
-
 def _produce(backbone: Backbone, texts, ids, opts: ForwardOptions, out: queue.Queue, stop: threading.Event) -> None:
     """Background thread: tokenize group by group, plan, build host batches; puts (offset, tok, idx, host).
 
     On CUDA the tokenizer uses every core (the forward does not need them) and the first group is
-    small, so the first forward starts early; later groups are tokenized one group ahead (TOKENIZE_AHEAD)."""
+    small, so the first forward starts early; later groups are tokenized one group ahead (model.text_groups)."""
     pin = backbone.device.type == "cuda"
     n = len(texts) if texts is not None else len(ids)
     step = opts.group or max(n, 1)
     try:
-        for g, g_ids, trunc in _tokenized_groups(backbone, texts, ids, _groups(n, step), pin, stop):
+        for g, g_ids, trunc in text_groups.tokenized_groups(backbone, texts, ids, text_groups.group_bounds(n, step), pin,
+                                                                stop):
             lengths = np.fromiter((len(x) for x in g_ids), dtype=np.int64, count=len(g_ids))
             for idx in _plan(lengths, opts):
                 host = build_host_batch([g_ids[i] for i in idx], backbone.pad_id, backbone.special_ids, opts, pin)
@@ -363,7 +333,8 @@ def iter_forward(backbone: Backbone, layers: Sequence[int], fn: Callable[[Residu
         raise ModelError("iter_forward needs texts or ids (one of them)")
     backbone.check_layers(layers)
     if opts.compile:
-        compile_layers(backbone, scope="mlp" if opts.packing else "layer")
+        # flex rows: MLPs and norms only (a new BlockMask closure per batch would recompile an attention)
+        compile_layers(backbone, scope="mlp" if opts.packing and opts.attention != varlen.VARLEN else "layer")
     elif compiled(backbone):
         uncompile(backbone)
     if texts is not None:
