@@ -3,7 +3,7 @@
 # path's feature-set agreement with the model-card baseline and its noise floor.
 #
 #   bash ../shared/gpu/prepare.sh                      # here: the wheels the device machine lacks -> .gpu/
-#   device run: command "bash bench/gpu_arms.sh", carry [".gpu"], timeout_s 480
+#   device run: command "bash bench/gpu_arms.sh", carry [".gpu"], timeout_s 600
 #
 # Writes env.txt, arms.txt and arms.jsonl under $OUT, then (PROBE=1, the default) bench/gpu_probe.py's
 # probe.txt, probe.jsonl and profile.txt: the model-card baseline's own noise floor, the compiled forward on

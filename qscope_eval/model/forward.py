@@ -15,7 +15,8 @@ What it does, and why:
 - Padded batches (`plan_batches`: length-sorted runs under the token budget, cut where padded
   tokens + a per-batch overhead are least) are right-padded to a multiple of `bucket` tokens.
   Causal models run them without a padding mask: under causal attention a real token never
-  sees the padding to its right, so sdpa can use its flash kernel.
+  sees the padding to its right, so sdpa can use its flash kernel (dense Qwen2/Qwen3 under
+  varlen.CAUSAL_SDPA: transformers then skips its mask step, and the host sync in it).
 - Packed batches (causal Qwen2/Qwen3 only): prompts are laid end to end in ONE row with
   position_ids restarting at 0 per prompt. On CUDA the row's segments go as offsets to flash
   attention's varlen kernel (model.varlen: no padding, no mask, whole layers compiled around it);
