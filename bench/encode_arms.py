@@ -168,7 +168,8 @@ class Bench:
         padded = None if opts.packing else round(padded_tokens(self.lengths, plan, opts.bucket) / self.lengths.sum(), 3)
         return self.record(f"forward: {name}", time.perf_counter() - t0, self.lengths, budget=opts.batch_tokens,
                            batches=len(plan), padded_over_real=padded, warmup_s=round(warm, 1), attention=opts.attention,
-                           compile_failed=getattr(state, "failed", None) if spec.compile else None)
+                           compile_failed=getattr(state, "failed", None) if spec.compile else None,
+                           varlen_failed=getattr(self.bb.model, "_qscope_varlen_failed", None) if opts.packing else None)
 
     def forward_texts_arm(self, name: str, spec: EncodeSpec) -> dict:
         """The forward from texts (tokenization in the background thread), no SAE: what overlapping buys."""
@@ -404,9 +405,32 @@ def run(args) -> int:
                 step()
         except Exception:  # noqa: BLE001
             print(f"FAILED: {name}\n{traceback.format_exc(limit=4)}", flush=True)
+    for line in targets(b.results):
+        print(line, flush=True)
     print(f"total {time.perf_counter() - b.t_start:.0f} s; results in {b.out / 'arms.jsonl'}", flush=True)
     b.tmp.cleanup()
     return 0
+
+
+TARGETS = (("forward alone", "forward: ", 55.0), ("encode_suite + DB, last", "encode_suite+DB last: ", 45.0),
+           ("encode_suite + DB, max", "encode_suite+DB max: ", 35.0), ("encode_suite + DB, top", "encode_suite+DB top: ", 35.0))
+"""Issue 14's targets: (what, arm-name prefix, share of the bf16 peak in %)."""
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The best measured share of peak per issue-14 target, with the arm that reached it (arms run 'in turn' are
+    baselines, not candidates)."""
+    out = ["issue 14 targets (best arm of this run):"]
+    for what, prefix, goal in TARGETS:
+        got = [r for r in rows if r["arm"].startswith(prefix) and "in turn" not in r["arm"]
+               and r.get("share_of_peak_pct") is not None]
+        if not got:
+            out.append(f"  {what:<26} target {goal:4.1f}%  not measured")
+            continue
+        best = max(got, key=lambda r: r["share_of_peak_pct"])
+        mark = "met" if best["share_of_peak_pct"] >= goal else "missed"
+        out.append(f"  {what:<26} target {goal:4.1f}%  best {best['share_of_peak_pct']:5.1f}% ({mark}): {best['arm']}")
+    return out
 
 
 CONFIGS = ("padded 16k eager", "padded auto eager", "packed flex 64k", "packed flex auto+compile", "padded auto+compile",

@@ -416,12 +416,29 @@ def test_encode_arms_dry_run(tmp_path, capsys, monkeypatch):
     rc = arms.main(["--device", "cpu", "--tiny", "--n", "8", "--only", "padded 16k eager", "--out", str(tmp_path),
                     "--steps", "suite last best", "noise best", "vs baseline best"])
     out = capsys.readouterr().out
-    assert rc == 0 and "FAILED" not in out, out
+    assert rc == 0 and "FAILED" not in out and "issue 14 targets" in out, out
     rows = [json.loads(line) for line in (tmp_path / "arms.jsonl").read_text().splitlines()]
     names = [r["arm"] for r in rows]
     assert "forward: padded 16k eager" in names and "encode_suite+DB last: padded 16k eager" in names
     assert any(n.startswith("noise floor last") for n in names) and any("vs model-card baseline" in n for n in names)
     assert all(r["tokens_per_s"] > 0 for r in rows if "tokens_per_s" in r)
+
+
+def test_encode_arms_target_lines_pick_the_best_candidate(monkeypatch):
+    path = Path(__file__).resolve().parents[1] / "bench" / "encode_arms.py"
+    spec = importlib.util.spec_from_file_location("encode_arms", path)
+    arms = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "encode_arms", arms)
+    spec.loader.exec_module(arms)
+    rows = [{"arm": "forward: padded auto eager", "share_of_peak_pct": 26.4},
+            {"arm": "forward: packed varlen auto+compile", "share_of_peak_pct": 56.0},
+            {"arm": "encode_suite+DB last: padded auto+compile", "share_of_peak_pct": 42.5},
+            {"arm": "encode_suite+DB last: padded auto+compile, host work in turn", "share_of_peak_pct": 47.0},
+            {"arm": "encode_suite+DB max: x", "share_of_peak_pct": None}]
+    lines = arms.targets(rows)
+    assert "best  56.0% (met): forward: packed varlen auto+compile" in lines[1]
+    assert "best  42.5% (missed): encode_suite+DB last: padded auto+compile" in lines[2]  # in-turn arms are baselines
+    assert lines[3].endswith("not measured") and lines[4].endswith("not measured")
 
 
 def test_gpu_probe_dry_run(tmp_path, capsys, monkeypatch):
