@@ -249,7 +249,7 @@ def _run_host(backbone: Backbone, host: HostBatch, layers, opts: ForwardOptions,
     while True:
         try:
             with sdpa_backends(opts.sdpa_backends):
-                return fn(_forward(backbone, host, layers, opts))
+                residuals = _forward(backbone, host, layers, opts)
         except Exception as e:  # noqa: BLE001 - only compile and varlen failures are handled; the rest is re-raised
             if is_oom(e):
                 raise
@@ -262,6 +262,8 @@ def _run_host(backbone: Backbone, host: HostBatch, layers, opts: ForwardOptions,
                             backbone.model._qscope_varlen_failed, _packed_fallback(backbone))
             else:
                 raise
+            continue
+        return fn(residuals)  # pooling's errors (and out-of-memory) are the caller's, not a reason to fall back
 
 
 def _varlen(backbone: Backbone, opts: ForwardOptions) -> bool:
