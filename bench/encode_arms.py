@@ -152,6 +152,16 @@ class Bench:
         """ModelCardBaseline.run's features -> {sample: set of features with z > 0}."""
         return {k: {f for f, (v, _) in feats.items() if v > 0} for k, feats in res.items()}
 
+    def computed_over_real(self, opts, plan) -> float:
+        """Tokens the forward computes for `plan` over the real ones: a padded batch pads to its (bucketed) width,
+        a packed row costs its prompts' aligned slots, or the whole budget with fixed_shape."""
+        if opts.packing:
+            slots = -(-self.lengths // opts.align) * opts.align
+            done = sum(max(int(slots[r].sum()), opts.batch_tokens if opts.fixed_shape else 0) for r in plan)
+        else:
+            done = padded_tokens(self.lengths, plan, opts.bucket)
+        return done / self.lengths.sum()
+
     def forward_arm(self, name: str, spec: EncodeSpec) -> dict:
         opts = forward.options_for(spec, self.bb, [self.layer])
         t0 = time.perf_counter()
@@ -165,7 +175,7 @@ class Bench:
         self.sync()
         state = getattr(self.bb.model, "_qscope_compile", None)
         plan = forward._plan(self.lengths, opts)
-        padded = None if opts.packing else round(padded_tokens(self.lengths, plan, opts.bucket) / self.lengths.sum(), 3)
+        padded = round(self.computed_over_real(opts, plan), 3)
         return self.record(f"forward: {name}", time.perf_counter() - t0, self.lengths, budget=opts.batch_tokens,
                            batches=len(plan), padded_over_real=padded, warmup_s=round(warm, 1), attention=opts.attention,
                            compile_failed=getattr(state, "failed", None) if spec.compile else None,

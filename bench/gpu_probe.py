@@ -52,7 +52,7 @@ from encode_arms import Bench  # noqa: E402  (puts the project root on sys.path)
 from qscope_eval.analysis import noise  # noqa: E402
 from qscope_eval.data.suite import EncodeSpec  # noqa: E402
 from qscope_eval.model import forward  # noqa: E402
-from qscope_eval.model.batching import build_host_batch, padded_tokens  # noqa: E402
+from qscope_eval.model.batching import build_host_batch  # noqa: E402
 
 GEMM_KINDS = ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90", "sm80")
 ATTN_KINDS = ("flash", "fmha", "attention", "efficient")
@@ -161,11 +161,7 @@ class Probe:
             print(f"   pass {i + 1}: {times[-1]:.3f}s  {moved}", flush=True)
         s = min(times)
         plan = forward._plan(b.lengths, opts)
-        if opts.packing:  # a row costs its tokens (or the whole budget, fixed_shape)
-            row = [max(int(b.lengths[r].sum()), opts.batch_tokens if opts.fixed_shape else 0) for r in plan]
-            pad = sum(row) / b.lengths.sum()
-        else:
-            pad = padded_tokens(b.lengths, plan, opts.bucket) / b.lengths.sum()
+        pad = b.computed_over_real(opts, plan)
         self.emit(f"forward {name}", f"{s:6.2f}s {b.lengths.sum() / s:>9,.0f} tok/s {self.share(b.flops(b.lengths), s)}"
                   f"  batches={len(plan)} padded/real={pad:.3f} warm={w:.1f}s passes={[round(t, 2) for t in times]}",
                   seconds=s, passes=times, batches=len(plan), padded_over_real=pad, budget=opts.batch_tokens,

@@ -9,6 +9,7 @@ or not), and the options that pick it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -134,6 +135,11 @@ def test_options_pick_varlen_where_flash_runs(bb, monkeypatch):
     det = forward.options_for(EncodeSpec(batch_tokens=4096, deterministic=True), bb, LAYERS)
     assert det.attention is None and det.fixed_shape and det.align > 1  # the measured flex path
     assert forward.options_for(EncodeSpec(batch_tokens=4096, compile=True), bb, LAYERS).attention is None
+    sliding = ["sliding_attention"] + ["full_attention"] * (bb.model.config.num_hidden_layers - 1)
+    with monkeypatch.context() as m:  # a sliding-window layer needs transformers' own mask
+        m.setattr(bb.model.config, "layer_types", sliding)
+        assert forward.options_for(packed_compiled, bb, LAYERS).attention is None
+        assert isinstance(forward._maskless_sdpa(bb), contextlib.nullcontext)
     monkeypatch.setattr(forward, "PACKED_VARLEN", False)
     assert forward.options_for(packed_compiled, bb, LAYERS).attention is None
 

@@ -220,11 +220,11 @@ Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 def _parts(keys: torch.Tensor, values: torch.Tensor, counts: torch.Tensor, d_sae: int) -> Parts:
     """Flattened (row * d_sae + feature) keys -> the PooledBatch's arrays, split and cast on the device (the host then
-    only wraps them: on a 10^6-pair `max` batch that was ~30 ms of numpy while the GPU waited)."""
+    only wraps them: the numpy split took 13-21 ms per 10^6 pairs on 2 cores, python bench/write_bench.py --sections 4)."""
     return keys // d_sae, (keys % d_sae).to(torch.int32), values.float(), counts.to(torch.int32)
 
 
-def _host(parts: Parts) -> PooledBatch:
+def _to_pooled(parts: Parts) -> PooledBatch:
     return PooledBatch(*(t.cpu().numpy() for t in parts))
 
 
@@ -287,7 +287,12 @@ class DeferredPooled(Deferred):
     def settle(self) -> dict[str, PooledBatch]:
         if self.event is not None:
             self.event.synchronize()
-        return {key: finish(*(t.numpy() for t in ts)) for key, (ts, finish) in self.host.items()}
+        return _finish(self.host)
+
+
+def _finish(parts: dict[str, tuple[tuple[torch.Tensor, ...], Callable[..., PooledBatch]]]) -> dict[str, PooledBatch]:
+    """Host tensors per encoder -> {key: PooledBatch} (DeferredPooled.settle, or encode_batch in turn)."""
+    return {key: finish(*(t.numpy() for t in ts)) for key, (ts, finish) in parts.items()}
 
 
 def _last_codes(sae: Sae, hidden: torch.Tensor, attention_mask: torch.Tensor, special_mask: torch.Tensor | None,
@@ -328,7 +333,7 @@ def _max_parts(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: st
 def pool_max(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str = "fp32",
              fixed_rows: bool = False) -> PooledBatch:
     """Per (prompt, feature): max z over the masked tokens and the count of tokens where it fired."""
-    return _host(_max_parts(sae, hidden, mask, precision, fixed_rows))
+    return _to_pooled(_max_parts(sae, hidden, mask, precision, fixed_rows))
 
 
 def _top_parts(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, ref_mean: torch.Tensor, m: int, precision: str,
@@ -360,7 +365,7 @@ def pool_top(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, ref_mean: torch
     both count). `ref_mean` [d_sae] must already be floored (FeatureStats.reference_mean).
     value = the score; n_tokens = tokens where the feature fired. Ties break on lower id.
     """
-    return _host(_top_parts(sae, hidden, mask, ref_mean, m, precision, fixed_rows))
+    return _to_pooled(_top_parts(sae, hidden, mask, ref_mean, m, precision, fixed_rows))
 
 
 # ---------------------------------------------------------------- one forward, several encoders
@@ -398,7 +403,7 @@ def encode_batch(residuals, encoders: Sequence[EncoderHandle], spec: EncodeSpec 
         parts[enc.key] = (got, PooledBatch)
     if defer and DEFER_HOST_WORK:
         return DeferredPooled(parts)
-    return {key: finish(*(t.cpu().numpy() for t in ts)) for key, (ts, finish) in parts.items()}
+    return _finish({key: (tuple(t.cpu() for t in ts), finish) for key, (ts, finish) in parts.items()})
 
 
 # ---------------------------------------------------------------- corpus iteration (stats, training)

@@ -139,10 +139,12 @@ no per-batch BlockMask, and whole layers compile around it. (Not yet measured on
 
 
 def packed_attention(backbone: Backbone, deterministic: bool = False) -> str | None:
-    """attn_implementation of packed rows: model.varlen.VARLEN on CUDA where flash's varlen kernel runs; None
+    """attn_implementation of packed rows: model.varlen.VARLEN on CUDA where flash's varlen kernel runs and every
+    layer is full attention; None
     (flex_attention on CUDA, sdpa elsewhere) otherwise, and in the deterministic mode, whose batch invariance
     was measured with flex_attention's aligned blocks."""
-    if deterministic or not PACKED_VARLEN or not varlen.flash_varlen_ok(backbone.device, backbone.dtype):
+    if (deterministic or not PACKED_VARLEN or not full_attention_only(backbone)
+            or not varlen.flash_varlen_ok(backbone.device, backbone.dtype)):
         return None
     return varlen.register()
 
@@ -191,13 +193,18 @@ def _forward(backbone: Backbone, host: HostBatch, layers: Sequence[int], opts: F
     return Residuals(hidden, mask, special, lens)
 
 
+def full_attention_only(backbone: Backbone) -> bool:
+    """True for a dense Qwen2/Qwen3 whose every layer is full causal attention: the attention functions we register
+    (model.varlen) stand in for transformers' mask there (a sliding-window layer needs the mask transformers builds)."""
+    cfg = backbone.model.config
+    return (getattr(cfg, "model_type", "") in PACKABLE_TYPES and not getattr(cfg, "use_sliding_window", False)
+            and all(t == "full_attention" for t in (getattr(cfg, "layer_types", None) or ())))
+
+
 def _maskless_sdpa(backbone: Backbone):
     """Context for a padded causal batch: sdpa under varlen.CAUSAL_SDPA (no mask step, no host sync) where the model
-    runs sdpa and every layer is full causal attention (a sliding-window layer needs the mask transformers builds)."""
-    cfg = backbone.model.config
-    if (cfg._attn_implementation != "sdpa" or getattr(cfg, "model_type", "") not in PACKABLE_TYPES
-            or getattr(cfg, "use_sliding_window", False)
-            or any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or ()))):
+    runs sdpa with full attention only."""
+    if backbone.model.config._attn_implementation != "sdpa" or not full_attention_only(backbone):
         return contextlib.nullcontext()
     return attention_implementation(backbone.model, varlen.register_causal_sdpa())
 
