@@ -17,7 +17,8 @@ $OUT/arms.jsonl as it finishes, so a run cut short keeps what it measured):
     packed varlen+compile the same, whole decoder layers compiled with the attention inside
     padded auto+compile   padded, widths bucketed to 16, whole decoder layers compiled
   end to end with the fastest forward configuration above (and today's default, for the ratio):
-    encode_texts last, encode_suite + DB last, encode_suite + DB max / top (--n-pool prompts)
+    encode_texts last, encode_suite + DB last, encode_suite + DB max / top (--n-pool prompts); the same with the
+    previous code for comparison: tokenized in turn, host work in turn, max / top pooling with syncs
   SAE alone: masked-token residuals encoded fp32 / tf32 / bf16; time and top-k set agreement with fp32
   noise floor: --n-noise prompts batched vs one at a time (jobs.noise.measure_noise_floor), for today's default,
     the fastest configuration and the deterministic mode; the deterministic mode's throughput (its cost)
@@ -228,6 +229,14 @@ class Bench:
         with mock.patch.object(encode, "DEFER_HOST_WORK", False):
             return step()
 
+    def with_syncs(self, step):
+        """Run a step with `max`/`top` reduced through torch.unique and boolean indexing, which wait for the GPU
+        (model.encode.SYNC_FREE off: what ran before model.pooling's sync-free reduction)."""
+        from qscope_eval.model import encode
+
+        with mock.patch.object(encode, "SYNC_FREE", False):
+            return step()
+
     def sae_arm(self, n_tokens: int) -> None:
         """SAE encode alone on real masked residuals: fp32 / tf32 / bf16 and agreement of the top-k sets with fp32."""
         spec = EncodeSpec()
@@ -402,6 +411,10 @@ def run(args) -> int:
             best_name + ", tf32 SAE, host work in turn", "max", best, n_pool))),
         ("suite top host in turn", lambda: b.host_in_turn(lambda: b.suite_arm(
             best_name + ", tf32 SAE, host work in turn", "top", best, n_pool))),
+        ("suite max with syncs", lambda: b.with_syncs(lambda: b.suite_arm(
+            best_name + ", tf32 SAE, pooling with syncs", "max", best, n_pool))),
+        ("suite top with syncs", lambda: b.with_syncs(lambda: b.suite_arm(
+            best_name + ", tf32 SAE, pooling with syncs", "top", best, n_pool))),
     ]
     assert [n for n, _ in steps] == list(STEPS), "STEPS lists the steps, in order"
     for name, step in steps:
@@ -432,7 +445,7 @@ def targets(rows: list[dict]) -> list[str]:
     baselines, not candidates)."""
     out = ["issue 14 targets (best arm of this run):"]
     for what, prefix, goal in TARGETS:
-        got = [r for r in rows if r["arm"].startswith(prefix) and "in turn" not in r["arm"]
+        got = [r for r in rows if r["arm"].startswith(prefix) and "in turn" not in r["arm"] and "with syncs" not in r["arm"]
                and r.get("share_of_peak_pct") is not None]
         if not got:
             out.append(f"  {what:<26} target {goal:4.1f}%  not measured")
@@ -456,7 +469,8 @@ STEPS = ("forward from texts", "suite last best", "suite last today", "suite las
          "noise today", "noise deterministic", "deterministic cost", "best on the same prompts", "sae", "noise best",
          "noise max best", "vs baseline best", "vs baseline today", "vs baseline deterministic", "encode_texts last",
          "encode_texts last in turn", "suite last best in turn", "encode_texts last host in turn",
-         "suite last best host in turn", "suite max host in turn", "suite top host in turn")
+         "suite last best host in turn", "suite max host in turn", "suite top host in turn", "suite max with syncs",
+         "suite top with syncs")
 """End-to-end steps (--steps), in the order they run."""
 
 

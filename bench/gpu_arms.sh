@@ -24,7 +24,7 @@ $PY bench/encode_arms.py --out "$O" --budget-s "${BUDGET_S:-330}" \
   --only "padded auto eager" "padded auto+compile" "packed varlen auto eager" "packed varlen auto+compile" \
   --steps "suite last best" "suite last default" "suite max" "suite top" "noise today" "noise best" "vs baseline best" \
           "vs baseline today" "encode_texts last" "encode_texts last host in turn" "suite last best host in turn" \
-          "suite max host in turn" "suite top host in turn" \
+          "suite max host in turn" "suite top host in turn" "suite max with syncs" "suite top with syncs" \
           "$@" 2>&1 | tee "$O/arms.txt"
 if [ "${PROBE:-1}" = 1 ]; then
   $PY bench/gpu_probe.py --out "$O" --sections floors compiled profile "compiled fidelity" split varlen cudnn ${PROBE_ARGS:-} \

@@ -366,6 +366,25 @@ def test_batches_within_the_write_interval_share_a_transaction(bb, sae, tmp_path
         assert len(sizes) == (transactions or len(sizes)) and 1 <= len(sizes) <= n_batches
 
 
+def test_batches_past_the_pair_cap_are_written_apart(bb, sae, tmp_path, monkeypatch):
+    """However long the interval, the writer stops merging once the waiting batches hold MERGE_PAIRS pairs: with a
+    cap of one pair every batch is its own transaction, and nothing is lost or written twice."""
+    from qscope_eval.store import Store
+
+    rows = pd.DataFrame({"benchmark": "b", "position": np.arange(len(TEXTS)), "text": TEXTS})
+    n_batches = len(plan_batches(bb.tokenize(TEXTS).lengths, 96, 4))
+    monkeypatch.setattr(pipeline, "load_rows", lambda s: rows)
+    monkeypatch.setattr(pipeline, "load_runtime", lambda s: runtime(bb, sae, None, "last"))
+    monkeypatch.setattr(pipeline, "MERGE_PAIRS", 1)
+    sizes = []
+    real_write = pipeline.write_results
+    monkeypatch.setattr(pipeline, "write_results", lambda st, e, b: sizes.append(len(b.ids)) or real_write(st, e, b))
+    with Store(tmp_path / "cap.duckdb") as store:
+        pipeline.encode_suite(make_suite(batch_tokens=96, max_batch=4, commit_every_s=60.0), store, progress=False)
+        n_stored = store.con.execute("SELECT count(*) FROM encoded").fetchone()[0]
+    assert n_batches > 1 and len(sizes) == n_batches and sum(sizes) == n_stored == len(TEXTS)
+
+
 def test_merge_batches_reindexes_rows():
     from qscope_eval.model.encode import PooledBatch
 
@@ -434,11 +453,12 @@ def test_encode_arms_target_lines_pick_the_best_candidate(monkeypatch):
             {"arm": "forward: packed varlen auto+compile", "share_of_peak_pct": 56.0},
             {"arm": "encode_suite+DB last: padded auto+compile", "share_of_peak_pct": 42.5},
             {"arm": "encode_suite+DB last: padded auto+compile, host work in turn", "share_of_peak_pct": 47.0},
-            {"arm": "encode_suite+DB max: x", "share_of_peak_pct": None}]
+            {"arm": "encode_suite+DB max: x", "share_of_peak_pct": None},
+            {"arm": "encode_suite+DB top: x, tf32 SAE, pooling with syncs", "share_of_peak_pct": 40.0}]
     lines = arms.targets(rows)
     assert "best  56.0% (met): forward: packed varlen auto+compile" in lines[1]
     assert "best  42.5% (missed): encode_suite+DB last: padded auto+compile" in lines[2]  # in-turn arms are baselines
-    assert lines[3].endswith("not measured") and lines[4].endswith("not measured")
+    assert lines[3].endswith("not measured") and lines[4].endswith("not measured")  # nor the previous code's arms
 
 
 def test_gpu_probe_dry_run(tmp_path, capsys, monkeypatch):

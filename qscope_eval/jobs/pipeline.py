@@ -197,12 +197,21 @@ def merge_batches(batches: list[EncodedBatch]) -> EncodedBatch:
                         np.concatenate([b.truncated for b in batches]), pooled)
 
 
-def merged_runs(batches: list[EncodedBatch], max_pairs: int = 1 << 20) -> Iterator[EncodedBatch]:
+MERGE_PAIRS = 1 << 20
+"""(sample, feature) pairs past which batches are not merged further: a transaction's fixed ~25 ms is then under a
+fifth of its write (2 x 10^6 pairs took 0.23 s, python bench/write_bench.py --sections 3)."""
+
+
+def _pairs(b: EncodedBatch) -> int:
+    return max((len(pb.row) for pb in b.pooled.values()), default=0)
+
+
+def merged_runs(batches: list[EncodedBatch], max_pairs: int = MERGE_PAIRS) -> Iterator[EncodedBatch]:
     """Consecutive batches merged while their (sample, feature) pairs stay under `max_pairs`: one transaction
     each, instead of one per forward batch (a transaction costs ~25 ms, a CPU batch 15-50 ms)."""
     run, pairs = [], 0
     for b in batches:
-        n = max((len(pb.row) for pb in b.pooled.values()), default=0)
+        n = _pairs(b)
         if run and pairs + n > max_pairs:
             yield merge_batches(run)
             run, pairs = [], 0
@@ -231,10 +240,15 @@ class BatchWriter:
     Batches finished within `interval` seconds of the first unwritten one, and any already queued, share
     one transaction (merge_batches): a transaction costs ~25 ms whatever its size (Parquet part + fsync,
     markers, commit, compaction check), and on a CPU, or a GPU on short prompts, a batch takes 15-50 ms.
+    Once the waiting batches hold `max_pairs` pairs they are written at once: merging more saves little, and
+    what waits when the last batch arrives is written after the compute has ended (`max` pooling: 10^6 pairs
+    a batch on the GPU bench).
     An error stops the writing; `put` then returns False and `raise_error` re-raises it in the caller's thread."""
 
-    def __init__(self, store: Store, encoders: dict[str, EncoderRow], interval: float = 0.5):
+    def __init__(self, store: Store, encoders: dict[str, EncoderRow], interval: float = 0.5,
+                 max_pairs: int | None = None):
         self.store, self.encoders, self.interval = store, encoders, interval
+        self.max_pairs = MERGE_PAIRS if max_pairs is None else max_pairs
         self.queue: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
         self.errors: list[BaseException] = []
         self.batches = self.transactions = 0
@@ -271,7 +285,7 @@ class BatchWriter:
 
     def _run(self) -> None:
         items: list[EncodedBatch] = []
-        due = 0.0
+        due, pairs = 0.0, 0
         while True:
             try:
                 item = self.queue.get(timeout=max(0.0, due - time.monotonic()) if items else None)
@@ -279,16 +293,17 @@ class BatchWriter:
                 self._flush(items)
                 continue
             if not items:
-                due = time.monotonic() + self.interval
+                due, pairs = time.monotonic() + self.interval, 0
             while item is not None:  # batches already waiting join too
                 items.append(item)
-                if len(items) >= WRITE_QUEUE or self.queue.empty():
+                pairs += _pairs(item)
+                if len(items) >= WRITE_QUEUE or pairs >= self.max_pairs or self.queue.empty():
                     break
                 item = self.queue.get_nowait()  # this thread is the only consumer: not empty means there
             if item is None:
                 self._flush(items)
                 return
-            if time.monotonic() >= due or len(items) >= WRITE_QUEUE:
+            if time.monotonic() >= due or len(items) >= WRITE_QUEUE or pairs >= self.max_pairs:
                 self._flush(items)
 
 

@@ -67,6 +67,8 @@ class Residuals(NamedTuple):
     """[B, T] bool: True on padding and special tokens (CLS, SEP, BOS, <|endoftext|>, ...)."""
     lengths: torch.Tensor
     """[B] int64: real tokens per prompt (the last real token is at lengths - 1)."""
+    n_real: int | None = None
+    """sum(lengths), known on the host: pooling then finds the real tokens without waiting for the GPU."""
 
 
 class _StopForward(Exception):
@@ -314,7 +316,7 @@ class Backbone:
         input_ids, mask, lens = self._pad(ids_batch, width_multiple)
         hidden = self.forward_hooked(layers, input_ids=input_ids, attention_mask=mask.long())
         special = torch.isin(input_ids, torch.from_numpy(self.special_ids).to(self.device)) | ~mask
-        return Residuals(hidden, mask, special, lens)
+        return Residuals(hidden, mask, special, lens, sum(len(x) for x in ids_batch))
 
     def oom_message(self, ids: np.ndarray) -> str:
         """The OutOfMemory message for a prompt that does not fit even alone."""

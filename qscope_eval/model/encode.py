@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from qscope_eval.errors import SaeError
-from qscope_eval.model.batching import Deferred
+from qscope_eval.model import pooling
+from qscope_eval.model.pooling import DeferredPooled, PooledBatch, finish_host
 from qscope_eval.model.sae import Sae
 from qscope_eval.data.suite import POOLINGS, EncodeSpec
 
@@ -37,19 +38,6 @@ if TYPE_CHECKING:  # annotations only: feature_stats imports this module
 
 # Bound on the [chunk, d_sae] fp32 pre-activation block: 2**27 floats = 512 MiB.
 PRE_ACT_BUDGET = 2**27
-
-
-class PooledBatch(NamedTuple):
-    """Sparse pooled features of one batch, sorted by (row, feature); only non-zeros."""
-
-    row: np.ndarray
-    """int64 index of the prompt within the batch."""
-    feature: np.ndarray
-    """int32 SAE feature id."""
-    value: np.ndarray
-    """float32 pooled value (`last`: z, `max`: max z, `top`: score)."""
-    n_tokens: np.ndarray
-    """int32 number of the prompt's tokens on which the feature fired."""
 
 
 @dataclass
@@ -214,28 +202,49 @@ def encode_tokens(sae: Sae, x: torch.Tensor, precision: str = "fp32", fixed_rows
     return torch.cat(outs_v), torch.cat(outs_i)
 
 
-Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-"""A PooledBatch's four arrays as device tensors in its dtypes (row int64, feature int32, value fp32, n_tokens int32)."""
+Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+"""A PooledBatch's four arrays as device tensors in its dtypes (row int64, feature int32, value fp32, n_tokens int32),
+and the 0-d count of their live leading entries (model.pooling.Reduced)."""
+
+SYNC_FREE = True
+"""`max`/`top` reduce with model.pooling.reduce_max / reduce_top, whose shapes the host knows, so pooling never waits
+for the GPU; False: unique_max / unique_top, the same reduction with syncs (bench/encode_arms.py measures both)."""
 
 
-def _parts(keys: torch.Tensor, values: torch.Tensor, counts: torch.Tensor, d_sae: int) -> Parts:
-    """Flattened (row * d_sae + feature) keys -> the PooledBatch's arrays, split and cast on the device (the host then
-    only wraps them: the numpy split took 13-21 ms per 10^6 pairs on 2 cores, python bench/write_bench.py --sections 4)."""
-    return keys // d_sae, (keys % d_sae).to(torch.int32), values.float(), counts.to(torch.int32)
+def _parts(red: pooling.Reduced, d_sae: int) -> Parts:
+    """A reduction's keys -> the PooledBatch's arrays, split and cast on the device (the host then only slices: the
+    numpy split took 13-21 ms per 10^6 pairs on 2 cores, python bench/write_bench.py --sections 4)."""
+    n_live = red.n_live if red.n_live is not None else torch.tensor(red.key.shape[0])
+    return red.key // d_sae, (red.key % d_sae).to(torch.int32), red.value.float(), red.count.to(torch.int32), n_live
+
+
+def _trim(row: np.ndarray, feature: np.ndarray, value: np.ndarray, n_tokens: np.ndarray, n_live: np.ndarray) -> PooledBatch:
+    """Host arrays of a reduction -> the PooledBatch of its live slots (copied: the pinned buffers go back to torch's
+    cache at once instead of waiting with the batch in the writer's queue)."""
+    n = int(n_live)
+    return PooledBatch(row[:n].copy(), feature[:n].copy(), value[:n].copy(), n_tokens[:n].copy())
 
 
 def _to_pooled(parts: Parts) -> PooledBatch:
-    return PooledBatch(*(t.cpu().numpy() for t in parts))
+    return _trim(*(t.cpu().numpy() for t in parts))
 
 
-def _fired_keys(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str = "fp32", fixed_rows: bool = False):
-    """Encode the masked tokens; return the (row, feature) key, z of every firing, and tokens per row."""
-    rows, cols = mask.nonzero(as_tuple=True)  # [N_tok] each
-    acts, idx = encode_tokens(sae, hidden[rows, cols], precision, fixed_rows)  # [N_tok, k]
-    fired = acts > 0
-    token_row = rows.unsqueeze(1).expand_as(idx)  # [N_tok, k]
-    keys = token_row[fired] * sae.cfg.d_sae + idx[fired]  # [n_fired] int64
-    return keys, acts[fired], mask.sum(dim=1)  # per-row token counts [B]
+def _token_codes(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str, fixed_rows: bool,
+                 real: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """SAE codes [N, k] of the tokens pooling may read, zeroed where the mask drops a token, and each token's row [N].
+
+    real: (row, col) of the batch's real tokens (pooling.real_tokens); None: every position of the [B, T] grid.
+    The tokens the mask drops among them (position 0, specials, sinks: a few per prompt) are encoded too, so that
+    N is known on the host and nothing waits for the mask (a nonzero would)."""
+    B, T = mask.shape
+    if real is None:
+        row = torch.arange(B, device=mask.device).repeat_interleave(T)
+        x, keep = hidden.reshape(B * T, -1), mask.reshape(-1)
+    else:
+        row, col = real
+        x, keep = hidden[row, col], mask[row, col]  # [N, d_model], [N]
+    acts, idx = encode_tokens(sae, x, precision, fixed_rows)  # [N, k]
+    return acts.masked_fill(~keep[:, None], 0.0), idx, row
 
 
 # ---------------------------------------------------------------- pooling modes
@@ -258,42 +267,10 @@ def last_positions(attention_mask: torch.Tensor, special_mask: torch.Tensor | No
 
 
 DEFER_HOST_WORK = True
-"""encode_batch(defer=True): every encoder's pooled arrays leave the device as async copies queued behind the batch's
-kernels, and become PooledBatches when model.forward settles the batch, after it has queued the next one (so the
-GPU runs that one meanwhile). `last` then has no host sync at all; `max`/`top` still sync inside (their output
-sizes depend on the data: nonzero, unique) but their copies and host work wait. bench/encode_arms.py measures both
-ways in one run ("... host work in turn")."""
-
-
-def _pinned_copy(t: torch.Tensor) -> torch.Tensor:
-    """An async copy to pinned host memory (CUDA), or the tensor itself (CPU)."""
-    if t.device.type != "cuda":
-        return t
-    out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-    return out.copy_(t, non_blocking=True)
-
-
-class DeferredPooled(Deferred):
-    """One batch's pooled arrays, per encoder, on their way to the host; settle() -> {key: PooledBatch}."""
-
-    def __init__(self, parts: dict[str, tuple[tuple[torch.Tensor, ...], Callable[..., PooledBatch]]]):
-        # parts: key -> (device tensors, finish(*numpy arrays) -> PooledBatch)
-        self.host = {key: (tuple(_pinned_copy(t) for t in ts), finish) for key, (ts, finish) in parts.items()}
-        self.event = None
-        if any(t.device.type == "cuda" for ts, _ in parts.values() for t in ts):
-            self.event = torch.cuda.Event()
-            self.event.record()
-
-    def settle(self) -> dict[str, PooledBatch]:
-        if self.event is not None:
-            self.event.synchronize()
-        return _finish(self.host)
-
-
-def _finish(parts: dict[str, tuple[tuple[torch.Tensor, ...], Callable[..., PooledBatch]]]) -> dict[str, PooledBatch]:
-    """Host tensors per encoder -> {key: PooledBatch} (DeferredPooled.settle, or encode_batch in turn)."""
-    return {key: finish(*(t.numpy() for t in ts)) for key, (ts, finish) in parts.items()}
-
+"""encode_batch(defer=True): every encoder's pooled arrays leave the device as async copies on a side stream, and
+become PooledBatches when model.forward settles the batch, after it has queued the next one (so the GPU runs that
+one meanwhile, and the copies overlap it). With SYNC_FREE no pooling mode waits for the GPU. bench/encode_arms.py
+measures both ways in one run ("... host work in turn")."""
 
 def _last_codes(sae: Sae, hidden: torch.Tensor, attention_mask: torch.Tensor, special_mask: torch.Tensor | None,
                 precision: str, fixed_rows: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,14 +297,12 @@ def pool_last(sae: Sae, hidden: torch.Tensor, attention_mask: torch.Tensor,
     return _last_coo(acts.cpu().numpy(), idx.cpu().numpy(), sae.cfg.d_sae)
 
 
-def _max_parts(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str, fixed_rows: bool) -> Parts:
+def _max_parts(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str, fixed_rows: bool,
+               real=None) -> Parts:
     """pool_max on the device: per (prompt, feature), max z over the masked tokens and the tokens where it fired."""
-    keys, vals, _ = _fired_keys(sae, hidden, mask, precision, fixed_rows)
-    uniq, inv = torch.unique(keys, sorted=True, return_inverse=True)  # sorted by (row, feature)
-    best = torch.zeros(uniq.shape[0], dtype=vals.dtype, device=vals.device)
-    best.scatter_reduce_(0, inv, vals, reduce="amax", include_self=False)
-    counts = torch.bincount(inv, minlength=uniq.shape[0])
-    return _parts(uniq, best, counts, sae.cfg.d_sae)
+    acts, idx, row = _token_codes(sae, hidden, mask, precision, fixed_rows, real)
+    reduce = pooling.reduce_max if SYNC_FREE else pooling.unique_max
+    return _parts(reduce(acts, idx, row, mask.shape[0], sae.cfg.d_sae), sae.cfg.d_sae)
 
 
 def pool_max(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str = "fp32",
@@ -337,24 +312,11 @@ def pool_max(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str 
 
 
 def _top_parts(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, ref_mean: torch.Tensor, m: int, precision: str,
-               fixed_rows: bool) -> Parts:
+               fixed_rows: bool, real=None) -> Parts:
     """pool_top on the device."""
-    keys, vals, n_tok = _fired_keys(sae, hidden, mask, precision, fixed_rows)
-    d_sae = sae.cfg.d_sae
-    uniq, inv = torch.unique(keys, sorted=True, return_inverse=True)  # sorted by (row, feature)
-    sums = torch.zeros(uniq.shape[0], dtype=torch.float32, device=vals.device).index_add_(0, inv, vals.float())
-    counts = torch.bincount(inv, minlength=uniq.shape[0])
-    row, feat = uniq // d_sae, uniq % d_sae
-    score = sums / n_tok[row].float() / ref_mean.to(sums.device)[feat]
-    # rank within each row: stable sorts keep (row, feature) order among equal scores
-    order = torch.sort(score, descending=True, stable=True).indices
-    order = order[torch.sort(row[order], stable=True).indices]
-    per_row = torch.bincount(row, minlength=mask.shape[0])
-    starts = torch.cumsum(per_row, 0) - per_row
-    rank = torch.arange(order.numel(), device=order.device) - starts[row[order]]
-    keep = order[(rank < m) & (score[order] > 0)]
-    keep = keep.sort().values  # back to (row, feature) order
-    return _parts(uniq[keep], score[keep], counts[keep], d_sae)
+    acts, idx, row = _token_codes(sae, hidden, mask, precision, fixed_rows, real)
+    reduce = pooling.reduce_top if SYNC_FREE else pooling.unique_top
+    return _parts(reduce(acts, idx, row, mask.sum(dim=1), ref_mean, m, sae.cfg.d_sae), sae.cfg.d_sae)
 
 
 def pool_top(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, ref_mean: torch.Tensor, m: int = 32,
@@ -386,6 +348,9 @@ def encode_batch(residuals, encoders: Sequence[EncoderHandle], spec: EncodeSpec 
         if enc.layer not in residuals.hidden:
             raise SaeError(f"encoder {enc.key} reads layer {enc.layer} but the forward pass returned layers {sorted(residuals.hidden)}")
     masks: dict[int, torch.Tensor] = {}
+    real = None  # (row, col) of the real tokens, when the host told their number (no sync to find them)
+    if getattr(residuals, "n_real", None) is not None:
+        real = pooling.real_tokens(residuals.lengths, residuals.n_real)
     parts = {}
     for enc in encoders:
         hidden = residuals.hidden[enc.layer]
@@ -397,13 +362,13 @@ def encode_batch(residuals, encoders: Sequence[EncoderHandle], spec: EncodeSpec 
             masks[enc.layer] = token_mask(hidden, residuals.attention_mask, residuals.special_mask,
                                           spec.exclude_first, spec.sink_factor)
         if enc.pooling == "max":
-            got = _max_parts(enc.sae, hidden, masks[enc.layer], precision, fixed)
+            got = _max_parts(enc.sae, hidden, masks[enc.layer], precision, fixed, real)
         else:
-            got = _top_parts(enc.sae, hidden, masks[enc.layer], enc.ref_mean(), enc.m, precision, fixed)
-        parts[enc.key] = (got, PooledBatch)
+            got = _top_parts(enc.sae, hidden, masks[enc.layer], enc.ref_mean(), enc.m, precision, fixed, real)
+        parts[enc.key] = (got, _trim)
     if defer and DEFER_HOST_WORK:
         return DeferredPooled(parts)
-    return _finish({key: (tuple(t.cpu() for t in ts), finish) for key, (ts, finish) in parts.items()})
+    return finish_host({key: (tuple(t.cpu() for t in ts), finish) for key, (ts, finish) in parts.items()})
 
 
 # ---------------------------------------------------------------- corpus iteration (stats, training)

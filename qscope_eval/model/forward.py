@@ -176,7 +176,7 @@ def _forward(backbone: Backbone, host: HostBatch, layers: Sequence[int], opts: F
                 hidden = {n: h[:1] for n, h in hidden.items()}
         else:  # bidirectional encoders need the padding mask
             hidden = backbone.forward_hooked(layers, input_ids=ids, attention_mask=mask.long())
-        return Residuals(hidden, mask, special, lens)
+        return Residuals(hidden, mask, special, lens, int(host.lengths.sum()))
     pos = host.position_ids.to(dev, non_blocking=nb)
     gather = host.gather.to(dev, non_blocking=nb)
     impl = opts.attention or _packed_fallback(backbone)
@@ -190,7 +190,7 @@ def _forward(backbone: Backbone, host: HostBatch, layers: Sequence[int], opts: F
         # attention_mask None + position_ids restarting per prompt: transformers masks per prompt
         packed = backbone.forward_hooked(layers, input_ids=ids, position_ids=pos, **extra)
     hidden = {n: h[0][gather] for n, h in packed.items()}  # [1, L, d] -> [B, T, d]
-    return Residuals(hidden, mask, special, lens)
+    return Residuals(hidden, mask, special, lens, int(host.lengths.sum()))
 
 
 def full_attention_only(backbone: Backbone) -> bool:
