@@ -20,6 +20,8 @@ $OUT/arms.jsonl as it finishes, so a run cut short keeps what it measured):
     encode_texts last, encode_suite + DB last, encode_suite + DB max / top (--n-pool prompts); the same with the
     previous code for comparison: tokenized in turn, host work in turn, max / top pooling with syncs
   SAE alone: masked-token residuals encoded fp32 / tf32 / bf16; time and top-k set agreement with fp32
+  SAE in bf16 end to end: encode_suite + DB max / top with `sae_precision: bf16`, and their pooled sets against
+    TF32's on the same batches (bench/arms_fidelity.py), beside the noise floors of max and top
   noise floor: --n-noise prompts batched vs one at a time (jobs.noise.measure_noise_floor), for today's default,
     the fastest configuration and the deterministic mode; the deterministic mode's throughput (its cost)
   model-card baseline (--baseline-n prompts, run first, eager): tokens/s; then the per-prompt feature-set
@@ -54,21 +56,20 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+from arms_fidelity import FidelityArms  # noqa: E402
 from encode_common import run_encode_suite  # noqa: E402
 from encode_gpu import forward_flops, peak_tflops, synthetic_prompts  # noqa: E402
-from qscope_eval.analysis import noise  # noqa: E402
 from qscope_eval.data.suite import BenchmarkSpec, EncodeSpec, ModelSpec, SaeSpec, Suite  # noqa: E402
 from qscope_eval.jobs import pipeline  # noqa: E402
-from qscope_eval.jobs.noise import measure_noise_floor  # noqa: E402
 from qscope_eval.model import forward, text_groups, toy  # noqa: E402
 from qscope_eval.model.batching import padded_tokens  # noqa: E402
-from qscope_eval.model.encode import EncoderHandle, encode_tokens, token_mask  # noqa: E402
+from qscope_eval.model.encode import EncoderHandle  # noqa: E402
 from qscope_eval.model.encoders import Runtime  # noqa: E402
 from qscope_eval.model.feature_stats import FeatureStats  # noqa: E402
 from qscope_eval.model.sae import Sae, SaeConfig  # noqa: E402
 
 
-class Bench:
+class Bench(FidelityArms):
     """Shared state of one run: model, SAE, prompts, the results file and the time budget."""
 
     def __init__(self, args):
@@ -147,11 +148,6 @@ class Bench:
     def warm_ids(self) -> list:
         """The token ids of 48 prompts spread over the lengths: the untimed warm-up pass of a forward arm."""
         return [self.tok.ids[i] for i in np.argsort(-self.lengths)[:: max(1, len(self.lengths) // 48)]]
-
-    @staticmethod
-    def fired_sets(res: dict) -> dict[int, set]:
-        """ModelCardBaseline.run's features -> {sample: set of features with z > 0}."""
-        return {k: {f for f, (v, _) in feats.items() if v > 0} for k, feats in res.items()}
 
     def computed_over_real(self, opts, plan) -> float:
         """Tokens the forward computes for `plan` over the real ones: a padded batch pads to its (bucketed) width,
@@ -237,48 +233,6 @@ class Bench:
         with mock.patch.object(encode, "SYNC_FREE", False):
             return step()
 
-    def sae_arm(self, n_tokens: int) -> None:
-        """SAE encode alone on real masked residuals: fp32 / tf32 / bf16 and agreement of the top-k sets with fp32."""
-        spec = EncodeSpec()
-        chunks, got = [], 0
-        for i in range(0, len(self.texts), 16):
-            res = self.bb.residuals(self.tok.ids[i : i + 16], [self.layer])
-            h = res.hidden[self.layer]
-            chunks.append(h[token_mask(h, res.attention_mask, res.special_mask, spec.exclude_first, spec.sink_factor)])
-            got += chunks[-1].shape[0]
-            if got >= n_tokens:
-                break
-        x = torch.cat(chunks)[:n_tokens]
-        ref = None
-        for prec in ("fp32", "tf32", "bf16"):
-            encode_tokens(self.sae, x[:1024], prec)
-            self.sync()
-            t0 = time.perf_counter()
-            v, idx = encode_tokens(self.sae, x, prec)
-            self.sync()
-            dt = time.perf_counter() - t0
-            sets = idx.sort(dim=1).values
-            fired = v > 0
-            if ref is None:
-                ref = (sets, idx, v)
-                agree, jac = 1.0, 1.0
-            else:
-                agree = float((sets == ref[0]).all(dim=1).float().mean())
-                # per-token Jaccard of the fired sets
-                a = torch.zeros(x.shape[0], self.sae.cfg.d_sae, dtype=torch.bool, device=x.device)
-                b = torch.zeros_like(a)
-                a.scatter_(1, ref[1], ref[2] > 0)
-                b.scatter_(1, idx, fired)
-                jac = float(((a & b).sum(1) / (a | b).sum(1).clamp(min=1)).float().mean())
-                del a, b
-            tflops = 2 * x.shape[0] * self.sae.cfg.d_model * self.sae.cfg.d_sae / dt / 1e12
-            row = {"arm": f"SAE alone {prec}", "tokens": int(x.shape[0]), "seconds": round(dt, 4),
-                   "tokens_per_s": round(x.shape[0] / dt), "sae_tflops": round(tflops, 1),
-                   "topk_sets_identical_to_fp32": round(agree, 4), "mean_jaccard_vs_fp32": round(jac, 4)}
-            self.save(row)
-            print(f"SAE alone {prec:<5} {x.shape[0]:>9,} tokens {dt:8.3f}s {x.shape[0] / dt:>12,.0f} tok/s "
-                  f"{tflops:7.1f} TFLOP/s  sets identical to fp32 {agree:.4f}  mean Jaccard {jac:.4f}", flush=True)
-
     def tokenize_arm(self) -> None:
         """Backbone.tokenize of every prompt: one thread, and the Rust tokenizer on every core."""
         for name, par in (("one thread", False), ("all cores", True)):
@@ -287,48 +241,6 @@ class Bench:
                 self.bb.tokenize(self.texts)
             self.record(f"tokenize alone: {name}", time.perf_counter() - t0, self.lengths, cores=os.cpu_count())
 
-    def noise_arm(self, name: str, pooling: str, spec: EncodeSpec, n: int) -> dict:
-        t0 = time.perf_counter()
-        nf = measure_noise_floor(self.runtime(pooling), self.texts, self.suite(pooling, spec), n=n)
-        nf = next(iter(nf.values()))
-        row = {"arm": f"noise floor {pooling}: {name}", "seconds": round(time.perf_counter() - t0, 1), **nf.to_dict()}
-        self.save(row)
-        print(f"noise floor {pooling}: {name:<28} {nf.n_samples} prompts batched vs alone: mean Jaccard "
-              f"{nf.mean_jaccard:.4f}, min {nf.min_jaccard:.3f}, {nf.share_differ:.0%} of sets differ; union floor "
-              + ", ".join(f"m={m}: {j:.3f}" for m, j in zip(nf.union_sizes, nf.union_jaccard)), flush=True)
-        return row
-
-    def baseline_arm(self, spec: EncodeSpec, n: int) -> None:
-        """The model-card procedure on n prompts (run first, before anything is compiled); keeps its feature sets."""
-        from transformers import Qwen3ForCausalLM
-
-        from encode_baseline import ModelCardBaseline
-
-        with torch.device("meta"):
-            lm = Qwen3ForCausalLM(self.config)
-        lm.model = self.bb.model
-        lm.lm_head.weight = self.bb.model.embed_tokens.weight
-        lm.eval()
-        base = self.base = ModelCardBaseline(lm, self.bb.tokenizer, self.bb.layers_module[self.layer], self.sae,
-                                             "last", spec, self.bb.max_length)  # kept: gpu_probe reruns it
-        keys = list(range(n))
-        base.run(keys[:2], self.texts[:2])
-        self.sync()
-        t0 = time.perf_counter()
-        res, _ = base.run(keys, self.texts[:n])
-        self.sync()
-        self.record("baseline (model card) last", time.perf_counter() - t0, self.lengths[:n])
-        self.base_sets = self.fired_sets(res)
-
-    def versus_baseline(self, name: str, spec: EncodeSpec) -> None:
-        """Jaccard of our `last` feature sets (spec) against the model-card baseline's, per prompt."""
-        n = len(self.base_sets)
-        batches = list(pipeline.encode_texts(self.runtime("last"), np.arange(n), self.texts[:n], self.suite("last", spec)))
-        nf = noise.compare_sets(self.base_sets, noise.feature_sets(batches, f"random|L{self.layer}|last|sae"))
-        row = {"arm": f"ours ({name}) vs model-card baseline, last", **nf.to_dict()}
-        self.save(row)
-        print(f"ours ({name}) vs model-card baseline (last, {n} prompts): mean Jaccard {nf.mean_jaccard:.4f}, "
-              f"{nf.share_differ:.0%} of sets differ", flush=True)
 
 
 def run(args) -> int:
@@ -381,6 +293,7 @@ def run(args) -> int:
     det = dataclasses.replace(best, deterministic=True, batch_tokens=16384 if not args.tiny else 1024)
     # noise floors at today's 16k budget: "alone" then means a 16k row, not a whole auto-sized one
     noise_best = dataclasses.replace(best, batch_tokens=16384 if not args.tiny else 1024)
+    bf16 = dataclasses.replace(best, sae_precision="bf16")  # not a default: what bf16 would buy, and cost in sets
     steps = [
         ("forward from texts", lambda: b.forward_texts_arm(best_name, best)),
         ("suite last best", lambda: b.suite_arm(best_name, "last", best, len(b.texts))),
@@ -415,6 +328,11 @@ def run(args) -> int:
             best_name + ", tf32 SAE, pooling with syncs", "max", best, n_pool))),
         ("suite top with syncs", lambda: b.with_syncs(lambda: b.suite_arm(
             best_name + ", tf32 SAE, pooling with syncs", "top", best, n_pool))),
+        ("suite max bf16 SAE", lambda: b.suite_arm(best_name + ", bf16 SAE", "max", bf16, n_pool)),
+        ("suite top bf16 SAE", lambda: b.suite_arm(best_name + ", bf16 SAE", "top", bf16, n_pool)),
+        ("noise top best", lambda: b.noise_arm(best_name + " at 16k, tf32 SAE", "top", noise_best, args.n_noise)),
+        ("max bf16 vs tf32", lambda: b.precision_arm("max", best, args.n_noise)),
+        ("top bf16 vs tf32", lambda: b.precision_arm("top", best, args.n_noise)),
     ]
     assert [n for n, _ in steps] == list(STEPS), "STEPS lists the steps, in order"
     for name, step in steps:
@@ -440,13 +358,16 @@ TARGETS = (("forward alone", "forward: ", 55.0), ("encode_suite + DB, last", "en
 """Issue 14's targets: (what, arm-name prefix, share of the bf16 peak in %)."""
 
 
+NOT_CANDIDATES = ("in turn", "with syncs", "bf16 SAE")
+"""Arms that are baselines (the previous code) or not a default (bf16 SAE), so not candidates for a target."""
+
+
 def targets(rows: list[dict]) -> list[str]:
-    """The best measured share of peak per issue-14 target, with the arm that reached it (arms run 'in turn' are
-    baselines, not candidates)."""
+    """The best measured share of peak per issue-14 target, with the arm that reached it (NOT_CANDIDATES excluded)."""
     out = ["issue 14 targets (best arm of this run):"]
     for what, prefix, goal in TARGETS:
-        got = [r for r in rows if r["arm"].startswith(prefix) and "in turn" not in r["arm"] and "with syncs" not in r["arm"]
-               and r.get("share_of_peak_pct") is not None]
+        got = [r for r in rows if r["arm"].startswith(prefix) and r.get("share_of_peak_pct") is not None
+               and not any(x in r["arm"] for x in NOT_CANDIDATES)]
         if not got:
             out.append(f"  {what:<26} target {goal:4.1f}%  not measured")
             continue
@@ -470,7 +391,8 @@ STEPS = ("forward from texts", "suite last best", "suite last today", "suite las
          "noise max best", "vs baseline best", "vs baseline today", "vs baseline deterministic", "encode_texts last",
          "encode_texts last in turn", "suite last best in turn", "encode_texts last host in turn",
          "suite last best host in turn", "suite max host in turn", "suite top host in turn", "suite max with syncs",
-         "suite top with syncs")
+         "suite top with syncs", "suite max bf16 SAE", "suite top bf16 SAE", "noise top best", "max bf16 vs tf32",
+         "top bf16 vs tf32")
 """End-to-end steps (--steps), in the order they run."""
 
 

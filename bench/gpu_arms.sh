@@ -25,6 +25,7 @@ $PY bench/encode_arms.py --out "$O" --budget-s "${BUDGET_S:-330}" \
   --steps "suite last best" "suite last default" "suite max" "suite top" "noise today" "noise best" "vs baseline best" \
           "vs baseline today" "encode_texts last" "encode_texts last host in turn" "suite last best host in turn" \
           "suite max host in turn" "suite top host in turn" "suite max with syncs" "suite top with syncs" \
+          "noise max best" "noise top best" "suite max bf16 SAE" "suite top bf16 SAE" "max bf16 vs tf32" "top bf16 vs tf32" \
           "$@" 2>&1 | tee "$O/arms.txt"
 if [ "${PROBE:-1}" = 1 ]; then
   $PY bench/gpu_probe.py --out "$O" --sections floors compiled profile "compiled fidelity" split varlen cudnn ${PROBE_ARGS:-} \

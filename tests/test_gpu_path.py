@@ -454,7 +454,8 @@ def test_encode_arms_target_lines_pick_the_best_candidate(monkeypatch):
             {"arm": "encode_suite+DB last: padded auto+compile", "share_of_peak_pct": 42.5},
             {"arm": "encode_suite+DB last: padded auto+compile, host work in turn", "share_of_peak_pct": 47.0},
             {"arm": "encode_suite+DB max: x", "share_of_peak_pct": None},
-            {"arm": "encode_suite+DB top: x, tf32 SAE, pooling with syncs", "share_of_peak_pct": 40.0}]
+            {"arm": "encode_suite+DB top: x, tf32 SAE, pooling with syncs", "share_of_peak_pct": 40.0},
+            {"arm": "encode_suite+DB max: x, bf16 SAE", "share_of_peak_pct": 40.0}]
     lines = arms.targets(rows)
     assert "best  56.0% (met): forward: packed varlen auto+compile" in lines[1]
     assert "best  42.5% (missed): encode_suite+DB last: padded auto+compile" in lines[2]  # in-turn arms are baselines
