@@ -82,7 +82,7 @@ def test_shapes_do_not_depend_on_the_data():
     assert red.key.shape == (16,)
     r, c = pooling.real_tokens(torch.tensor([3, 0, 2], device="meta"), 5)
     assert r.shape == c.shape == (5,)
-    with pytest.raises(Exception):  # the formulation with syncs needs the data
+    with pytest.raises(NotImplementedError, match="data-independent"):  # the formulation with syncs needs the data
         pooling.unique_max(*meta, 5, 30)
 
 
@@ -121,3 +121,26 @@ def test_encode_batch_real_tokens_equal_the_grid(monkeypatch, sync_free):
         assert np.array_equal(a.row, b.row) and np.array_equal(a.feature, b.feature)
         assert np.array_equal(a.n_tokens, b.n_tokens) and np.allclose(a.value, b.value, rtol=1e-6)
     assert set(real["max"].row.tolist()) == {0, 1, 3}  # a one-token prompt has only position 0, which max skips
+
+
+@pytest.mark.parametrize("pooling_mode", ["last", "max", "top"])
+def test_the_whole_device_half_runs_on_meta(pooling_mode):
+    """Token mask, real tokens, chunked SAE encode, reduction and split: nothing between the residuals and the
+    copies to the host needs the data (what model.forward hands encode_batch, on the meta device)."""
+    sae = rand_sae().to("meta")
+    lengths = torch.tensor([9, 4, 1, 6], device="meta")
+    hidden = torch.empty(4, 9, 8, device="meta")
+    attn = torch.arange(9, device="meta")[None, :] < lengths[:, None]
+    mask = token_mask(hidden, attn, ~attn)
+    real = pooling.real_tokens(lengths, 20)
+    if pooling_mode == "last":
+        acts, idx = enc._last_codes(sae, hidden, attn, ~attn, "fp32", False)
+        assert acts.shape == idx.shape == (4, sae.cfg.k)
+        return
+    if pooling_mode == "max":
+        parts = enc._max_parts(sae, hidden, mask, "fp32", False, real)
+    else:
+        parts = enc._top_parts(sae, hidden, mask, torch.ones(24, device="meta"), 3, "fp32", False, real)
+    n = 20 * sae.cfg.k if pooling_mode == "max" else 4 * 3 + 1
+    assert [tuple(t.shape) for t in parts] == [(n,)] * 4 + [()]
+    assert [t.dtype for t in parts] == [torch.int64, torch.int32, torch.float32, torch.int32, torch.int64]
