@@ -198,3 +198,38 @@ def test_padded_causal_batches_skip_the_mask_step_and_its_sync(bb, monkeypatch):
     assert reads == []
     for i in want:
         torch.testing.assert_close(batched[i][2], want[i][2][0], atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed varlen", "packed with transformers' mask"])
+def test_a_batch_runs_on_the_meta_device(layout):
+    """The forward and pooling of one batch need no value of any tensor (the meta device has none: whatever would
+    make the host wait for the GPU fails there), for padded causal batches and varlen rows. The packed path through
+    transformers' mask (the fallback) does need one, and the test says so: it can fail."""
+    import dataclasses
+
+    from qscope_eval.model import encode as enc
+    from qscope_eval.model.sae import Sae, SaeConfig
+
+    meta = tiny_backbone(num_hidden_layers=3)
+    meta.model.to("meta")
+    meta.device = torch.device("meta")
+    ids = meta.tokenize(TEXTS[:3]).ids
+    opts = forward.options_for(EncodeSpec(batch_tokens=4096, packing=layout != "padded"), meta, [1])
+    if layout == "packed varlen":  # what options_for picks on CUDA (the kernel itself: test_flash_glue...)
+        opts = dataclasses.replace(opts, attention=varlen.register())
+    host = build_host_batch(ids, meta.pad_id, meta.special_ids, opts, pin=False)
+    if layout == "packed with transformers' mask":
+        with pytest.raises(RuntimeError, match="meta"):
+            forward._forward(meta, host, [1], opts)
+        return
+    res = forward._forward(meta, host, [1], opts)
+    sae = Sae(SaeConfig(64, 256, 8, 1), torch.randn(256, 64), torch.zeros(256), torch.randn(64, 256),
+              torch.zeros(64)).to("meta")
+    h = res.hidden[1]
+    mask = enc.token_mask(h, res.attention_mask, res.special_mask)
+    real = enc.pooling.real_tokens(res.lengths, res.n_real)
+    n = int(sum(len(x) for x in ids))
+    assert res.n_real == n and h.shape[:2] == (len(ids), max(len(x) for x in ids))
+    assert enc._max_parts(sae, h, mask, "fp32", False, real)[0].shape == (n * 8,)
+    assert enc._top_parts(sae, h, mask, torch.ones(256, device="meta"), 4, "fp32", False, real)[0].shape == (3 * 4 + 1,)
+    assert enc._last_codes(sae, h, res.attention_mask, res.special_mask, "fp32", False)[0].shape == (3, 8)
