@@ -83,7 +83,8 @@ def _segments(keys: torch.Tensor, vals: torch.Tensor):
 
 
 def _slots(sk: torch.Tensor, seg: torch.Tensor, sentinel: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each slot's key (the sentinel for slots no key reached) and each entry's token count contribution."""
+    """Each slot's key (the sentinel for slots no key reached) and its number of entries: the tokens where that
+    feature fired in that prompt (a token's top-k indices are distinct)."""
     ukey = torch.full_like(sk, sentinel).scatter_(0, seg, sk)  # a slot's entries all carry its key
     count = torch.zeros(sk.shape, dtype=torch.int32, device=sk.device)
     count.scatter_add_(0, seg, torch.ones_like(seg, dtype=torch.int32))
