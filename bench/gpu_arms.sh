@@ -28,6 +28,6 @@ $PY bench/encode_arms.py --out "$O" --budget-s "${BUDGET_S:-330}" \
           "noise max best" "noise top best" "suite max bf16 SAE" "suite top bf16 SAE" "max bf16 vs tf32" "top bf16 vs tf32" \
           "$@" 2>&1 | tee "$O/arms.txt"
 if [ "${PROBE:-1}" = 1 ]; then
-  $PY bench/gpu_probe.py --out "$O" --sections floors compiled profile "compiled fidelity" split varlen cudnn ${PROBE_ARGS:-} \
+  $PY bench/gpu_probe.py --out "$O" --sections floors compiled profile "compiled fidelity" split varlen pooling cudnn ${PROBE_ARGS:-} \
     2>&1 | tee "$O/probe.txt"
 fi

@@ -23,6 +23,8 @@ data-sheet bf16 peak:
   varlen                      packed rows through flash attention's varlen kernel (model.varlen), whole layers
                               compiled: the forward, its attention kernels, its profile (with "profile"), its sets
                               against the model-card baseline and its batch-composition floor (with "floors")
+  pooling                     encode_texts with `max` pooling (500 prompts, compiled) profiled with the sync-free
+                              reduction (model.pooling) and with the previous one: synchronize calls, GPU busy
   cudnn                       the compiled forward with torch's own sdpa choice (cuDNN on Hopper) instead of
                               forward.COMPILED_SDPA, recompiled, on shapes it has not run
 
@@ -168,13 +170,14 @@ class Probe:
                   overhead=opts.overhead)
         return opts
 
-    def profile(self, opts, label: str = "") -> None:
-        """One pass under torch.profiler: kernel time by kind, GPU-busy share; the top kernels -> profile[_label].txt."""
+    def profile(self, opts, label: str = "", run=None) -> None:
+        """One pass (the forward over all prompts, or `run()` -> its wall seconds) under torch.profiler: kernel time
+        by kind, GPU-busy share, the host's CUDA calls that wait; the top kernels -> profile[_label].txt."""
         from torch.profiler import ProfilerActivity, profile
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.b.device.type == "cuda" else [])
         with profile(activities=acts) as prof:
-            wall = self.forward_pass(opts)
+            wall = run() if run is not None else self.forward_pass(opts)
         kinds: dict[str, float] = {}
         spans, host = [], {}
         for e in prof.events():
@@ -202,6 +205,27 @@ class Probe:
         top = prof.key_averages().table(sort_by="self_device_time_total" if self.b.device.type == "cuda"
                                         else "self_cpu_time_total", row_limit=25, max_name_column_width=70)
         (self.b.out / (f"profile_{label}.txt" if label else "profile.txt")).write_text(top)
+
+    def pooling(self, spec: EncodeSpec, n: int) -> None:
+        """encode_texts with `max` pooling on n prompts, profiled with model.pooling's sync-free reduction and with
+        the previous one (model.encode.SYNC_FREE): the host's synchronize calls and the GPU-busy share, each."""
+        from qscope_eval.jobs import pipeline
+        from qscope_eval.model import encode
+
+        b = self.b
+        rt, suite, ids = b.runtime("max"), b.suite("max", spec), np.arange(n)
+
+        def run() -> float:
+            t0 = time.perf_counter()
+            for _ in pipeline.encode_texts(rt, ids, b.texts[:n], suite):
+                pass
+            b.sync()
+            return time.perf_counter() - t0
+
+        for sync_free in (True, False):
+            with mock.patch.object(encode, "SYNC_FREE", sync_free):
+                run()  # warm-up: the same shapes, compiled and planned
+                self.profile(None, f"max {'sync-free' if sync_free else 'with syncs'}", run)
 
     def per_batch(self, opts) -> None:
         b = self.b
@@ -280,7 +304,7 @@ class Probe:
 
 
 SECTIONS = ("ceilings", "gemms", "floors", "eager", "compiled", "profile", "per batch", "uniform", "overheads",
-            "compiled fidelity", "split", "varlen", "cudnn")
+            "compiled fidelity", "split", "varlen", "pooling", "cudnn")
 """What the probe can measure (--sections), in the order it runs."""
 
 
@@ -353,6 +377,8 @@ def main(argv=None) -> int:
                 b.versus_baseline("packed varlen compile", packed)
                 b.noise_arm("packed varlen compile at 16k", "last",
                             dataclasses.replace(packed, batch_tokens=comp16.batch_tokens), n_fid)
+    if "pooling" in on:
+        p.pooling(comp, min(500, len(b.texts)))
     if "cudnn" in on and b.device.type == "cuda":
         # the compiled path with torch's own sdpa choice (cuDNN on Hopper): recompiled, on shapes it has not seen
         forward.uncompile(b.bb)
