@@ -12,8 +12,8 @@
 4. The host half of one such batch's `max` pooling (--prompts x --features pairs as the device leaves them:
    sorted (row * d_sae + feature) keys): split into the PooledBatch's arrays with numpy on the host (the
    previous encode._coo, which ran while the GPU waited) and with torch (encode._parts: on a GPU this runs on
-   the device) followed by the host's only remaining work, copying out the live slots (encode._to_pooled: the
-   copy hands the pinned buffers back to torch at once); median of 5.
+   the device) followed by the host's only remaining work, copying out the live slots (encode._to_pooled; on a
+   GPU that copy is the device-to-host one, of exactly the live slots); median of 5.
 
 5. The writer thread of encode_suite fed `max`-sized batches (--prompts / 2 x --features pairs) every --gap seconds
    with the merge capped at pipeline.MERGE_PAIRS pairs (now) and uncapped (before): total wall time and the tail
@@ -133,7 +133,7 @@ def pooled_to_host(prompts: int, features: int, d_sae: int = 32768) -> None:
             times.append(time.perf_counter() - t)
         return float(np.median(times))
 
-    red = pooling.Reduced(keys, vals, counts, None)
+    red = pooling.Reduced(keys, vals, counts, torch.tensor(keys.numel()))  # every slot live
     parts = encode._parts(red, d_sae)
     old, new = numpy_split(), encode._to_pooled(parts)
     same = all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(old, new))

@@ -142,5 +142,5 @@ def test_the_whole_device_half_runs_on_meta(pooling_mode):
     else:
         parts = enc._top_parts(sae, hidden, mask, torch.ones(24, device="meta"), 3, "fp32", False, real)
     n = 20 * sae.cfg.k if pooling_mode == "max" else 4 * 3 + 1
-    assert [tuple(t.shape) for t in parts] == [(n,)] * 4 + [()]
-    assert [t.dtype for t in parts] == [torch.int64, torch.int32, torch.float32, torch.int32, torch.int64]
+    assert [tuple(t.shape) for t in parts.tensors] == [(n,)] * 4 and parts.live.shape == ()
+    assert [t.dtype for t in parts.tensors] == [torch.int64, torch.int32, torch.float32, torch.int32]

@@ -10,12 +10,12 @@ vector per prompt, returned as COO triples in a `PooledBatch`:
 
 The token mask for `max`/`top` drops padding, special tokens, position 0 and attention
 sinks (norm > sink_factor x the prompt's median). Everything runs on the model's device
-and never materialises a dense [B, T, d_sae] tensor: masked tokens are flattened to
-[N_tok, d_model], encoded in chunks to [N_tok, k], and reduced on flattened
-(row * d_sae + feature) keys, split back into the PooledBatch's arrays on the device. Only the
-non-zeros cross to CPU numpy at the end (`last`: the [B, k] codes, tiny, whole); when the caller
-defers (DeferredPooled) they cross as async copies, turned into PooledBatches after model.forward
-has queued the next batch.
+and never materialises a dense [B, T, d_sae] tensor: the real tokens are flattened to
+[N, d_model], encoded in chunks to [N, k] (codes of the tokens the mask drops zeroed), and
+reduced on flattened (row * d_sae + feature) keys with no host sync (model.pooling), split
+back into the PooledBatch's arrays on the device. Only the non-zeros cross to CPU numpy
+(`last`: the [B, k] codes, tiny, whole); when the caller defers (pooling.DeferredPooled) they
+cross after model.forward has queued the next batch.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 
 from qscope_eval.errors import SaeError
 from qscope_eval.model import pooling
-from qscope_eval.model.pooling import DeferredPooled, PooledBatch, finish_host
+from qscope_eval.model.pooling import DeferredPooled, HostWork, PooledBatch, to_host
 from qscope_eval.model.sae import Sae
 from qscope_eval.data.suite import POOLINGS, EncodeSpec
 
@@ -202,31 +202,21 @@ def encode_tokens(sae: Sae, x: torch.Tensor, precision: str = "fp32", fixed_rows
     return torch.cat(outs_v), torch.cat(outs_i)
 
 
-Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-"""A PooledBatch's four arrays as device tensors in its dtypes (row int64, feature int32, value fp32, n_tokens int32),
-and the 0-d count of their live leading entries (model.pooling.Reduced)."""
-
 SYNC_FREE = True
 """`max`/`top` reduce with model.pooling.reduce_max / reduce_top, whose shapes the host knows, so pooling never waits
 for the GPU; False: unique_max / unique_top, the same reduction with syncs (bench/encode_arms.py measures both)."""
 
 
-def _parts(red: pooling.Reduced, d_sae: int) -> Parts:
-    """A reduction's keys -> the PooledBatch's arrays, split and cast on the device (the host then only slices: the
-    numpy split took 13-21 ms per 10^6 pairs on 2 cores, python bench/write_bench.py --sections 4)."""
-    n_live = red.n_live if red.n_live is not None else torch.tensor(red.key.shape[0])
-    return red.key // d_sae, (red.key % d_sae).to(torch.int32), red.value.float(), red.count.to(torch.int32), n_live
+def _parts(red: pooling.Reduced, d_sae: int) -> HostWork:
+    """A reduction's keys -> the PooledBatch's four arrays, split and cast on the device (row int64, feature int32,
+    value fp32, n_tokens int32; the numpy split took 13-21 ms per 10^6 pairs on 2 cores, python
+    bench/write_bench.py --sections 4), of which only the live leading slots will cross to the host."""
+    arrays = (red.key // d_sae, (red.key % d_sae).to(torch.int32), red.value.float(), red.count.to(torch.int32))
+    return HostWork(arrays, PooledBatch, red.n_live)
 
 
-def _trim(row: np.ndarray, feature: np.ndarray, value: np.ndarray, n_tokens: np.ndarray, n_live: np.ndarray) -> PooledBatch:
-    """Host arrays of a reduction -> the PooledBatch of its live slots (copied: the pinned buffers go back to torch's
-    cache at once instead of waiting with the batch in the writer's queue)."""
-    n = int(n_live)
-    return PooledBatch(row[:n].copy(), feature[:n].copy(), value[:n].copy(), n_tokens[:n].copy())
-
-
-def _to_pooled(parts: Parts) -> PooledBatch:
-    return _trim(*(t.cpu().numpy() for t in parts))
+def _to_pooled(work: HostWork) -> PooledBatch:
+    return to_host(work)
 
 
 def _token_codes(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str, fixed_rows: bool,
@@ -298,7 +288,7 @@ def pool_last(sae: Sae, hidden: torch.Tensor, attention_mask: torch.Tensor,
 
 
 def _max_parts(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str, fixed_rows: bool,
-               real=None) -> Parts:
+               real=None) -> HostWork:
     """pool_max on the device: per (prompt, feature), max z over the masked tokens and the tokens where it fired."""
     acts, idx, row = _token_codes(sae, hidden, mask, precision, fixed_rows, real)
     reduce = pooling.reduce_max if SYNC_FREE else pooling.unique_max
@@ -312,7 +302,7 @@ def pool_max(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str 
 
 
 def _top_parts(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, ref_mean: torch.Tensor, m: int, precision: str,
-               fixed_rows: bool, real=None) -> Parts:
+               fixed_rows: bool, real=None) -> HostWork:
     """pool_top on the device."""
     acts, idx, row = _token_codes(sae, hidden, mask, precision, fixed_rows, real)
     reduce = pooling.reduce_top if SYNC_FREE else pooling.unique_top
@@ -356,7 +346,7 @@ def encode_batch(residuals, encoders: Sequence[EncoderHandle], spec: EncodeSpec 
         hidden = residuals.hidden[enc.layer]
         if enc.pooling == "last":
             codes = _last_codes(enc.sae, hidden, residuals.attention_mask, residuals.special_mask, precision, fixed)
-            parts[enc.key] = (codes, functools.partial(_last_coo, d_sae=enc.sae.cfg.d_sae))
+            parts[enc.key] = HostWork(codes, functools.partial(_last_coo, d_sae=enc.sae.cfg.d_sae))
             continue
         if enc.layer not in masks:
             masks[enc.layer] = token_mask(hidden, residuals.attention_mask, residuals.special_mask,
@@ -365,10 +355,10 @@ def encode_batch(residuals, encoders: Sequence[EncoderHandle], spec: EncodeSpec 
             got = _max_parts(enc.sae, hidden, masks[enc.layer], precision, fixed, real)
         else:
             got = _top_parts(enc.sae, hidden, masks[enc.layer], enc.ref_mean(), enc.m, precision, fixed, real)
-        parts[enc.key] = (got, _trim)
+        parts[enc.key] = got
     if defer and DEFER_HOST_WORK:
         return DeferredPooled(parts)
-    return finish_host({key: (tuple(t.cpu() for t in ts), finish) for key, (ts, finish) in parts.items()})
+    return {key: to_host(work) for key, work in parts.items()}
 
 
 # ---------------------------------------------------------------- corpus iteration (stats, training)

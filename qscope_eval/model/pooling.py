@@ -1,4 +1,4 @@
-"""`max` and `top` pooling's reductions on the device, with no host sync.
+"""`max` and `top` pooling's reductions on the device, with no host sync, and the pooled arrays' way to the host.
 
 Input: the SAE codes of a batch's tokens (top_acts / top_indices [N, k], zero where the token mask drops the
 token) and each token's prompt row [N]. Output: one sparse vector per prompt as flattened
@@ -9,7 +9,7 @@ Two formulations, equal array for array (tests/test_pooling.py):
 - `reduce_max` / `reduce_top` (what encode_batch runs): every shape is fixed by N, k, B and m, which the host knows
   before the GPU has run, so the host queues the whole reduction and moves on to the next batch. The output holds
   one slot per (token, code) entry (`top`: per (prompt, rank)); the live slots come first and their number is a
-  0-d device tensor that travels to the host with the arrays, which then only slice.
+  0-d device tensor. It crosses to the host first (`DeferredPooled`); then exactly the live slots are copied.
 - `unique_max` / `unique_top`: boolean indexing and torch.unique, whose output sizes depend on the data, so the
   host waits for the GPU at each of them (three or four times a batch). It is the plain statement of the
   reduction, and what ran before; bench/encode_arms.py measures both (`SYNC_FREE` in model.encode).
@@ -20,6 +20,7 @@ same order in both formulations.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -172,12 +173,22 @@ def unique_top(acts: torch.Tensor, idx: torch.Tensor, token_row: torch.Tensor, n
 # ---------------------------------------------------------------- to the host
 
 
+class HostWork(NamedTuple):
+    """One encoder's pooled arrays on the device, and how they become a PooledBatch on the host."""
+
+    tensors: tuple[torch.Tensor, ...]
+    """Device tensors; finish(*their numpy arrays) is the PooledBatch."""
+    finish: Callable[..., PooledBatch]
+    live: torch.Tensor | None = None
+    """0-d count of the live leading entries of every tensor (`max`/`top` slots): only those cross to the host."""
+
+
 _COPY_STREAMS: dict = {}
 
 
 def _copy_stream(device: torch.device):
     """One side stream per device for the device-to-host copies (a copy queued on the compute stream would hold
-    the next batch's kernels back until it is done: tens of MB a batch for `max`)."""
+    the next batch's kernels back until it is done)."""
     if device not in _COPY_STREAMS:
         _COPY_STREAMS[device] = torch.cuda.Stream(device)
     return _COPY_STREAMS[device]
@@ -191,32 +202,49 @@ def _pinned_copy(t: torch.Tensor) -> torch.Tensor:
     return out.copy_(t, non_blocking=True)
 
 
-class DeferredPooled(Deferred):
-    """One batch's pooled arrays, per encoder, on their way to the host; settle() -> {key: PooledBatch}."""
+def _early(work: HostWork) -> tuple[torch.Tensor, ...]:
+    """What can cross before the host knows a size: the whole tensors, or only the live count."""
+    return work.tensors if work.live is None else (work.live,)
 
-    def __init__(self, parts: dict[str, tuple[tuple[torch.Tensor, ...], Callable[..., PooledBatch]]]):
-        # parts: key -> (device tensors, finish(*numpy arrays) -> PooledBatch)
-        on_gpu = [t for ts, _ in parts.values() for t in ts if t.device.type == "cuda"]
-        self.event = None
+
+def to_host(work: HostWork, early: tuple[torch.Tensor, ...] | None = None, stream=None) -> PooledBatch:
+    """The PooledBatch of `work`. `early`: _early(work) already on the host (else copied now, waiting for the
+    device). The live slots of a sized work are copied once their count is known, exactly, on `stream`."""
+    early = tuple(t.cpu() for t in _early(work)) if early is None else early
+    if work.live is None:
+        return work.finish(*(t.numpy() for t in early))
+    n = int(early[0])
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        # a copy of exactly the live slots (on CPU, of the slice: the [N * k] buffers are not kept alive)
+        arrays = [t[:n].cpu() if t.device.type != "cpu" else t[:n].clone() for t in work.tensors]
+    return work.finish(*(a.numpy() for a in arrays))
+
+
+class DeferredPooled(Deferred):
+    """One batch's pooled arrays, per encoder, on their way to the host; settle() -> {key: PooledBatch}.
+
+    At construction (model.forward then queues the next batch) it queues async copies of what has a known size
+    (`last`'s [B, k] codes, `max`/`top`'s live counts) on a side stream, behind the batch's kernels; settle() waits
+    for them, then copies exactly the live slots of `max`/`top` (tens of MB at most, while the GPU runs the next
+    batch) instead of every slot (up to 20 bytes x k per token)."""
+
+    def __init__(self, parts: dict[str, HostWork]):
+        self.parts, self.stream, self.event = parts, None, None
+        on_gpu = [t for w in parts.values() for t in (*w.tensors, *_early(w)) if t.device.type == "cuda"]
         if not on_gpu:
-            self.host = {key: (ts, finish) for key, (ts, finish) in parts.items()}
+            self.early = {key: _early(w) for key, w in parts.items()}
             return
         device = on_gpu[0].device
-        stream = _copy_stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))  # the copies start once pooling's kernels are done
-        with torch.cuda.stream(stream):
-            self.host = {key: (tuple(_pinned_copy(t) for t in ts), finish) for key, (ts, finish) in parts.items()}
-            for t in on_gpu:  # made on the compute stream, read on this one: not reused before the copy is done
-                t.record_stream(stream)
+        self.stream = _copy_stream(device)
+        self.stream.wait_stream(torch.cuda.current_stream(device))  # the copies start once pooling's kernels are done
+        with torch.cuda.stream(self.stream):
+            self.early = {key: tuple(_pinned_copy(t) for t in _early(w)) for key, w in parts.items()}
+            for t in on_gpu:  # made on the compute stream, read on this one: not reused before the copies are done
+                t.record_stream(self.stream)
             self.event = torch.cuda.Event()
-            self.event.record(stream)
+            self.event.record(self.stream)
 
     def settle(self) -> dict[str, PooledBatch]:
         if self.event is not None:
             self.event.synchronize()
-        return finish_host(self.host)
-
-
-def finish_host(parts: dict[str, tuple[tuple[torch.Tensor, ...], Callable[..., PooledBatch]]]) -> dict[str, PooledBatch]:
-    """Host tensors per encoder -> {key: PooledBatch} (DeferredPooled.settle, or encode_batch in turn)."""
-    return {key: finish(*(t.numpy() for t in ts)) for key, (ts, finish) in parts.items()}
+        return {key: to_host(w, self.early[key], self.stream) for key, w in self.parts.items()}
