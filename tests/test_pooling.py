@@ -144,3 +144,20 @@ def test_the_whole_device_half_runs_on_meta(pooling_mode):
     n = 20 * sae.cfg.k if pooling_mode == "max" else 4 * 3 + 1
     assert [tuple(t.shape) for t in parts.tensors] == [(n,)] * 4 and parts.live.shape == ()
     assert [t.dtype for t in parts.tensors] == [torch.int64, torch.int32, torch.float32, torch.int32]
+
+
+def test_only_the_live_slots_cross_to_the_host():
+    """DeferredPooled and to_host take the live count first, then exactly that many slots of every array (copies:
+    the [N * k] buffers are not kept alive by the PooledBatch); a work without a count crosses whole."""
+    acts, idx, row, _ = codes(seed=2)
+    red = pooling.reduce_max(acts, idx, row, 5, 30)
+    work = enc._parts(red, 30)
+    n = int(red.n_live)
+    assert 0 < n < red.key.numel()
+    settled = pooling.DeferredPooled({"max": work, "whole": pooling.HostWork((red.key[:3],), lambda k: k)}).settle()
+    pb = settled["max"]
+    assert len(pb.row) == len(pb.feature) == len(pb.value) == len(pb.n_tokens) == n
+    assert np.array_equal(pb.row * 30 + pb.feature, red.key[:n].numpy())
+    assert not np.shares_memory(pb.value, work.tensors[2].numpy())
+    assert np.array_equal(settled["whole"], red.key[:3].numpy())
+    assert all(np.array_equal(a, b) for a, b in zip(pooling.to_host(work), pb))
