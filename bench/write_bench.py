@@ -12,7 +12,7 @@
 4. The host half of one such batch's `max` pooling (--prompts x --features pairs as the device leaves them:
    sorted (row * d_sae + feature) keys): split into the PooledBatch's arrays with numpy on the host (the
    previous encode._coo, which ran while the GPU waited) and with torch (encode._parts: on a GPU this runs on
-   the device) followed by the host's only remaining work, copying out the live slots (encode._to_pooled; on a
+   the device) followed by the host's only remaining work, copying out the live slots (pooling.to_host; on a
    GPU that copy is the device-to-host one, of exactly the live slots); median of 5.
 
 5. The writer thread of encode_suite fed `max`-sized batches (--prompts / 2 x --features pairs) every --gap seconds
@@ -135,10 +135,10 @@ def pooled_to_host(prompts: int, features: int, d_sae: int = 32768) -> None:
 
     red = pooling.Reduced(keys, vals, counts, torch.tensor(keys.numel()))  # every slot live
     parts = encode._parts(red, d_sae)
-    old, new = numpy_split(), encode._to_pooled(parts)
+    old, new = numpy_split(), pooling.to_host(parts)
     same = all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(old, new))
     t_old, t_split, t_wrap = median(numpy_split), median(lambda: encode._parts(red, d_sae)), \
-        median(lambda: encode._to_pooled(parts))
+        median(lambda: pooling.to_host(parts))
     print(f"4. the host half of a `max` batch of {keys.numel():,} pairs ({prompts} prompts x {features}):")
     print(f"   split with numpy on the host (before)      {t_old * 1e3:7.1f} ms")
     print(f"   split with torch (a GPU: on the device)    {t_split * 1e3:7.1f} ms")

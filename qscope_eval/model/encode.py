@@ -215,10 +215,6 @@ def _parts(red: pooling.Reduced, d_sae: int) -> HostWork:
     return HostWork(arrays, PooledBatch, red.n_live)
 
 
-def _to_pooled(work: HostWork) -> PooledBatch:
-    return to_host(work)
-
-
 def _token_codes(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str, fixed_rows: bool,
                  real: tuple[torch.Tensor, torch.Tensor] | None = None):
     """SAE codes [N, k] of the tokens pooling may read, zeroed where the mask drops a token, and each token's row [N].
@@ -257,10 +253,12 @@ def last_positions(attention_mask: torch.Tensor, special_mask: torch.Tensor | No
 
 
 DEFER_HOST_WORK = True
-"""encode_batch(defer=True): every encoder's pooled arrays leave the device as async copies on a side stream, and
-become PooledBatches when model.forward settles the batch, after it has queued the next one (so the GPU runs that
-one meanwhile, and the copies overlap it). With SYNC_FREE no pooling mode waits for the GPU. bench/encode_arms.py
-measures both ways in one run ("... host work in turn")."""
+"""encode_batch(defer=True): a pooling.DeferredPooled. What has a known size (`last`'s codes, `max`/`top`'s live
+counts) leaves the device as async copies on a side stream; the rest (the live slots) crosses, and everything
+becomes PooledBatches, when model.forward settles the batch, after it has queued the next one (so the GPU runs that
+one meanwhile). With SYNC_FREE no pooling mode waits for the GPU. bench/encode_arms.py measures both ways in one run
+("... host work in turn")."""
+
 
 def _last_codes(sae: Sae, hidden: torch.Tensor, attention_mask: torch.Tensor, special_mask: torch.Tensor | None,
                 precision: str, fixed_rows: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,7 +296,7 @@ def _max_parts(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: st
 def pool_max(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, precision: str = "fp32",
              fixed_rows: bool = False) -> PooledBatch:
     """Per (prompt, feature): max z over the masked tokens and the count of tokens where it fired."""
-    return _to_pooled(_max_parts(sae, hidden, mask, precision, fixed_rows))
+    return to_host(_max_parts(sae, hidden, mask, precision, fixed_rows))
 
 
 def _top_parts(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, ref_mean: torch.Tensor, m: int, precision: str,
@@ -317,7 +315,7 @@ def pool_top(sae: Sae, hidden: torch.Tensor, mask: torch.Tensor, ref_mean: torch
     both count). `ref_mean` [d_sae] must already be floored (FeatureStats.reference_mean).
     value = the score; n_tokens = tokens where the feature fired. Ties break on lower id.
     """
-    return _to_pooled(_top_parts(sae, hidden, mask, ref_mean, m, precision, fixed_rows))
+    return to_host(_top_parts(sae, hidden, mask, ref_mean, m, precision, fixed_rows))
 
 
 # ---------------------------------------------------------------- one forward, several encoders
