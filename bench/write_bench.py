@@ -88,17 +88,29 @@ def shard_write(tmp: Path) -> None:
     print(f"   ratio {a / b:.1f}x")
 
 
+def max_sized(rng: np.random.Generator, prompts: int, features: int,
+              d_sae: int = 32768) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A `max`-pooled batch's COO rows: `features` random features per prompt, grouped by prompt with features
+    rising, as pooling gives them: (rows int64, features int32, values fp32)."""
+    rows = np.repeat(np.arange(prompts), features)
+    feats = np.concatenate([np.sort(rng.choice(d_sae, features, replace=False)) for _ in range(prompts)])
+    return rows, feats.astype(np.int32), rng.random(rows.size).astype(np.float32)
+
+
+def toy_encoder(s: Store, n_texts: int):
+    """A `max` encoder and one benchmark of n_texts prompts registered in `s`: (encoder row, sample ids)."""
+    e = s.register_encoder("toy@main|sae|L1|max|sae", "toy", "main", "sae", 1, "max", "sae", 32768, {})
+    return e, s.register_benchmark("b", "t", {"path": "x"}, [f"q{i}" for i in range(n_texts)])
+
+
 def big_batch(tmp: Path, prompts: int, features: int) -> None:
     rng = np.random.default_rng(0)
-    rows = np.repeat(np.arange(prompts), features)
-    feats = np.concatenate([np.sort(rng.choice(32768, features, replace=False)) for _ in range(prompts)])
-    vals = rng.random(rows.size).astype(np.float32)
+    rows, feats, vals = max_sized(rng, prompts, features)
     shuffle = rng.permutation(rows.size)
     times = {}
     for name, order in (("grouped, as pooled", slice(None)), ("shuffled (sorted first)", shuffle)):
         with Store(tmp / f"b{len(times)}.duckdb") as s:
-            e = s.register_encoder("toy@main|sae|L1|max|sae", "toy", "main", "sae", 1, "max", "sae", 32768, {})
-            ids = s.register_benchmark("b", "t", {"path": "x"}, [f"q{i}" for i in range(prompts)])
+            e, ids = toy_encoder(s, prompts)
             t = time.perf_counter()
             s.write_batch(e.encoder_id, ids, np.full(prompts, 500), np.zeros(prompts, bool), rows[order], feats[order],
                           vals[order], np.ones(rows.size, np.int32))
@@ -115,9 +127,8 @@ def pooled_to_host(prompts: int, features: int, d_sae: int = 32768) -> None:
 
     from qscope_eval.model import encode, pooling
 
-    rng = np.random.default_rng(0)
-    keys = torch.from_numpy(np.concatenate([r * d_sae + np.sort(rng.choice(d_sae, features, replace=False))
-                                            for r in range(prompts)]))
+    rows, feats, _ = max_sized(np.random.default_rng(0), prompts, features, d_sae)
+    keys = torch.from_numpy(rows * d_sae + feats)
     vals, counts = torch.rand(keys.numel()), torch.randint(1, 5, (keys.numel(),))
 
     def numpy_split():  # the previous encode._coo
@@ -153,16 +164,12 @@ def writer_tail(tmp: Path, prompts: int, features: int, batches: int, gap: float
     batch arrived (the tail, which no compute overlaps)."""
     from qscope_eval.model.encode import PooledBatch
 
-    rng = np.random.default_rng(0)
-    rows = np.repeat(np.arange(prompts), features)
-    feats = np.concatenate([np.sort(rng.choice(32768, features, replace=False)) for _ in range(prompts)]).astype(np.int32)
-    vals = rng.random(rows.size).astype(np.float32)
+    rows, feats, vals = max_sized(np.random.default_rng(0), prompts, features)
     best, n_rows = {}, {}
     for r in range(repeat):
         for name, cap in (("no cap (before)", 1 << 62), (f"{pipeline.MERGE_PAIRS:,} pairs (now)", pipeline.MERGE_PAIRS)):
             with Store(tmp / f"t{r}-{len(best)}.duckdb") as s:
-                e = s.register_encoder("toy@main|sae|L1|max|sae", "toy", "main", "sae", 1, "max", "sae", 32768, {})
-                ids = s.register_benchmark("b", "t", {"path": "x"}, [f"q{i}" for i in range(prompts * batches)])
+                e, ids = toy_encoder(s, prompts * batches)
                 writer = pipeline.BatchWriter(s, {e.key: e}, 0.5, cap)
                 t0 = time.perf_counter()
                 for i in range(batches):

@@ -10,7 +10,7 @@ from qscope_eval.model import pooling
 from qscope_eval.model.backbone import Residuals
 from qscope_eval.model.encode import EncoderHandle, encode_batch, token_mask
 from qscope_eval.model.feature_stats import FeatureStats
-from qscope_eval.model.sae import Sae, SaeConfig
+from test_encode import rand_sae
 
 
 def codes(n_rows=5, per_row=(7, 0, 3, 12, 1), k=4, d_sae=30, seed=0, levels=None, drop=0.3):
@@ -89,12 +89,6 @@ def test_shapes_do_not_depend_on_the_data():
 def test_real_tokens():
     r, c = pooling.real_tokens(torch.tensor([3, 0, 2, 1]), 6)
     assert r.tolist() == [0, 0, 0, 2, 2, 3] and c.tolist() == [0, 1, 2, 0, 1, 0]
-
-
-def rand_sae(d_model=8, d_sae=24, k=4, layer=1) -> Sae:
-    g = torch.Generator().manual_seed(0)
-    return Sae(SaeConfig(d_model=d_model, d_sae=d_sae, k=k, layer=layer), torch.randn(d_sae, d_model, generator=g),
-               torch.randn(d_sae, generator=g) - 1.0, torch.randn(d_model, d_sae, generator=g), torch.zeros(d_model))
 
 
 @pytest.mark.parametrize("sync_free", [True, False])

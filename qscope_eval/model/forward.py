@@ -157,6 +157,7 @@ def _forward(backbone: Backbone, host: HostBatch, layers: Sequence[int], opts: F
     lens = host.lengths.to(dev, non_blocking=nb)
     special = host.special.to(dev, non_blocking=nb)
     mask = torch.arange(special.shape[1], device=dev)[None, :] < lens[:, None]
+    n_real = int(host.lengths.sum())  # on the host: pooling needs no sync to find the real tokens
     if host.position_ids is None:
         if backbone.kind == "causal":
             # Right padding under a causal mask: a real token only sees earlier positions, all real, so the
@@ -176,7 +177,7 @@ def _forward(backbone: Backbone, host: HostBatch, layers: Sequence[int], opts: F
                 hidden = {n: h[:1] for n, h in hidden.items()}
         else:  # bidirectional encoders need the padding mask
             hidden = backbone.forward_hooked(layers, input_ids=ids, attention_mask=mask.long())
-        return Residuals(hidden, mask, special, lens, int(host.lengths.sum()))
+        return Residuals(hidden, mask, special, lens, n_real)
     pos = host.position_ids.to(dev, non_blocking=nb)
     gather = host.gather.to(dev, non_blocking=nb)
     impl = opts.attention or _packed_fallback(backbone)
@@ -190,7 +191,7 @@ def _forward(backbone: Backbone, host: HostBatch, layers: Sequence[int], opts: F
         # attention_mask None + position_ids restarting per prompt: transformers masks per prompt
         packed = backbone.forward_hooked(layers, input_ids=ids, position_ids=pos, **extra)
     hidden = {n: h[0][gather] for n, h in packed.items()}  # [1, L, d] -> [B, T, d]
-    return Residuals(hidden, mask, special, lens, int(host.lengths.sum()))
+    return Residuals(hidden, mask, special, lens, n_real)
 
 
 def full_attention_only(backbone: Backbone) -> bool:

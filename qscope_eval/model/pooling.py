@@ -230,7 +230,8 @@ class DeferredPooled(Deferred):
 
     def __init__(self, parts: dict[str, HostWork]):
         self.parts, self.stream, self.event = parts, None, None
-        on_gpu = [t for w in parts.values() for t in (*w.tensors, *_early(w)) if t.device.type == "cuda"]
+        every = [t for w in parts.values() for t in (*w.tensors, *(() if w.live is None else (w.live,)))]
+        on_gpu = [t for t in every if t.device.type == "cuda"]
         if not on_gpu:
             self.early = {key: _early(w) for key, w in parts.items()}
             return
