@@ -19,7 +19,11 @@
    with the merge capped at pipeline.MERGE_PAIRS pairs (now) and uncapped (before): total wall time and the tail
    after the last batch, which nothing overlaps.
 
-    python bench/write_bench.py [--repeat 2] [--prompts 200] [--features 10000] [--sections 1 2 3 4 5]
+6. encode_suite's own cost (wall time minus the encoder's) on --texts prompts of the GPU bench's lengths, the
+   encoder replaced by one yielding 30 `last` batches every --pace seconds: the texts stored before the first batch
+   (before) and by the writer thread while the first batches compute (pipeline.QUICK_START, now).
+
+    python bench/write_bench.py [--repeat 2] [--prompts 200] [--features 10000] [--sections 1 2 3 4 5 6] [--texts 2000] [--pace 0.13]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import os
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,6 +42,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -192,14 +198,67 @@ def writer_tail(tmp: Path, prompts: int, features: int, batches: int, gap: float
           f"{len(set(n_rows.values())) == 1} ({next(iter(n_rows.values())):,})")
 
 
+def quick_start(tmp: Path, n: int, batches: int, pace: float, repeat: int) -> None:
+    """encode_suite's own cost around an encoder that yields `last`-sized batches every `pace` seconds (the
+    sleep releases the GIL as a CUDA wait does): wall time minus the batches' time, with pipeline.QUICK_START off
+    (before: the texts stored and every encoder's stored samples queried before the first batch) and on (now)."""
+    from qscope_eval.data.suite import BenchmarkSpec, EncodeSpec, ModelSpec, SaeSpec, Suite
+    from qscope_eval.model.encode import PooledBatch
+    from qscope_eval.model.encoders import EncoderInfo
+
+    rng = np.random.default_rng(0)
+    vocab = np.array(["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), rng.integers(2, 9))) for _ in range(5000)])
+    texts = [" ".join(rng.choice(vocab, rng.integers(100, 800))) + f" #{i}" for i in range(n)]  # ~GPU bench lengths
+    rows = pd.DataFrame({"benchmark": "synthetic", "position": np.arange(n), "text": texts})
+    suite = Suite(name="quick", model=ModelSpec(id="random:qwen3"), sae=SaeSpec(path="random"), layers=(14,),
+                  pooling="last", encode=EncodeSpec(), benchmarks=(BenchmarkSpec(name="synthetic", path="s.jsonl", text="text"),))
+    key, per = "random|L14|last|sae", -(-n // batches)
+    runtime = types.SimpleNamespace(encoders=[EncoderInfo(key, 14, "sae", 32768, 50)])
+    feats = np.sort(rng.integers(0, 32768, (per, 50)), axis=1).reshape(-1).astype(np.int32)
+
+    def paced(runtime, ids, texts, suite, group=None):
+        for s in range(0, len(ids), per):
+            time.sleep(pace)
+            b = ids[s:s + per]
+            pb = PooledBatch(np.repeat(np.arange(len(b), dtype=np.int32), 50), feats[: len(b) * 50],
+                             np.ones(len(b) * 50, np.float32), np.ones(len(b) * 50, np.int32))
+            yield pipeline.EncodedBatch(b, np.full(len(b), 590), np.zeros(len(b), bool), {key: pb})
+
+    best, ends, saved = {}, {}, (pipeline.encode_texts, pipeline.QUICK_START)
+    pipeline.encode_texts = paced
+    try:
+        for r in range(repeat):
+            for quick in (False, True):
+                pipeline.QUICK_START = quick
+                db = tmp / f"q{quick}-{r}.duckdb"
+                with injected(runtime, rows):
+                    t = time.perf_counter()
+                    with Store(db) as store:
+                        pipeline.encode_suite(suite, store, progress=False)
+                    best[quick] = min(best.get(quick, float("inf")), time.perf_counter() - t - batches * pace)
+                with Store(db, read_only=True) as store:
+                    ends[quick] = [store.con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                                   for t in ("samples", "memberships", "encoded", "activations")]
+    finally:
+        pipeline.encode_texts, pipeline.QUICK_START = saved
+    print(f"6. encode_suite's own cost around {batches} `last` batches of {per} prompts ({sum(map(len, texts)) / 1e6:.1f} MB "
+          f"of text), one every {pace:g} s, best of {repeat}:")
+    print(f"   texts stored before the first batch (before)   {best[False]:6.3f} s")
+    print(f"   texts stored by the writer (QUICK_START, now)  {best[True]:6.3f} s")
+    print(f"   ratio {best[False] / best[True]:.2f}x; tables' row counts equal: {ends[False] == ends[True]} {ends[True]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--features", type=int, default=10000)
-    ap.add_argument("--sections", nargs="*", type=int, default=[1, 2, 3, 4, 5], choices=[1, 2, 3, 4, 5])
+    ap.add_argument("--sections", nargs="*", type=int, default=[1, 2, 3, 4, 5, 6], choices=[1, 2, 3, 4, 5, 6])
     ap.add_argument("--batches", type=int, default=8, help="section 5: batches fed to the writer")
     ap.add_argument("--gap", type=float, default=0.3, help="section 5: seconds between batches (a GPU batch's time)")
+    ap.add_argument("--texts", type=int, default=2000, help="section 6: prompts (the GPU bench's 2000)")
+    ap.add_argument("--pace", type=float, default=0.13,
+                    help="section 6: seconds per batch (30 `last` batches of encode_texts took 3.98 s on the H100, run 4)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="write_bench.") as tmp:
         if 1 in args.sections:
@@ -212,6 +271,8 @@ def main() -> None:
             pooled_to_host(args.prompts, args.features)
         if 5 in args.sections:
             writer_tail(Path(tmp), args.prompts // 2, args.features, args.batches, args.gap, args.repeat)
+        if 6 in args.sections:
+            quick_start(Path(tmp), args.texts, 30, args.pace, args.repeat)
 
 
 if __name__ == "__main__":

@@ -111,6 +111,59 @@ def test_killed_run_resumes_without_duplicates(tiny, tmp_path):
     assert q(db, acts) == q(clean, acts)
 
 
+STATE = {"samples": "SELECT * FROM samples ORDER BY ALL", "memberships": "SELECT * FROM memberships ORDER BY ALL",
+         "benchmarks": "SELECT name, suite, spec, n_samples, cost, role FROM benchmarks ORDER BY ALL",
+         "activations": "SELECT encoder_id, sample_id, feature, round(value, 5), n_tokens FROM activations ORDER BY ALL",
+         "encoded": "SELECT encoder_id, sample_id, n_tokens, truncated, n_features FROM encoded ORDER BY ALL"}
+
+
+def test_the_writer_stores_the_texts_and_the_database_ends_the_same(tiny, tmp_path, monkeypatch):
+    """prepare(defer_texts=True) writes no text; its registrations, run later, store what prepare would have, and
+    encode_suite with the texts stored by its writer (QUICK_START) ends with the same database as without."""
+    from qscope_eval.jobs import pipeline
+
+    suite = load_suite(tiny)
+    rows, infos = pipeline.load_rows(suite), pipeline.load_runtime(suite).encoders
+    now, later = tmp_path / "now.duckdb", tmp_path / "later.duckdb"
+    with Store(now) as a, Store(later) as b:
+        eager = pipeline.prepare(suite, a, rows, infos)
+        deferred = pipeline.prepare(suite, b, rows, infos, defer_texts=True)
+        assert eager.registrations == [] and len(deferred.registrations) == len(suite.benchmarks)
+        assert b.con.execute("SELECT count(*) FROM samples").fetchall() == [(0,)]
+        assert deferred.pending_ids.tolist() == eager.pending_ids.tolist() and len(eager.pending_ids) == 20
+        assert {k: v.tolist() for k, v in deferred.benchmark_ids.items()} == {k: v.tolist() for k, v in eager.benchmark_ids.items()}
+        for register in deferred.registrations:
+            register()
+    for name in ("samples", "memberships", "benchmarks"):
+        assert q(now, STATE[name]) == q(later, STATE[name]), name
+    ends = {}
+    for quick in (False, True):
+        monkeypatch.setattr(pipeline, "QUICK_START", quick)
+        db = tmp_path / f"quick{quick}.duckdb"
+        with Store(db) as s:
+            assert encode_suite(suite, s, progress=False).n_encoded == 20
+        ends[quick] = {name: q(db, sql) for name, sql in STATE.items()}
+    assert ends[True] == ends[False] and len(ends[True]["samples"]) == 20 and ends[True]["activations"]
+    with Store(tmp_path / "quickTrue.duckdb") as s:  # an encoder the store knows: its stored samples are not pending
+        assert len(pipeline.prepare(suite, s, rows, infos, defer_texts=True).pending_ids) == 0
+
+
+def test_a_failed_text_registration_stops_the_run_before_any_batch_lands(tiny, tmp_path, monkeypatch):
+    """The writer stores the texts first: if that fails, the error reaches the caller and no batch is written."""
+    from qscope_eval.errors import StoreError
+
+    def full_disk(self, *a, **k):
+        raise StoreError("no space left on device")
+
+    monkeypatch.setattr(Store, "register_benchmark", full_disk)
+    db = tmp_path / "f.duckdb"
+    with Store(db) as s:
+        with pytest.raises(StoreError, match="no space left"):
+            encode_suite(load_suite(tiny), s, progress=False)
+    assert q(db, "SELECT count(*) FROM encoded")[0][0] == 0 and q(db, "SELECT count(*) FROM samples")[0][0] == 0
+    assert q(db, "SELECT count(*) FROM activations")[0][0] == 0
+
+
 def test_adding_samples_on_another_encode_path_is_warned(tiny, tmp_path):
     """Samples encoded eagerly, then more added in the deterministic mode: their sets come from different arithmetic,
     so the run says so, once per encoder, before it starts; a run with nothing to add says nothing."""

@@ -3,7 +3,7 @@
 All SQL of the project lives in this package.
 """
 
-from qscope_eval.store.db import EncodedSet, EncoderRow, Store, sample_id
+from qscope_eval.store.db import EncodedSet, EncoderRow, Store, sample_id, sample_ids
 from qscope_eval.store.parts import copy_database
 
-__all__ = ["EncodedSet", "EncoderRow", "Store", "copy_database", "sample_id"]
+__all__ = ["EncodedSet", "EncoderRow", "Store", "copy_database", "sample_id", "sample_ids"]

@@ -40,6 +40,11 @@ def sample_id(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big", signed=True)
 
 
+def sample_ids(texts: list[str]) -> np.ndarray:
+    """sample_id of each text (int64): the ids register_benchmark will store them under."""
+    return np.array([sample_id(t) for t in texts], dtype=np.int64)
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -194,15 +199,16 @@ class Store(ValidationTables, RunHistory):
         self.close()
 
     def transaction(self):
-        return _Transaction(self.con)
+        return P.Transaction(self.con)
 
     # ---- benchmarks and samples -------------------------------------------------
     def register_benchmark(self, name: str, suite: str, spec: dict, texts: list[str], cost: float | None = None,
-                           role: str = "benchmark") -> np.ndarray:
+                           role: str = "benchmark", ids: np.ndarray | None = None) -> np.ndarray:
         """Store a benchmark's (role 'reference': a reference corpus's) prompts (new texts only) and replace its
-        membership. Returns sample ids."""
+        membership. Returns sample ids (`ids`: sample_ids(texts) when the caller has them already)."""
         assert role in ("benchmark", "reference"), role
-        ids = np.array([sample_id(t) for t in texts], dtype=np.int64)
+        ids = sample_ids(texts) if ids is None else ids
+        assert len(ids) == len(texts)
         samples = pa.table({"sample_id": ids, "text": texts, "n_chars": np.array([len(t) for t in texts], dtype=np.int32)})
         members = pa.table({"benchmark": [name] * len(ids), "position": np.arange(len(ids), dtype=np.int32), "sample_id": ids})
         with self.transaction():
@@ -261,6 +267,10 @@ class Store(ValidationTables, RunHistory):
                 self.con.execute("UPDATE encoders SET params = ? WHERE key = ?",
                                  [json.dumps({**params, **old}, sort_keys=True), key])
         return self.encoder(key)
+
+    def encoder_keys(self) -> set[str]:
+        """Keys of the registered encoders."""
+        return {r[0] for r in self.con.execute("SELECT key FROM encoders").fetchall()}
 
     def encoder(self, ref: str | int | None = None, kind: str = "sae") -> EncoderRow:
         """Find an encoder by id, key, or (None) the most recently created one of `kind`."""
@@ -428,17 +438,3 @@ class Store(ValidationTables, RunHistory):
         """Benchmark -> |F(D)| at min_support 1 (the `coverage` view)."""
         return dict(self.con.execute("SELECT benchmark, n_features FROM coverage WHERE encoder_id = ?",
                                      [encoder_id]).fetchall())
-
-class _Transaction:
-    """BEGIN/COMMIT around a block; ROLLBACK on any exception so the file stays as it was."""
-
-    def __init__(self, con):
-        self.con = con
-
-    def __enter__(self):
-        self.con.execute("BEGIN TRANSACTION")
-        return self.con
-
-    def __exit__(self, exc_type, exc, tb):
-        self.con.execute("ROLLBACK" if exc_type else "COMMIT")
-        return False

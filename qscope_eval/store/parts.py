@@ -21,7 +21,7 @@ Parts are never modified: compaction writes a merged part and swaps the
 catalog rows in one transaction, then deletes the old files (readers hold the
 catalog's shared lock for their whole query, so no reader is mid-read then).
 Parquet (zstd, rows sorted by sample then feature) also stores a pair in about
-half the bytes of DuckDB's own table.
+half the bytes of DuckDB's own table. `Transaction` is the BEGIN/COMMIT block every write of the store uses.
 """
 
 from __future__ import annotations
@@ -307,3 +307,18 @@ def compact(store, encoder_id: int) -> int:
     for n in group:
         (store.parts_dir / n).unlink(missing_ok=True)
     return len(group)
+
+
+class Transaction:
+    """BEGIN/COMMIT around a block; ROLLBACK on any exception so the file stays as it was."""
+
+    def __init__(self, con):
+        self.con = con
+
+    def __enter__(self):
+        self.con.execute("BEGIN TRANSACTION")
+        return self.con
+
+    def __exit__(self, exc_type, exc, tb):
+        self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
