@@ -22,8 +22,12 @@
 6. encode_suite's own cost (wall time minus the encoder's) on --texts prompts of the GPU bench's lengths, the
    encoder replaced by one yielding 30 `last` batches every --pace seconds: the texts stored before the first batch
    (before) and by the writer thread while the first batches compute (pipeline.QUICK_START, now).
+7. encode_suite's closing check, the `coverage` view for one encoder (Store.footprints), and `pairwise_overlap`, on
+   --prompts x 5 prompts of --features pairs each in 4 overlapping benchmarks (a `max` run's 10^7 pairs): the views
+   as they were (built on benchmark_features, which counts each feature's distinct samples) and now (each
+   benchmark's distinct fired features directly).
 
-    python bench/write_bench.py [--repeat 2] [--prompts 200] [--features 10000] [--sections 1 2 3 4 5 6] [--texts 2000] [--pace 0.13]
+    python bench/write_bench.py [--repeat 2] [--prompts 200] [--features 10000] [--sections 1 2 3 4 5 6 7] [--texts 2000] [--pace 0.13]
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from encode_common import injected  # noqa: E402
 from qscope_eval.data.suite import load_suite  # noqa: E402
 from qscope_eval.jobs import pipeline  # noqa: E402
-from qscope_eval.store import Store  # noqa: E402
+from qscope_eval.store import Store, sample_ids  # noqa: E402
 
 ROWS_SQL = "SELECT encoder_id, sample_id, feature, value FROM activations ORDER BY ALL"
 
@@ -248,12 +252,69 @@ def quick_start(tmp: Path, n: int, batches: int, pace: float, repeat: int) -> No
     print(f"   ratio {best[False] / best[True]:.2f}x; tables' row counts equal: {ends[False] == ends[True]} {ends[True]}")
 
 
+COVERAGE_BEFORE = """CREATE TEMP VIEW coverage_before AS
+SELECT bf.encoder_id, bf.benchmark, any_value(b.n_samples) AS n_samples, count(*) AS n_features,
+       count(*) / any_value(e.d_sae) AS share_of_dsae
+FROM benchmark_features bf JOIN benchmarks b ON b.name = bf.benchmark JOIN encoders e USING (encoder_id)
+GROUP BY ALL"""
+"""The `coverage` view as it was: counting benchmark_features' rows (each feature's distinct samples)."""
+
+PAIRWISE_BEFORE = """CREATE TEMP VIEW pairwise_overlap_before AS
+WITH inter AS (
+  SELECT x.encoder_id, x.benchmark AS a, y.benchmark AS b, count(*) AS n_shared
+  FROM benchmark_features x JOIN benchmark_features y ON x.encoder_id = y.encoder_id AND x.feature = y.feature
+  GROUP BY ALL)
+SELECT i.encoder_id, i.a, i.b, i.n_shared, ca.n_features AS n_a, cb.n_features AS n_b,
+       i.n_shared / ca.n_features AS asym_a_to_b, i.n_shared / least(ca.n_features, cb.n_features) AS sym,
+       i.n_shared / (ca.n_features + cb.n_features - i.n_shared) AS jaccard
+FROM inter i JOIN coverage_before ca ON ca.encoder_id = i.encoder_id AND ca.benchmark = i.a
+JOIN coverage_before cb ON cb.encoder_id = i.encoder_id AND cb.benchmark = i.b"""
+"""`pairwise_overlap` as it was: benchmark_features twice, the old coverage twice."""
+
+
+def coverage_view(tmp: Path, prompts: int, features: int, repeat: int) -> None:
+    """encode_suite's closing check (Store.footprints: `coverage` for one encoder) and `pairwise_overlap` on a `max`
+    run's worth of pairs, --prompts x 5 prompts in 4 benchmarks (a fifth of each shared with the next): the views as
+    they were and now."""
+    rng = np.random.default_rng(0)
+    n = prompts * 5
+    with Store(tmp / "cov.duckdb") as s:
+        e = s.register_encoder("toy@main|sae|L1|max|sae", "toy", "main", "sae", 1, "max", "sae", 32768, {})
+        texts = [f"q{i}" for i in range(n)]
+        for b in range(4):  # overlapping quarters
+            s.register_benchmark(f"b{b}", "t", {"path": "x"}, texts[b * n // 4: min(n, (b + 1) * n // 4 + n // 20)])
+        ids = sample_ids(texts)
+        for k, start in enumerate(range(0, n, prompts)):  # batch k fires features < 12000 + 4000 k: footprints differ
+            rows, feats, vals = max_sized(rng, prompts, features, 12000 + 4000 * k)
+            s.write_batch(e.encoder_id, ids[start:start + prompts], np.full(prompts, 500), np.zeros(prompts, bool),
+                          rows, feats, vals, np.ones(rows.size, np.int32))
+        pairs = s.con.execute("SELECT count(*) FROM activations").fetchone()[0]
+    queries = {"coverage": "SELECT benchmark, n_features FROM {} WHERE encoder_id = ? ORDER BY ALL",
+               "pairwise_overlap": "SELECT * FROM {} WHERE encoder_id = ? ORDER BY ALL"}
+    best, got = {}, {}
+    with Store(tmp / "cov.duckdb", read_only=True) as s:
+        s.con.execute(COVERAGE_BEFORE)
+        s.con.execute(PAIRWISE_BEFORE)
+        for _ in range(repeat):
+            for view, sql in queries.items():
+                for when, name in (("before", f"{view}_before"), ("now", view)):
+                    t = time.perf_counter()
+                    got[view, when] = s.con.execute(sql.format(name), [e.encoder_id]).fetchall()
+                    best[view, when] = min(best.get((view, when), float("inf")), time.perf_counter() - t)
+    print(f"7. the views for one encoder, {pairs:,} pairs ({n} prompts x {features}, 4 benchmarks), best of {repeat}:")
+    for view in queries:
+        b, a = best[view, "before"], best[view, "now"]
+        print(f"   {view:<17} before {b:6.3f} s   now {a:6.3f} s   ratio {b / a:5.1f}x   "
+              f"same rows: {got[view, 'before'] == got[view, 'now']} ({len(got[view, 'now'])})")
+    print(f"   footprints: {got['coverage', 'now']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--features", type=int, default=10000)
-    ap.add_argument("--sections", nargs="*", type=int, default=[1, 2, 3, 4, 5, 6], choices=[1, 2, 3, 4, 5, 6])
+    ap.add_argument("--sections", nargs="*", type=int, default=[1, 2, 3, 4, 5, 6, 7], choices=[1, 2, 3, 4, 5, 6, 7])
     ap.add_argument("--batches", type=int, default=8, help="section 5: batches fed to the writer")
     ap.add_argument("--gap", type=float, default=0.3, help="section 5: seconds between batches (a GPU batch's time)")
     ap.add_argument("--texts", type=int, default=2000, help="section 6: prompts (the GPU bench's 2000)")
@@ -273,6 +334,8 @@ def main() -> None:
             writer_tail(Path(tmp), args.prompts // 2, args.features, args.batches, args.gap, args.repeat)
         if 6 in args.sections:
             quick_start(Path(tmp), args.texts, 30, args.pace, args.repeat)
+        if 7 in args.sections:
+            coverage_view(Path(tmp), args.prompts, args.features, args.repeat)
 
 
 if __name__ == "__main__":

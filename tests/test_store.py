@@ -27,6 +27,49 @@ def test_shared_prompt_is_stored_once_and_counts_in_both(tmp_path):
         assert cov == {"a": 3, "b": 2}
 
 
+def test_coverage_counts_each_benchmarks_fired_features(tmp_path):
+    """The `coverage` view's |F(D)| against numpy on the raw rows and against benchmark_features' rows: per encoder,
+    only benchmarks (not reference corpora), only values > 0, shared prompts counted in every benchmark; and
+    `pairwise_overlap` against the same sets."""
+    from synthetic import build_store
+
+    rng = np.random.default_rng(1)
+    with build_store(tmp_path / "c.duckdb", n_bench=3, n=30) as s:
+        e = s.encoder("toy@main|sae|L1|last|sae")
+        ids = s.register_benchmark("ref", "synth", {}, [f"ref {i}" for i in range(20)] + ["bench0 q0 shared"], role="reference")
+        todo = s.pending(e.encoder_id, ids)
+        rows = np.repeat(np.arange(len(todo)), 6)
+        vals = np.where(rng.random(rows.size) < 0.3, 0.0, 1.0)  # some stored zeros: not fired
+        s.write_batch(e.encoder_id, todo, np.full(len(todo), 9), np.zeros(len(todo), bool), rows,
+                      rng.integers(200, 256, rows.size), vals, np.ones(rows.size, int))
+        acts = s.con.execute("SELECT encoder_id, sample_id, feature FROM activations WHERE value > 0").fetchnumpy()
+        members = s.con.execute("SELECT benchmark, sample_id FROM bench_memberships").fetchall()
+        want = {}
+        for enc in (1, 2):
+            for bench in {b for b, _ in members}:
+                samples = [i for b, i in members if b == bench]
+                fired = acts["feature"][(acts["encoder_id"] == enc) & np.isin(acts["sample_id"], samples)]
+                if fired.size:
+                    want[(enc, bench)] = len(np.unique(fired))
+        got = {(r[0], r[1]): r[2] for r in s.con.execute("SELECT encoder_id, benchmark, n_features FROM coverage").fetchall()}
+        assert got == want and len(want) == 6 and "ref" not in {b for _, b in got}
+        old = dict(((r[0], r[1]), r[2]) for r in s.con.execute(
+            "SELECT encoder_id, benchmark, count(*) FROM benchmark_features GROUP BY ALL").fetchall())
+        assert got == old
+        share = s.con.execute("SELECT max(abs(share_of_dsae - n_features / 256)) FROM coverage").fetchall()[0][0]
+        assert share < 1e-12
+        sets = {}
+        for enc, bench in want:
+            samples = [i for b, i in members if b == bench]
+            sets[(enc, bench)] = set(acts["feature"][(acts["encoder_id"] == enc) & np.isin(acts["sample_id"], samples)].tolist())
+        pairs = s.con.execute("SELECT encoder_id, a, b, n_shared, n_a, n_b, asym_a_to_b, sym, jaccard FROM pairwise_overlap").fetchall()
+        assert len(pairs) == sum(1 for x in want for y in want if x[0] == y[0] and sets[x] & sets[y]) > 6
+        for enc, a, b, shared, n_a, n_b, asym, sym, jac in pairs:
+            A, B = sets[(enc, a)], sets[(enc, b)]
+            assert (shared, n_a, n_b) == (len(A & B), len(A), len(B))
+            assert np.allclose([asym, sym, jac], [len(A & B) / len(A), len(A & B) / min(len(A), len(B)), len(A & B) / len(A | B)])
+
+
 def test_replayed_batch_adds_nothing(tmp_path):
     with Store(tmp_path / "a.duckdb") as s:
         ids = s.register_benchmark("a", "x", {}, ["p", "q"])

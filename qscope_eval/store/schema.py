@@ -124,28 +124,33 @@ FROM activations a JOIN bench_memberships m USING (sample_id)
 WHERE a.value > 0
 GROUP BY ALL;
 
+-- |F(D)| straight from the activations: counting benchmark_features' rows first counted each feature's distinct
+-- samples, 7x slower on a `max` run's 10^7 pairs (python bench/write_bench.py --sections 7)
 CREATE OR REPLACE VIEW coverage AS
-SELECT bf.encoder_id, bf.benchmark,
-       any_value(b.n_samples) AS n_samples,
-       count(*) AS n_features,
-       count(*) / any_value(e.d_sae) AS share_of_dsae
-FROM benchmark_features bf JOIN benchmarks b ON b.name = bf.benchmark
-JOIN encoders e USING (encoder_id)
-GROUP BY ALL;
+SELECT f.encoder_id, f.benchmark, b.n_samples, f.n_features, f.n_features / e.d_sae AS share_of_dsae
+FROM (SELECT a.encoder_id, m.benchmark, count(DISTINCT a.feature) AS n_features
+      FROM activations a JOIN bench_memberships m USING (sample_id) WHERE a.value > 0 GROUP BY ALL) f
+JOIN benchmarks b ON b.name = f.benchmark
+JOIN encoders e USING (encoder_id);
 
+-- each benchmark's fired features once (not benchmark_features' per-feature sample counts, twice, and coverage's
+-- twice: 27x slower on 10^7 pairs, python bench/write_bench.py --sections 7)
 CREATE OR REPLACE VIEW pairwise_overlap AS
-WITH inter AS (
+WITH fired AS (
+  SELECT DISTINCT a.encoder_id, m.benchmark, a.feature
+  FROM activations a JOIN bench_memberships m USING (sample_id) WHERE a.value > 0),
+sizes AS (SELECT encoder_id, benchmark, count(*) AS n_features FROM fired GROUP BY ALL),
+inter AS (
   SELECT x.encoder_id, x.benchmark AS a, y.benchmark AS b, count(*) AS n_shared
-  FROM benchmark_features x JOIN benchmark_features y
-    ON x.encoder_id = y.encoder_id AND x.feature = y.feature
+  FROM fired x JOIN fired y ON x.encoder_id = y.encoder_id AND x.feature = y.feature
   GROUP BY ALL)
 SELECT i.encoder_id, i.a, i.b, i.n_shared, ca.n_features AS n_a, cb.n_features AS n_b,
        i.n_shared / ca.n_features AS asym_a_to_b,
        i.n_shared / least(ca.n_features, cb.n_features) AS sym,
        i.n_shared / (ca.n_features + cb.n_features - i.n_shared) AS jaccard
 FROM inter i
-JOIN coverage ca ON ca.encoder_id = i.encoder_id AND ca.benchmark = i.a
-JOIN coverage cb ON cb.encoder_id = i.encoder_id AND cb.benchmark = i.b;
+JOIN sizes ca ON ca.encoder_id = i.encoder_id AND ca.benchmark = i.a
+JOIN sizes cb ON cb.encoder_id = i.encoder_id AND cb.benchmark = i.b;
 
 CREATE OR REPLACE VIEW model_scores AS
 SELECT model, benchmark, any_value(metric) AS metric, count(*) AS n_samples, avg(value) AS score
