@@ -145,12 +145,19 @@ def injected(runtime, rows):
         pipeline.load_rows, pipeline.load_runtime = saved
 
 
-def run_encode_suite(runtime, rows, suite: Suite, db: Path) -> tuple[Callable[[], dict[int, Features]], int]:
-    """pipeline.encode_suite into a fresh DuckDB file; returns a reader of the stored results and the token count."""
+def run_encode_suite(runtime, rows, suite: Suite, db: Path, phases: dict | None = None
+                     ) -> tuple[Callable[[], dict[int, Features]], int]:
+    """pipeline.encode_suite into a fresh DuckDB file; returns a reader of the stored results and the token count.
+    `phases` gets the report's phases (EncodeReport.phases) and the Store's open and close, in seconds."""
     from qscope_eval.store import Store
 
+    t0 = time.perf_counter()
     with injected(runtime, rows), Store(db) as store:
+        t1 = time.perf_counter()
         report = pipeline.encode_suite(suite, store, progress=False)
+        t2 = time.perf_counter()
+    if phases is not None:
+        phases.update(open=round(t1 - t0, 4), **report.phases, close=round(time.perf_counter() - t2, 4))
 
     def read() -> dict[int, Features]:
         import duckdb

@@ -441,6 +441,10 @@ def test_encode_arms_dry_run(tmp_path, capsys, monkeypatch):
     assert "forward: padded 16k eager" in names and "encode_suite+DB last: padded 16k eager" in names
     assert any(n.startswith("noise floor last") for n in names) and any("vs model-card baseline" in n for n in names)
     assert all(r["tokens_per_s"] > 0 for r in rows if "tokens_per_s" in r)
+    suite_row = next(r for r in rows if r["arm"] == "encode_suite+DB last: padded 16k eager")
+    # the suite arm says where its time outside the batches went (the gap to encode_texts)
+    parts = [suite_row[k] for k in ("open_s", "prepare_s", "first_batch_s", "tail_s", "close_s")]
+    assert min(parts) >= 0 and sum(parts) <= suite_row["seconds"] + 0.05
 
 
 def test_encode_arms_target_lines_pick_the_best_candidate(monkeypatch):

@@ -48,6 +48,11 @@ def test_encode_then_rerun_encodes_nothing(tiny, tmp_path):
         assert (rep.n_samples, rep.n_encoded, rep.n_skipped) == (20, 20, 0)
         again = encode_suite(load_suite(tiny), s, progress=False)
         assert (again.n_encoded, again.n_skipped) == (0, 20)
+    # where the time went: the parts add up to the run (rounded to 0.1 ms each), the first batch is inside the loop
+    ph = rep.phases
+    assert set(ph) == {"prepare", "first_batch", "loop", "tail"} and min(ph.values()) >= 0
+    assert ph["first_batch"] <= ph["loop"] and abs(ph["prepare"] + ph["loop"] + ph["tail"] - rep.seconds) < 0.01
+    assert "first_batch" not in again.phases  # nothing to encode: no batch
     # a real and a null encoder, each with every sample marked once
     assert q(db, "SELECT kind, count(*) FROM encoded JOIN encoders USING (encoder_id) GROUP BY 1 ORDER BY 1") == [("null", 20), ("sae", 20)]
     # `last` pooling: at most k features per sample, all positive

@@ -55,7 +55,7 @@ def encode(suite, db, progress, noise_n, fmt):
             from qscope_eval.jobs.noise import record_noise_floor
 
             out["noise_floor"] = record_noise_floor(s, store, noise_n)
-    row = {k: v for k, v in out.items() if k not in ("encoders", "warnings", "noise_floor")}
+    row = {k: v for k, v in out.items() if k not in ("encoders", "warnings", "noise_floor", "phases")}
     for key, nf in (out.get("noise_floor") or {}).items():
         if key.endswith("|sae"):
             row.update(noise_mean_jaccard=round(nf["mean_jaccard"], 4), noise_share_differ=round(nf["share_differ"], 4))

@@ -81,6 +81,9 @@ class EncodeReport:
     seconds: float
     encoders: list[str]
     warnings: list[str]
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds in each part of `seconds`: prepare (rows, runtime, registration, the pending list), first_batch (its
+    tokenization and forward), loop (every batch, the first included), tail (the last writes, the closing checks)."""
 
 
 # ---- the three stages -----------------------------------------------------------------
@@ -348,8 +351,11 @@ def encode_suite(suite: Suite, store: Store, progress: bool = True,
     bar = _progress(len(ids), suite.name, progress)
     stats = {"truncated": 0, "tokens": 0}
     writer = BatchWriter(store, prep.encoders, suite.encode.commit_every_s, first=prep.registrations)
+    t_loop = time.perf_counter()
+    phases = {"prepare": t_loop - t0}
     try:
         for batch in encode_texts(runtime, ids, texts, suite):
+            phases.setdefault("first_batch", time.perf_counter() - t_loop)
             if not writer.put(batch):
                 break
             stats["truncated"] += int(batch.truncated.sum())
@@ -358,16 +364,20 @@ def encode_suite(suite: Suite, store: Store, progress: bool = True,
             if on_batch:
                 on_batch(len(batch.ids))
     finally:
+        t_tail = time.perf_counter()
+        phases["loop"] = t_tail - t_loop
         writer.close()
         bar.close()
     writer.raise_error()
-    log.debug("%d forward batches written in %d transactions", writer.batches, writer.transactions)
+    log.debug("%d forward batches written in %d transactions; %s", writer.batches, writer.transactions, phases)
     warnings = stored_warnings(store, prep, suite)
     for w in warnings:
         log.warning(w)
     warnings = prep.warnings + warnings
+    t_end = time.perf_counter()
+    phases["tail"] = t_end - t_tail
     return EncodeReport(prep.n_samples, len(ids), prep.n_samples - len(ids), stats["truncated"], stats["tokens"],
-                        time.perf_counter() - t0, list(prep.encoders), warnings)
+                        t_end - t0, list(prep.encoders), warnings, {k: round(v, 4) for k, v in phases.items()})
 
 
 def truncation_warnings(store: Store, encoders: list[EncoderRow], benchmarks: list[str]) -> list[str]:
