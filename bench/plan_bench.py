@@ -17,7 +17,8 @@ padded / real tokens, and the estimated time (padded + overhead x batches) / rea
 the previous planner's estimate over the new one's (> 1: the new plan is faster). Prompts are planned in the
 forward's groups (first 256, growing 4-fold up to encode.shard_size 2048), as model.forward does.
 
-Then one measured figure, on this machine: the demo's prompts through MiniLM on CPU, batch by batch, under
+Then the distinct batch shapes of the compiled CUDA plan at 2000, 20 000 and 100 000 uniform prompts (an attention
+kernel with a per-shape plan pays once per distinct shape). Then one measured figure, on this machine: the demo's prompts through MiniLM on CPU, batch by batch, under
 both plans (alternating, best of --repeat), wall seconds and the ratio.
 
     python bench/plan_bench.py [--repeat 3] [--no-measure]
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from qscope_eval.model.batching import (BATCH_OVERHEAD_CPU, BATCH_OVERHEAD_CUDA,  # noqa: E402
                                         BATCH_OVERHEAD_CUDA_COMPILED, CPU_BATCH_TOKENS, padded_tokens, plan_batches)
-from qscope_eval.model.forward import _groups  # noqa: E402
+from qscope_eval.model.text_groups import group_bounds  # noqa: E402
 
 
 def greedy_plan(lengths, batch_tokens: int, max_batch: int) -> list[np.ndarray]:
@@ -63,7 +64,7 @@ def greedy_plan(lengths, batch_tokens: int, max_batch: int) -> list[np.ndarray]:
 def grouped(lengths: np.ndarray, planner, shard: int = 2048) -> list[np.ndarray]:
     """Plan group by group, as model.forward does (indices into `lengths`)."""
     out = []
-    for g, stop in _groups(len(lengths), shard):
+    for g, stop in group_bounds(len(lengths), shard):
         out += [b + g for b in planner(lengths[g:stop])]
     return out
 
@@ -119,6 +120,20 @@ def table(dists: dict[str, np.ndarray], max_batch: int = 256) -> None:
                   f"{t_old:>15.3f}{t_new:>7.3f}{t_old / t_new:>9.3f}")
 
 
+def shapes(max_batch: int = 256) -> None:
+    """Distinct (prompts, padded width) batch shapes of the compiled CUDA plan on the uniform lengths, as the audit
+    grows: an attention kernel that builds a plan per new shape (cuDNN's, ~65 ms each on the H100) pays once per
+    distinct shape, so it gains only where shapes repeat."""
+    _, budget, overhead, _, bucket = SETTINGS[-1]
+    print(f"\nshapes of the compiled CUDA plan ({budget} tokens, bucket {bucket}), uniform 128-1024 token prompts:")
+    for n in (2000, 20000, 100000):
+        lengths = np.random.default_rng(0).integers(128, 1025, n)
+        plan = grouped(lengths, lambda x: plan_batches(x, budget, max_batch, bucket, overhead))
+        distinct = {(len(b), int(-(-lengths[b].max() // bucket) * bucket)) for b in plan}
+        print(f"  {n:>7} prompts  {len(plan):>5} batches  {len(distinct):>5} distinct shapes "
+              f"({len(distinct) / len(plan):.0%} of batches meet a new shape)")
+
+
 def measure(bb, repeat: int) -> None:
     """The demo's prompts through its MiniLM on CPU under both plans; batch by batch, wall time."""
     import torch
@@ -152,6 +167,7 @@ def main() -> None:
     bb = demo_backbone()
     table(distributions(bb))
     print(f"(planning table: {time.perf_counter() - t:.1f} s)")
+    shapes()
     if not args.no_measure:
         measure(bb, args.repeat)
 

@@ -155,3 +155,41 @@ def test_readme_layout_names_every_module():
         if path.name not in layout or (room != "qscope_eval/" and room not in layout):
             missing.append(name)
     assert missing == [], "add these to README.md's Layout section: " + ", ".join(missing)
+
+
+def _package_imports(path: Path) -> list[tuple[str, str | None, int]]:
+    """(module, name or None, line) of every qscope_eval import in a file."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "qscope_eval":
+            out += [(node.module, a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.Import):
+            out += [(a.name, None, node.lineno) for a in node.names if a.name.split(".")[0] == "qscope_eval"]
+    return out
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "bench").glob("*.py")))
+def test_bench_scripts_import_names_that_exist(script):
+    """A bench script is run by hand (some only on a GPU): a name it imports that the package dropped would only
+    show there. Every qscope_eval name each one imports must exist."""
+    import importlib
+
+    missing = []
+    for module, name, line in _package_imports(ROOT / "bench" / script):
+        mod = importlib.import_module(module)
+        if name is not None and not hasattr(mod, name):
+            try:
+                importlib.import_module(f"{module}.{name}")
+            except ImportError:
+                missing.append(f"{script}:{line} {module}.{name}")
+    assert not missing, missing
+
+
+def test_bench_import_check_would_catch_one(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("from qscope_eval.model.forward import _groups, options_for\nimport qscope_eval.store\n")
+    assert _package_imports(planted) == [("qscope_eval.model.forward", "_groups", 1),
+                                         ("qscope_eval.model.forward", "options_for", 1), ("qscope_eval.store", None, 2)]
+    import importlib
+
+    assert not hasattr(importlib.import_module("qscope_eval.model.forward"), "_groups")
