@@ -22,10 +22,11 @@
 6. encode_suite's own cost (wall time minus the encoder's) on --texts prompts of the GPU bench's lengths, the
    encoder replaced by one yielding 30 `last` batches every --pace seconds: the texts stored before the first batch
    (before) and by the writer thread while the first batches compute (pipeline.QUICK_START, now).
-7. encode_suite's closing check, the `coverage` view for one encoder (Store.footprints), and `pairwise_overlap`, on
-   --prompts x 5 prompts of --features pairs each in 4 overlapping benchmarks (a `max` run's 10^7 pairs): the views
-   as they were (built on benchmark_features, which counts each feature's distinct samples) and now (each
-   benchmark's distinct fired features directly).
+7. encode_suite's closing check, the `coverage` view for one encoder (Store.footprints), and the views users query
+   (`pairwise_overlap`, `benchmark_features`, `feature_support`), on --prompts x 5 prompts of --features pairs each
+   in 4 overlapping benchmarks (a `max` run's 10^7 pairs): the views as they were (count(DISTINCT sample_id) per
+   feature, which coverage and pairwise_overlap were built on) and now (each benchmark's distinct fired features
+   directly; count(*) over distinct memberships). No prompt repeats within a benchmark here, so the rows agree.
 
     python bench/write_bench.py [--repeat 2] [--prompts 200] [--features 10000] [--sections 1 2 3 4 5 6 7] [--texts 2000] [--pace 0.13]
 """
@@ -255,14 +256,15 @@ def quick_start(tmp: Path, n: int, batches: int, pace: float, repeat: int) -> No
 COVERAGE_BEFORE = """CREATE TEMP VIEW coverage_before AS
 SELECT bf.encoder_id, bf.benchmark, any_value(b.n_samples) AS n_samples, count(*) AS n_features,
        count(*) / any_value(e.d_sae) AS share_of_dsae
-FROM benchmark_features bf JOIN benchmarks b ON b.name = bf.benchmark JOIN encoders e USING (encoder_id)
+FROM benchmark_features_before bf JOIN benchmarks b ON b.name = bf.benchmark JOIN encoders e USING (encoder_id)
 GROUP BY ALL"""
 """The `coverage` view as it was: counting benchmark_features' rows (each feature's distinct samples)."""
 
 PAIRWISE_BEFORE = """CREATE TEMP VIEW pairwise_overlap_before AS
 WITH inter AS (
   SELECT x.encoder_id, x.benchmark AS a, y.benchmark AS b, count(*) AS n_shared
-  FROM benchmark_features x JOIN benchmark_features y ON x.encoder_id = y.encoder_id AND x.feature = y.feature
+  FROM benchmark_features_before x JOIN benchmark_features_before y
+    ON x.encoder_id = y.encoder_id AND x.feature = y.feature
   GROUP BY ALL)
 SELECT i.encoder_id, i.a, i.b, i.n_shared, ca.n_features AS n_a, cb.n_features AS n_b,
        i.n_shared / ca.n_features AS asym_a_to_b, i.n_shared / least(ca.n_features, cb.n_features) AS sym,
@@ -271,11 +273,24 @@ FROM inter i JOIN coverage_before ca ON ca.encoder_id = i.encoder_id AND ca.benc
 JOIN coverage_before cb ON cb.encoder_id = i.encoder_id AND cb.benchmark = i.b"""
 """`pairwise_overlap` as it was: benchmark_features twice, the old coverage twice."""
 
+FEATURES_BEFORE = ("""CREATE TEMP VIEW benchmark_features_before AS
+SELECT a.encoder_id, m.benchmark, a.feature, count(DISTINCT a.sample_id) AS n_samples
+FROM activations a JOIN bench_memberships m USING (sample_id) WHERE a.value > 0 GROUP BY ALL""",
+                   """CREATE TEMP VIEW feature_support_before AS
+WITH sizes AS (SELECT e.encoder_id, m.benchmark, count(*) AS n_encoded
+               FROM memberships m JOIN encoded e USING (sample_id) GROUP BY ALL)
+SELECT a.encoder_id, b.role, m.benchmark, a.feature, count(DISTINCT a.sample_id) AS n_samples,
+       any_value(z.n_encoded) AS n_encoded, count(DISTINCT a.sample_id) / any_value(z.n_encoded) AS frequency
+FROM activations a JOIN memberships m USING (sample_id) JOIN benchmarks b ON b.name = m.benchmark
+JOIN sizes z ON z.encoder_id = a.encoder_id AND z.benchmark = m.benchmark
+WHERE a.value > 0 GROUP BY ALL""")
+"""benchmark_features and feature_support as they were: count(DISTINCT sample_id) per feature."""
+
 
 def coverage_view(tmp: Path, prompts: int, features: int, repeat: int) -> None:
-    """encode_suite's closing check (Store.footprints: `coverage` for one encoder) and `pairwise_overlap` on a `max`
-    run's worth of pairs, --prompts x 5 prompts in 4 benchmarks (a fifth of each shared with the next): the views as
-    they were and now."""
+    """encode_suite's closing check (Store.footprints: `coverage` for one encoder) and the views users query on a
+    `max` run's worth of pairs, --prompts x 5 prompts in 4 benchmarks (a fifth of each shared with the next): the
+    views as they were and now."""
     rng = np.random.default_rng(0)
     n = prompts * 5
     with Store(tmp / "cov.duckdb") as s:
@@ -290,11 +305,13 @@ def coverage_view(tmp: Path, prompts: int, features: int, repeat: int) -> None:
                           rows, feats, vals, np.ones(rows.size, np.int32))
         pairs = s.con.execute("SELECT count(*) FROM activations").fetchone()[0]
     queries = {"coverage": "SELECT benchmark, n_features FROM {} WHERE encoder_id = ? ORDER BY ALL",
-               "pairwise_overlap": "SELECT * FROM {} WHERE encoder_id = ? ORDER BY ALL"}
+               "pairwise_overlap": "SELECT * FROM {} WHERE encoder_id = ? ORDER BY ALL",
+               "benchmark_features": "SELECT * FROM {} WHERE encoder_id = ? ORDER BY ALL",
+               "feature_support": "SELECT * FROM {} WHERE encoder_id = ? ORDER BY ALL"}
     best, got = {}, {}
     with Store(tmp / "cov.duckdb", read_only=True) as s:
-        s.con.execute(COVERAGE_BEFORE)
-        s.con.execute(PAIRWISE_BEFORE)
+        for sql in (*FEATURES_BEFORE, COVERAGE_BEFORE, PAIRWISE_BEFORE):
+            s.con.execute(sql)
         for _ in range(repeat):
             for view, sql in queries.items():
                 for when, name in (("before", f"{view}_before"), ("now", view)):
@@ -304,7 +321,7 @@ def coverage_view(tmp: Path, prompts: int, features: int, repeat: int) -> None:
     print(f"7. the views for one encoder, {pairs:,} pairs ({n} prompts x {features}, 4 benchmarks), best of {repeat}:")
     for view in queries:
         b, a = best[view, "before"], best[view, "now"]
-        print(f"   {view:<17} before {b:6.3f} s   now {a:6.3f} s   ratio {b / a:5.1f}x   "
+        print(f"   {view:<19} before {b:6.3f} s   now {a:6.3f} s   ratio {b / a:5.1f}x   "
               f"same rows: {got[view, 'before'] == got[view, 'now']} ({len(got[view, 'now'])})")
     print(f"   footprints: {got['coverage', 'now']}")
 

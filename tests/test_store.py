@@ -70,6 +70,44 @@ def test_coverage_counts_each_benchmarks_fired_features(tmp_path):
             assert np.allclose([asym, sym, jac], [len(A & B) / len(A), len(A & B) / min(len(A), len(B)), len(A & B) / len(A | B)])
 
 
+def test_feature_views_count_each_sample_once(tmp_path):
+    """benchmark_features' and feature_support's per-feature sample counts and frequencies against numpy on the raw
+    rows, with a prompt listed twice in one benchmark (counted once, as the metrics' membership sets do) and a
+    prompt shared by a benchmark and a reference corpus."""
+    from synthetic import build_store
+
+    rng = np.random.default_rng(2)
+    with build_store(tmp_path / "f.duckdb", n_bench=2, n=20) as s:
+        e = s.encoder("toy@main|sae|L1|last|sae")
+        dup = s.register_benchmark("dup", "synth", {}, ["twice", "once", "twice", "bench0 q0 shared"])
+        ref = s.register_benchmark("ref", "synth", {}, ["r1", "r2", "once"], role="reference")
+        todo = s.pending(e.encoder_id, np.concatenate([dup, ref]))
+        rows = np.repeat(np.arange(len(todo)), 5)
+        feats = np.concatenate([rng.choice(12, 5, replace=False) for _ in todo])
+        s.write_batch(e.encoder_id, todo, np.full(len(todo), 9), np.zeros(len(todo), bool), rows, feats,
+                      np.ones(rows.size), np.ones(rows.size, int))
+        acts = s.con.execute("SELECT encoder_id, sample_id, feature FROM activations WHERE value > 0").fetchnumpy()
+        members = set(s.con.execute("SELECT benchmark, sample_id FROM memberships").fetchall())
+        roles = s.benchmark_roles()
+        encoded = set(s.con.execute("SELECT encoder_id, sample_id FROM encoded").fetchall())
+        want_bf, want_fs = {}, {}
+        for enc in (1, 2):
+            for bench in roles:
+                samples = {i for b, i in members if b == bench}
+                n_enc = sum((enc, i) in encoded for i in samples)
+                sel = (acts["encoder_id"] == enc) & np.isin(acts["sample_id"], list(samples))
+                for f in np.unique(acts["feature"][sel]).tolist():
+                    n = len(set(acts["sample_id"][sel & (acts["feature"] == f)].tolist()))
+                    want_fs[(enc, roles[bench], bench, f)] = (n, n_enc, n / n_enc)
+                    if roles[bench] == "benchmark":
+                        want_bf[(enc, bench, f)] = n
+        got_bf = {r[:3]: r[3] for r in s.con.execute("SELECT * FROM benchmark_features").fetchall()}
+        got_fs = {r[:4]: r[4:] for r in s.con.execute("SELECT * FROM feature_support").fetchall()}
+        assert got_bf == want_bf and got_fs.keys() == want_fs.keys()
+        assert all(got_fs[k][:2] == v[:2] and abs(got_fs[k][2] - v[2]) < 1e-12 for k, v in want_fs.items())
+        assert want_fs[(1, "benchmark", "dup", int(feats[0]))][1] == 3  # "twice" counts once among 3 distinct prompts
+
+
 def test_replayed_batch_adds_nothing(tmp_path):
     with Store(tmp_path / "a.duckdb") as s:
         ids = s.register_benchmark("a", "x", {}, ["p", "q"])
