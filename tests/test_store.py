@@ -108,6 +108,24 @@ def test_feature_views_count_each_sample_once(tmp_path):
         assert want_fs[(1, "benchmark", "dup", int(feats[0]))][1] == 3  # "twice" counts once among 3 distinct prompts
 
 
+def test_reference_gaps_breaks_ties_by_registration_order(tmp_path):
+    """A reference feature two benchmarks fire equally often: `closest_benchmark` is the one registered first,
+    every time (arg_max took whichever row came first)."""
+    with Store(tmp_path / "t.duckdb") as s:
+        e = encoder(s, d=8)
+        ids = {name: s.register_benchmark(name, "x", {}, [f"{name} {i}" for i in range(4)]) for name in ("zeta", "alpha")}
+        ids["ref"] = s.register_benchmark("ref", "x", {}, ["r0", "r1"], role="reference")
+        every = np.concatenate(list(ids.values()))  # zeta, alpha: feature 3 in half their prompts; ref: in all
+        fires = np.array([1, 1, 0, 0, 1, 1, 0, 0, 1, 1])
+        rows = np.arange(len(every))
+        s.write_batch(e.encoder_id, every, np.ones(len(every)), np.zeros(len(every), bool), rows,
+                      np.where(fires == 1, 3, 5), np.ones(len(every)), np.ones(len(every)))
+        for _ in range(5):
+            got = s.con.execute("SELECT closest_benchmark, max_benchmark_frequency, frequency FROM reference_gaps "
+                                "WHERE feature = 3").fetchall()
+            assert got == [("zeta", 0.5, 1.0)]
+
+
 def test_replayed_batch_adds_nothing(tmp_path):
     with Store(tmp_path / "a.duckdb") as s:
         ids = s.register_benchmark("a", "x", {}, ["p", "q"])

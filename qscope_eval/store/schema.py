@@ -183,9 +183,10 @@ GROUP BY ALL;
 -- (the raw table behind `qscope-eval gaps`, which adds the support test, the null and the grouping)
 CREATE OR REPLACE VIEW reference_gaps AS
 WITH r AS (SELECT * FROM feature_support WHERE role = 'reference'),
-     bm AS (SELECT encoder_id, feature, max(frequency) AS max_benchmark_frequency,
-                   arg_max(benchmark, frequency) AS closest_benchmark
-            FROM feature_support WHERE role = 'benchmark' GROUP BY ALL)
+     -- a tie goes to the benchmark registered first (as in `gaps`), not to whichever row comes first
+     bm AS (SELECT fs.encoder_id, fs.feature, max(fs.frequency) AS max_benchmark_frequency,
+                   first(fs.benchmark ORDER BY fs.frequency DESC, b.updated_at, fs.benchmark) AS closest_benchmark
+            FROM feature_support fs JOIN benchmarks b ON b.name = fs.benchmark WHERE fs.role = 'benchmark' GROUP BY ALL)
 SELECT r.encoder_id, r.benchmark AS reference, r.feature, r.n_samples, r.frequency,
        coalesce(bm.max_benchmark_frequency, 0) AS max_benchmark_frequency, bm.closest_benchmark,
        r.frequency / greatest(coalesce(bm.max_benchmark_frequency, 0), 1.0 / r.n_encoded) AS ratio
