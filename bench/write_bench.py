@@ -23,7 +23,7 @@
    encoder replaced by one yielding 30 `last` batches every --pace seconds: the texts stored before the first batch
    (before) and by the writer thread while the first batches compute (pipeline.QUICK_START, now).
 7. encode_suite's closing check, the `coverage` view for one encoder (Store.footprints), and the views users query
-   (`pairwise_overlap`, `benchmark_features`, `feature_support`), on --prompts x 5 prompts of --features pairs each
+   (`pairwise_overlap`, `benchmark_features`, `feature_support`, `feature_frequency`), on --prompts x 5 prompts of --features pairs each
    in 4 overlapping benchmarks (a `max` run's 10^7 pairs): the views as they were (count(DISTINCT sample_id) per
    feature, which coverage and pairwise_overlap were built on) and now (each benchmark's distinct fired features
    directly; count(*) over distinct memberships). No prompt repeats within a benchmark here, so the rows agree.
@@ -283,8 +283,11 @@ SELECT a.encoder_id, b.role, m.benchmark, a.feature, count(DISTINCT a.sample_id)
        any_value(z.n_encoded) AS n_encoded, count(DISTINCT a.sample_id) / any_value(z.n_encoded) AS frequency
 FROM activations a JOIN memberships m USING (sample_id) JOIN benchmarks b ON b.name = m.benchmark
 JOIN sizes z ON z.encoder_id = a.encoder_id AND z.benchmark = m.benchmark
-WHERE a.value > 0 GROUP BY ALL""")
-"""benchmark_features and feature_support as they were: count(DISTINCT sample_id) per feature."""
+WHERE a.value > 0 GROUP BY ALL""",
+                   """CREATE TEMP VIEW feature_frequency_before AS
+SELECT encoder_id, feature, count(DISTINCT sample_id) AS n_samples, count(DISTINCT benchmark) AS n_benchmarks
+FROM activations JOIN bench_memberships USING (sample_id) WHERE value > 0 GROUP BY ALL""")
+"""benchmark_features, feature_support and feature_frequency as they were: count(DISTINCT ...) per feature."""
 
 
 def coverage_view(tmp: Path, prompts: int, features: int, repeat: int) -> None:
@@ -307,7 +310,8 @@ def coverage_view(tmp: Path, prompts: int, features: int, repeat: int) -> None:
     queries = {"coverage": "SELECT benchmark, n_features FROM {} WHERE encoder_id = ? ORDER BY ALL",
                "pairwise_overlap": "SELECT * FROM {} WHERE encoder_id = ? ORDER BY ALL",
                "benchmark_features": "SELECT * FROM {} WHERE encoder_id = ? ORDER BY ALL",
-               "feature_support": "SELECT * FROM {} WHERE encoder_id = ? ORDER BY ALL"}
+               "feature_support": "SELECT * FROM {} WHERE encoder_id = ? ORDER BY ALL",
+               "feature_frequency": "SELECT * FROM {} WHERE encoder_id = ? ORDER BY ALL"}
     best, got = {}, {}
     with Store(tmp / "cov.duckdb", read_only=True) as s:
         for sql in (*FEATURES_BEFORE, COVERAGE_BEFORE, PAIRWISE_BEFORE):

@@ -71,8 +71,8 @@ def test_coverage_counts_each_benchmarks_fired_features(tmp_path):
 
 
 def test_feature_views_count_each_sample_once(tmp_path):
-    """benchmark_features' and feature_support's per-feature sample counts and frequencies against numpy on the raw
-    rows, with a prompt listed twice in one benchmark (counted once, as the metrics' membership sets do) and a
+    """benchmark_features', feature_support's and feature_frequency's per-feature counts and frequencies against
+    numpy on the raw rows, with a prompt listed twice in one benchmark (counted once, as the metrics' membership sets do) and a
     prompt shared by a benchmark and a reference corpus."""
     from synthetic import build_store
 
@@ -106,6 +106,14 @@ def test_feature_views_count_each_sample_once(tmp_path):
         assert got_bf == want_bf and got_fs.keys() == want_fs.keys()
         assert all(got_fs[k][:2] == v[:2] and abs(got_fs[k][2] - v[2]) < 1e-12 for k, v in want_fs.items())
         assert want_fs[(1, "benchmark", "dup", int(feats[0]))][1] == 3  # "twice" counts once among 3 distinct prompts
+        want_ff = {}
+        for enc in (1, 2):
+            in_bench = (acts["encoder_id"] == enc) & np.isin(acts["sample_id"], [i for b, i in members if roles[b] == "benchmark"])
+            for f in np.unique(acts["feature"][in_bench]).tolist():
+                n_b = sum((enc, b, f) in want_bf for b in roles)
+                want_ff[(enc, f)] = (len(set(acts["sample_id"][in_bench & (acts["feature"] == f)].tolist())), n_b)
+        got_ff = {r[:2]: r[2:] for r in s.con.execute("SELECT * FROM feature_frequency").fetchall()}
+        assert got_ff == want_ff
 
 
 def test_reference_gaps_breaks_ties_by_registration_order(tmp_path):

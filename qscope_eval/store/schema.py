@@ -158,12 +158,13 @@ CREATE OR REPLACE VIEW model_scores AS
 SELECT model, benchmark, any_value(metric) AS metric, count(*) AS n_samples, avg(value) AS score
 FROM sample_scores GROUP BY ALL;
 
+-- (each sample once: a pair is stored once per sample; count(DISTINCT) over the joined rows was 3.4x slower)
 CREATE OR REPLACE VIEW feature_frequency AS
-SELECT encoder_id, feature, count(DISTINCT sample_id) AS n_samples,
-       count(DISTINCT benchmark) AS n_benchmarks
-FROM activations JOIN bench_memberships USING (sample_id)
-WHERE value > 0
-GROUP BY ALL;
+WITH samples AS (
+  SELECT encoder_id, feature, count(*) AS n_samples FROM activations
+  WHERE value > 0 AND sample_id IN (SELECT sample_id FROM bench_memberships) GROUP BY ALL),
+benches AS (SELECT encoder_id, feature, count(*) AS n_benchmarks FROM benchmark_features GROUP BY ALL)
+SELECT encoder_id, feature, n_samples, n_benchmarks FROM samples JOIN benches USING (encoder_id, feature);
 
 -- firing frequency of every feature in every benchmark AND reference corpus (share of its encoded samples)
 -- (distinct memberships, as in benchmark_features: a prompt listed twice counts once, in n_encoded too)
