@@ -108,10 +108,14 @@ def max_sized(rng: np.random.Generator, prompts: int, features: int,
     return rows, feats.astype(np.int32), rng.random(rows.size).astype(np.float32)
 
 
+def max_encoder(s: Store):
+    """A toy `max` encoder (d_sae 32768) registered in `s`."""
+    return s.register_encoder("toy@main|sae|L1|max|sae", "toy", "main", "sae", 1, "max", "sae", 32768, {})
+
+
 def toy_encoder(s: Store, n_texts: int):
     """A `max` encoder and one benchmark of n_texts prompts registered in `s`: (encoder row, sample ids)."""
-    e = s.register_encoder("toy@main|sae|L1|max|sae", "toy", "main", "sae", 1, "max", "sae", 32768, {})
-    return e, s.register_benchmark("b", "t", {"path": "x"}, [f"q{i}" for i in range(n_texts)])
+    return max_encoder(s), s.register_benchmark("b", "t", {"path": "x"}, [f"q{i}" for i in range(n_texts)])
 
 
 def big_batch(tmp: Path, prompts: int, features: int) -> None:
@@ -297,7 +301,7 @@ def coverage_view(tmp: Path, prompts: int, features: int, repeat: int) -> None:
     rng = np.random.default_rng(0)
     n = prompts * 5
     with Store(tmp / "cov.duckdb") as s:
-        e = s.register_encoder("toy@main|sae|L1|max|sae", "toy", "main", "sae", 1, "max", "sae", 32768, {})
+        e = max_encoder(s)
         texts = [f"q{i}" for i in range(n)]
         for b in range(4):  # overlapping quarters
             s.register_benchmark(f"b{b}", "t", {"path": "x"}, texts[b * n // 4: min(n, (b + 1) * n // 4 + n // 20)])

@@ -140,9 +140,8 @@ no per-batch BlockMask, and whole layers compile around it. (Not yet measured on
 
 def packed_attention(backbone: Backbone, deterministic: bool = False) -> str | None:
     """attn_implementation of packed rows: model.varlen.VARLEN on CUDA where flash's varlen kernel runs and every
-    layer is full attention; None
-    (flex_attention on CUDA, sdpa elsewhere) otherwise, and in the deterministic mode, whose batch invariance
-    was measured with flex_attention's aligned blocks."""
+    layer is full attention; None (flex_attention on CUDA, sdpa elsewhere) otherwise, and in the deterministic
+    mode, whose batch invariance was measured with flex_attention's aligned blocks."""
     if (deterministic or not PACKED_VARLEN or not full_attention_only(backbone)
             or not varlen.flash_varlen_ok(backbone.device, backbone.dtype)):
         return None
