@@ -40,12 +40,14 @@ class ValidationTables:
                              "WHERE n.model = s.model AND n.benchmark = s.benchmark)")
             self.con.execute(f"INSERT INTO sample_scores SELECT {', '.join(cols)} FROM _scores")
             self.con.unregister("_scores")
-            self.con.execute("INSERT INTO validations VALUES (?, ?, ?, ?, ?)",
+            self.con.execute("INSERT INTO validations (validation_id, created_at, encoder_id, params, result, kind) "
+                             "VALUES (?, ?, ?, ?, ?, 'samples')",
                              [validation_id, _now(), encoder_id, json.dumps(params, sort_keys=True, default=str),
                               json.dumps(result, default=str)])
 
     def latest_validation(self, encoder_id: int) -> dict | None:
         """The newest stored validation result for this encoder, if any."""
-        row = self.con.execute("SELECT result FROM validations WHERE encoder_id = ? ORDER BY created_at DESC LIMIT 1",
+        row = self.con.execute("SELECT result FROM validations WHERE encoder_id = ? AND coalesce(kind, 'samples') = 'samples' "
+                               "ORDER BY created_at DESC LIMIT 1",
                                [encoder_id]).fetchall()
         return json.loads(row[0][0]) if row else None
