@@ -11,6 +11,7 @@ before the single write transaction, so any error writes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from datetime import datetime, timezone
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from qscope_eval.analysis import lexical, metrics
-from qscope_eval.analysis.behaviour import AgreementConfig, BehaviourError, score_agreement
+from qscope_eval.analysis.behaviour import AgreementConfig, score_agreement
 from qscope_eval.analysis.proxies import MEASURES, lexical_proxies, proxy_matrices
 from qscope_eval.data.score_names import MATCHED
 from qscope_eval.data.scores import MIN_MODELS, ScoreTable, ScoreTableError, read_scores
@@ -114,16 +115,12 @@ def run_score_validation(store: Store, paths: Sequence[str | Path], cfg: Agreeme
         raise ScoreTableError(f"{S.shape[0]} models have scores; at least {MIN_MODELS} are needed")
     ref = resolve_reference(reference, table, names)
     if ref is not None:
-        from dataclasses import replace
-        cfg = replace(cfg, control="reference", reference=ref)
+        cfg = dataclasses.replace(cfg, control="reference", reference=ref)
     say(f"feature proxies over {len(names)} benchmarks (SAE, null, lexical)")
     proxies, enc, notes = feature_proxies(store, encoder, names)
     say(f"agreement: {S.shape[0]} models, {len(names) * (len(names) - 1) // 2} pairs, "
         f"{cfg.permutations} permutations, {cfg.replicates} bootstrap replicates")
-    try:
-        res = score_agreement(S.to_numpy(float), proxies, names, cfg)
-    except BehaviourError:
-        raise
+    res = score_agreement(S.to_numpy(float), proxies, names, cfg)
     agreement = res.to_dict()
     vid = str(uuid.uuid4())
     used = table.rows[table.rows.benchmark.isin(names) & table.rows.model.isin(S.index)]
