@@ -326,7 +326,7 @@ def read_scores(paths: Sequence[str | Path], *, benchmarks: Sequence[str] | None
                                         f"empty: no model has a score ({reason})", "", 0))
             continue
         pts, scale = _scale(col, x)
-        if np.nanmax(pts) - np.nanmin(pts) == 0:
+        if live.size >= 2 and np.nanmax(pts) - np.nanmin(pts) == 0:
             matching.append(ColumnMatch(col.source, col.column, target, "ignored",
                                         f"constant: every model scores {np.nanmax(pts):g} points, so it correlates with "
                                         "nothing", scale, int(live.size)))
