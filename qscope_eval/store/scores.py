@@ -16,6 +16,12 @@ import pandas as pd
 SCORE_COLUMNS = ["model", "benchmark", "score", "scale", "source", "metric"]
 
 
+def has_column(con, table: str, column: str) -> bool:
+    """Whether a table has a column: a file from before the additive migrations, opened read-only, may not."""
+    return bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
+                            [table, column]).fetchall()[0][0])
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -48,16 +54,22 @@ class ScoreTables:
 
     def benchmark_scores(self) -> pd.DataFrame:
         """Every stored score (SCORE_COLUMNS), ordered by benchmark and model."""
+        if not has_column(self.con, "benchmark_scores", "score"):
+            return pd.DataFrame(columns=SCORE_COLUMNS)
         return self.con.execute(f"SELECT {', '.join(SCORE_COLUMNS)} FROM benchmark_scores ORDER BY benchmark, model").df()
 
     def latest_score_validation(self, encoder_id: int) -> dict | None:
         """The newest stored score validation (`validate --scores --save`) of this encoder, if any."""
+        if not has_column(self.con, "validations", "kind"):
+            return None
         row = self.con.execute("SELECT result FROM validations WHERE encoder_id = ? AND kind = 'scores' "
                                "ORDER BY created_at DESC LIMIT 1", [encoder_id]).fetchall()
         return json.loads(row[0][0]) if row else None
 
     def score_validations(self, encoder_id: int | None = None) -> list[dict]:
         """Every stored score validation (newest first), optionally of one encoder: the saved result documents."""
+        if not has_column(self.con, "validations", "kind"):
+            return []
         rows = self.con.execute("SELECT result FROM validations WHERE kind = 'scores' AND (? IS NULL OR encoder_id = ?) "
                                 "ORDER BY created_at DESC", [encoder_id, encoder_id]).fetchall()
         return [json.loads(r[0]) for r in rows]

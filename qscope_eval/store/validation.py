@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
+from qscope_eval.store.scores import has_column
+
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
@@ -47,7 +49,8 @@ class ValidationTables:
 
     def latest_validation(self, encoder_id: int) -> dict | None:
         """The newest stored validation result for this encoder, if any."""
-        row = self.con.execute("SELECT result FROM validations WHERE encoder_id = ? AND coalesce(kind, 'samples') = 'samples' "
+        kind = "AND coalesce(kind, 'samples') = 'samples' " if has_column(self.con, "validations", "kind") else ""
+        row = self.con.execute(f"SELECT result FROM validations WHERE encoder_id = ? {kind}"
                                "ORDER BY created_at DESC LIMIT 1",
                                [encoder_id]).fetchall()
         return json.loads(row[0][0]) if row else None
