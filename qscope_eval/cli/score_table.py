@@ -27,6 +27,30 @@ def _print(title: str, rows: list[dict]) -> None:
         click.echo(_table(rows, list(dict.fromkeys(k for r in rows for k in r))))
 
 
+def _ci(d: dict, key: str) -> str:
+    """'0.94 [0.89, 0.97]' from d[key], d[key_lo], d[key_hi] ('-' where missing)."""
+    v, lo, hi = d.get(key), d.get(f"{key}_lo"), d.get(f"{key}_hi")
+    if v is None:
+        return "-"
+    return f"{v:+.2f}" + (f" [{lo:+.2f}, {hi:+.2f}]" if lo is not None and hi is not None else "")
+
+
+def _proxy_rows(ag: dict) -> list[dict]:
+    """The headline figures per proxy (every figure, with its benchmark jackknife SE, is in --json)."""
+    return [{"proxy": p["name"], "pairs": p.get("n_pairs"), "partial r": _ci(p, "partial_pearson"),
+             "partial rho": _ci(p, "partial_spearman"), "partial Mantel p": p.get("partial_mantel_p"),
+             "raw r": _ci(p, "pearson"), "raw Mantel p": p.get("mantel_p")} for p in ag.get("proxies") or []]
+
+
+def _comparison_rows(ag: dict) -> list[dict]:
+    return [{"proxy": c["proxy"], "baseline": c["baseline"], "statistic": c["statistic"],
+             "proxy r": c.get("proxy_value"), "baseline r": c.get("baseline_value"), "difference": _ci(c, "diff")
+             if "diff_lo" in c else (f"{c['diff']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}]"
+                                     if c.get("diff") is not None and c.get("lo") is not None else c.get("diff")),
+             "p (not better)": c.get("p_better")} for c in ag.get("comparisons") or []
+            if c.get("statistic") in ("partial_pearson", None) or ag.get("control") == "none"]
+
+
 def _match_rows(out: dict) -> list[dict]:
     return [{"column": m["column"], "benchmark": m["benchmark"], "how": m["how"], "scale": m["scale"],
              "models": m["n_models"], "reason": m["reason"]} for m in out["matching"]]
@@ -50,10 +74,10 @@ def print_result(out: dict) -> None:
                "--map; scale 0-1: read as shares, x100):", _match_rows({"matching": ms}))
     _print("benchmarks (points, 0-100):", [{"benchmark": b["name"], "models": b["n_models"], "mean": b["mean"],
                                           "sd": b["sd"]} for b in out["benchmarks"]])
-    _print("proxy similarity vs score correlation over benchmark pairs (partial: general factor removed):",
-           _rows(ag.get("proxies") or [], drop=("kind", "measure")))
-    _print("comparisons (difference of the proxies' correlation with behaviour, bootstrap over models):",
-           _rows(ag.get("comparisons") or []))
+    _print(f"proxy similarity vs score correlation over benchmark pairs (partial: general factor removed; "
+           f"[{out['config']['level']:.0%} bootstrap over models]):", _proxy_rows(ag))
+    _print("SAE vs baselines on the headline statistic (difference of correlations, bootstrap over models; "
+           "--json has every statistic):", _comparison_rows(ag))
     rel = ag.get("reliability")
     if isinstance(rel, dict) and rel:
         _print("reliability ceiling of the score matrix (split-half over models):", _rows([rel]))
