@@ -37,7 +37,8 @@ def standardise(S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
     Correlations do not change under a per-benchmark shift and scale; standardising first keeps the
     sums of squares small (float32 products stay exact enough) and puts 0-1 and 0-100 columns alike.
-    Columns with fewer than 2 cells or no spread get sd = NaN (the caller refuses them).
+    Columns with two or more cells but no spread get sd = NaN (the caller refuses them); a column
+    with one cell gets z = 0 there (every pair with it has too few models anyway).
     """
     M = np.isfinite(S)
     cnt = M.sum(axis=0)
@@ -47,7 +48,7 @@ def standardise(S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
         dev = np.where(M, S - mean, 0.0)
         sd = np.sqrt((dev * dev).sum(axis=0) / np.maximum(cnt - 1, 1))
     scale = np.maximum(np.abs(mean), 1.0)
-    sd = np.where((cnt >= 2) & (sd > 1e-12 * scale), sd, np.nan)
+    sd = np.where(cnt < 2, 1.0, np.where(sd > 1e-12 * scale, sd, np.nan))   # one cell: z = 0, no pair uses it
     Z = np.where(M, dev / np.where(np.isfinite(sd), sd, 1.0), 0.0)
     return Z, M, mean, sd
 

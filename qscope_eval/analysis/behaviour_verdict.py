@@ -145,7 +145,7 @@ def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models) -> list[str
 def disagreements(head, pv, bvec, enough, names, iu, ju, n_dis) -> list[dict]:
     """Pairs where the headline proxy's rank and the behaviour's rank differ most, in each direction.
 
-    Ranks run over the pairs both define, 1 = most alike. rank_gap = behaviour_rank − proxy_rank:
+    Ranks run over the pairs both define, 1 = most alike (ties share their mid-rank). rank_gap = behaviour_rank − proxy_rank:
     large and positive = 'features alike, scores not'; large and negative = 'scores alike, features not'.
     """
     p = pv[head]
@@ -153,8 +153,8 @@ def disagreements(head, pv, bvec, enough, names, iu, ju, n_dis) -> list[dict]:
     idx = np.flatnonzero(m)
     if idx.size < 3 or n_dis == 0:
         return []
-    pr = stats.rankdata(-p[idx], method="min")
-    br = stats.rankdata(-bvec[idx], method="min")
+    pr = stats.rankdata(-p[idx])               # mid-ranks: a tie of many pairs sits in its middle
+    br = stats.rankdata(-bvec[idx])
     gap = br - pr
     order = np.argsort(-gap, kind="stable")
     pos = [t for t in order[:n_dis] if gap[t] > 0]
@@ -163,7 +163,7 @@ def disagreements(head, pv, bvec, enough, names, iu, ju, n_dis) -> list[dict]:
     for t in pos + neg:
         k = idx[t]
         out.append({"a": str(names[iu[k]]), "b": str(names[ju[k]]), "proxy": head,
-                    "proxy_rank": int(pr[t]), "behaviour_rank": int(br[t]), "rank_gap": int(gap[t]),
+                    "proxy_rank": float(pr[t]), "behaviour_rank": float(br[t]), "rank_gap": float(gap[t]),
                     "proxy_value": float(p[k]), "score_partial": float(bvec[k]),
                     "direction": "features alike, scores not" if gap[t] > 0 else "scores alike, features not"})
     return out
