@@ -291,40 +291,51 @@ def score_agreement(S: np.ndarray, proxies: dict[str, np.ndarray], names: list[s
             if other is not None:
                 m &= np.isfinite(pv[other])
             masks[(side, nm, other)] = m
-    point = {key: (bs.pearson(pv[key[1]][m], beh[key[0]][m]), bs.spearman(pv[key[1]][m], beh[key[0]][m]))
-             for key, m in masks.items()}
-
-    # bootstrap over models: groups of units sharing a mask share the replicate ranks
-    reps: dict[tuple, np.ndarray] = {key: np.full((cfg.replicates, 2), np.nan) for key in masks}
-    if cfg.replicates:
-        groups: dict[tuple, list] = {}
-        for key, m in masks.items():
-            groups.setdefault((key[0], m.tobytes()), []).append(key)
-        pgroups = []
-        for (side, _), keys in groups.items():
-            m = masks[keys[0]]
-            if m.sum() >= 3:
-                idx = np.flatnonzero(m)
-                pgroups.append((side, keys, bs.PairGroup(idx, np.column_stack([pv[k[1]][idx] for k in keys]))))
+    # units sharing a pair mask form one group: one ranking of behaviour per replicate serves them all
+    groups: dict[tuple, list[str]] = {}
+    gmask: dict[tuple, np.ndarray] = {}
+    where: dict[tuple, tuple[tuple, int]] = {}
+    for key, m in masks.items():
+        gkey = (key[0], m.tobytes())
+        cols = groups.setdefault(gkey, [])
+        gmask[gkey] = m
+        if key[1] not in cols:
+            cols.append(key[1])
+        where[key] = (gkey, cols.index(key[1]))
+    pgroups = {}
+    for gkey, cols in groups.items():
+        idx = np.flatnonzero(gmask[gkey])
+        if idx.size >= 3:
+            pgroups[gkey] = bs.PairGroup(idx, np.column_stack([pv[c][idx] for c in cols]))
+    gpoint = {gkey: grp.exact(beh[gkey[0]]) for gkey, grp in pgroups.items()}
+    greps = {gkey: np.full((cfg.replicates, 2, len(cols)), np.nan) for gkey, cols in groups.items()}
+    rep = bs.Replicator(Z, M, g)
+    if cfg.replicates and pgroups:
         rng = np.random.default_rng([cfg.seed, 1])
         with np.errstate(all="ignore"):
             for b in range(cfg.replicates):
                 w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
-                rr = dict(zip(("raw", "partial"), bs.replicate(Z, M, g, w, iu, ju)))
-                for side, keys, grp in pgroups:
-                    pe, sr = grp.agree(rr[side])
-                    for u, key in enumerate(keys):
-                        reps[key][b] = (pe[u], sr[u])
+                rr = dict(zip(("raw", "partial"), rep(w, iu, ju)))
+                for gkey, grp in pgroups.items():
+                    greps[gkey][b] = grp.agree(rr[gkey[0]])
+    nan2 = (math.nan, math.nan)
+    point = {key: (tuple(gpoint[gk][:, u]) if gk in gpoint else nan2) for key, (gk, u) in where.items()}
+    reps = {key: greps[gk][:, :, u] for key, (gk, u) in where.items()}
 
     # Mantel: each proxy on its own pairs, against raw and partial behaviour
+    # Mantel: relabel the benchmarks of the behaviour matrices (2 gathers per permutation, however
+    # many proxies); the null distribution is the same as relabelling each proxy
     mantel = {}
     if cfg.permutations and specs:
-        rv = np.column_stack([np.where(enough, beh["raw"], np.nan), np.where(enough, beh["partial"], np.nan)])
-        null = bs.mantel_null(np.stack([P for *_, P in specs]), rv, cfg.permutations,
-                              np.random.default_rng([cfg.seed, 3]))
-        obs = bs.mantel_null(np.stack([P for *_, P in specs]), rv, 1, _Identity(K))[0]
+        B = np.full((2, K, K), np.nan)
+        for v, side in enumerate(("raw", "partial")):
+            B[v, iu, ju] = B[v, ju, iu] = np.where(enough, beh[side], np.nan)
+        pmat = np.column_stack([pv[nm] for nm, *_ in specs])
+        null = bs.mantel_null(B, pmat, cfg.permutations, np.random.default_rng([cfg.seed, 3]))   # (perm, 2, J)
+        obs = bs.mantel_null(B, pmat, 1, _Identity(K))[0]
         for j, (nm, *_) in enumerate(specs):
-            mantel[nm] = [(1 + np.sum(null[:, j, v] >= obs[j, v] - 1e-12)) / (1 + cfg.permutations) for v in (0, 1)]
+            mantel[nm] = [(1 + np.sum(null[:, v, j] >= obs[v, j] - 1e-12)) / (1 + cfg.permutations)
+                          if np.isfinite(obs[v, j]) else None for v in (0, 1)]
 
     q = (1 - cfg.level) / 2
     proxy_rows = []
@@ -342,7 +353,7 @@ def score_agreement(S: np.ndarray, proxies: dict[str, np.ndarray], names: list[s
 
     pairs = pd.DataFrame({"a": np.array(names)[iu], "b": np.array(names)[ju], "n_models": npair,
                           "score_corr": beh["raw"], "score_partial": beh["partial"], **pv})
-    rel = bs.reliability(Z, M, g, cfg, enough, iu, ju, headline)
+    rel = bs.reliability(rep, n, cfg, enough, iu, ju, headline)
     comparisons, verdicts = comparisons_and_verdicts(comps, point, reps, masks, proxy_rows, rel, headline, cfg, n,
                                                      pv, beh, iu, ju, K)
     head = _headline(cfg, specs)

@@ -47,18 +47,19 @@ def jackknife_pearson(p, r, m, iu, ju, K) -> float:
 
 
 # ----------------------------------------------------------------------------- comparisons and verdicts
-def interval(v: np.ndarray, q: float, point: float) -> tuple[float, float, np.ndarray]:
+def interval(v: np.ndarray, q: float, point: float, bound: float = 1.0) -> tuple[float, float, np.ndarray]:
     """Percentile interval of bootstrap values v, re-centred so their median sits on the point estimate.
 
     Resampling models adds sampling noise to every score correlation, and noise attenuates an
     agreement, so replicates sit systematically below the point estimate (often entirely, with
-    many benchmark pairs). The shift removes that, the spread is kept. Returns (lo, hi, shifted v).
+    many benchmark pairs). The shift removes that, the spread is kept; the ends are clipped to
+    [-bound, bound] (1 for a correlation, 2 for a difference of two). Returns (lo, hi, shifted v).
     """
     v = v[np.isfinite(v)]
     if v.size < 20 or not math.isfinite(point):
         return math.nan, math.nan, v
     v = v + (point - float(np.median(v)))
-    lo, hi = np.quantile(v, [q, 1 - q])
+    lo, hi = np.clip(np.quantile(v, [q, 1 - q]), -bound, bound)
     return float(lo), float(hi), v
 
 
@@ -75,7 +76,7 @@ def comparisons_and_verdicts(comps, point, reps, masks, proxy_rows, rel, headlin
         for stat, side in stats_:
             ka, kb = (side, a, base), (side, base, a)
             va, vb = point[ka][0], point[kb][0]
-            lo, hi, d = interval(reps[ka][:, 0] - reps[kb][:, 0], q, va - vb)
+            lo, hi, d = interval(reps[ka][:, 0] - reps[kb][:, 0], q, va - vb, bound=2.0)
             m = masks[ka]
             jk = jackknife_values(pv[a], beh[side], m, iu, ju, K) - jackknife_values(pv[base], beh[side], m, iu, ju, K)
             comparisons.append({
@@ -121,6 +122,12 @@ def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models) -> list[str
         if math.isfinite(c["lo"]):
             vals += (f" ({level} interval {_fmt(c['lo'])} to {_fmt(c['hi'])}, bootstrap over models; "
                      f"p = {c['p_better']:.3g} that it does not beat it)")
+        se = c["benchmark_se"]
+        if math.isfinite(se):
+            z = float(stats.norm.ppf(1 - (1 - cfg.level) / 2))
+            beyond = "beyond" if abs(c["diff"]) > z * se else "not beyond"
+            vals += (f"; with other benchmarks like these the difference could move by about ±{z * se:.2f} "
+                     f"(leave-one-benchmark-out jackknife), so it is {beyond} benchmark-to-benchmark variation")
         if math.isfinite(c["lo"]) and c["lo"] > 0:
             out.append(f"{c['proxy']} beats {base} on these models: {vals}.")
         elif math.isfinite(c["hi"]) and c["hi"] < 0:
@@ -145,7 +152,7 @@ def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models) -> list[str
 def disagreements(head, pv, bvec, enough, names, iu, ju, n_dis) -> list[dict]:
     """Pairs where the headline proxy's rank and the behaviour's rank differ most, in each direction.
 
-    Ranks run over the pairs both define, 1 = most alike. rank_gap = behaviour_rank − proxy_rank:
+    Ranks run over the pairs both define, 1 = most alike (ties share their mid-rank). rank_gap = behaviour_rank − proxy_rank:
     large and positive = 'features alike, scores not'; large and negative = 'scores alike, features not'.
     """
     p = pv[head]
@@ -153,8 +160,8 @@ def disagreements(head, pv, bvec, enough, names, iu, ju, n_dis) -> list[dict]:
     idx = np.flatnonzero(m)
     if idx.size < 3 or n_dis == 0:
         return []
-    pr = stats.rankdata(-p[idx], method="min")
-    br = stats.rankdata(-bvec[idx], method="min")
+    pr = stats.rankdata(-p[idx])               # mid-ranks: a tie of many pairs sits in its middle
+    br = stats.rankdata(-bvec[idx])
     gap = br - pr
     order = np.argsort(-gap, kind="stable")
     pos = [t for t in order[:n_dis] if gap[t] > 0]
@@ -163,7 +170,7 @@ def disagreements(head, pv, bvec, enough, names, iu, ju, n_dis) -> list[dict]:
     for t in pos + neg:
         k = idx[t]
         out.append({"a": str(names[iu[k]]), "b": str(names[ju[k]]), "proxy": head,
-                    "proxy_rank": int(pr[t]), "behaviour_rank": int(br[t]), "rank_gap": int(gap[t]),
+                    "proxy_rank": float(pr[t]), "behaviour_rank": float(br[t]), "rank_gap": float(gap[t]),
                     "proxy_value": float(p[k]), "score_partial": float(bvec[k]),
                     "direction": "features alike, scores not" if gap[t] > 0 else "scores alike, features not"})
     return out
