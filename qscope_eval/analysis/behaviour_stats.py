@@ -7,12 +7,12 @@ result objects and the verdicts live in `behaviour.py`.
 Shapes: n models, K benchmarks, P = K(K-1)/2 benchmark pairs (upper triangle, row-major),
 Z (n, K) standardised scores with 0.0 in missing cells, M (n, K) bool "scored".
 
-Why it is fast. A pairwise-complete correlation needs, for every pair (a, b), the sums over the
-models scored on both: N_ab = Σ w m_a m_b, Sx_ab = Σ w x_a m_b, Sxx_ab = Σ w x_a² m_b and
-Sxy_ab = Σ w x_a x_b (x is 0 where missing). Each is a matrix product; the bootstrap weight w
-(resample counts) enters as sqrt(w) on both factors, and models drawn zero times are dropped
-(about 37 % of them). Only Sxy needs a dense product: with few missing cells the others are
-"column total minus the missing cells' share", a product with the sparse missing-cell matrix U.
+Why it is fast. A pairwise-complete correlation needs, for every pair (a, b), sums over the
+models scored on both, and each such sum is a matrix product over the models. A bootstrap
+replicate enters as weights (resample counts, sqrt(w) on both factors; models drawn zero times
+are dropped, about 37 % of them), so a replicate's whole K × K correlation matrix is one SYRK
+(see fast_corr for the one approximation this takes with missing cells), the residualisation on
+the general factor one (3 × n) @ (n × 3K) product, and Mantel permutations index gathers.
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ import math
 import warnings
 
 import numpy as np
-import scipy.sparse as sp
 from scipy import stats
 
-DENSE_MISSING = 0.3
-"""Above this share of missing cells the corrections are done as dense products (sparse no longer pays)."""
 MIN_MODELS = 3
 """A correlation across fewer models is meaningless."""
 RANK_STEPS = 32768
@@ -113,55 +110,24 @@ def residualise(Z: np.ndarray, M: np.ndarray, g: np.ndarray, w: np.ndarray | Non
     return E, Mg
 
 
-def masked_corr(X: np.ndarray, M: np.ndarray, w: np.ndarray | None = None,
-                dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
-    """Pairwise-complete (weighted) Pearson correlation of the columns of X -> (r (K, K), N (K, K)).
+def masked_corr(X: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairwise-complete Pearson correlation of the columns of X -> (r (K, K), N (K, K)), float64.
 
-    X (n, K) with 0.0 in missing cells, M (n, K) bool, w (n,) bootstrap counts or None for all 1.
-    N is the weight of the models scored on both (their count when w is None). r is NaN where a
-    column has no spread over the common models; the diagonal is 1 where defined.
+    X (n, K) with 0.0 in missing cells (NaN in a column makes all its pairs undefined), M (n, K)
+    bool. N counts the models scored on both. r is NaN where a column has no spread over the
+    common models; the diagonal is 1 where defined. Exactly pandas' DataFrame.corr on the same cells.
     """
-    if w is not None:
-        keep = w > 0
-        X, M, w = X[keep], M[keep], w[keep].astype(dtype)
-    Xd = X.astype(dtype)
-    if w is not None:
-        s = np.sqrt(w)[:, None]
-        Xw = Xd * s
-    else:
-        s, Xw = None, Xd
-    Sxy = Xw.T @ Xw
-    missing = ~M
-    share = missing.mean() if missing.size else 0.0
-    wt = np.ones(len(X), dtype) if w is None else w
-    if share == 0:
-        tot = wt.sum()
-        sx = wt @ Xd
-        sxx = wt @ (Xd * Xd)
-        N = np.full(Sxy.shape, tot, dtype)
-        Sx = np.broadcast_to(sx[:, None], Sxy.shape)
-        Sxx = np.broadcast_to(sxx[:, None], Sxy.shape)
-    elif share > DENSE_MISSING or dtype == np.float64:
-        Mw = M.astype(dtype) if s is None else M.astype(dtype) * s
-        N = Mw.T @ Mw
-        Sx = Xw.T @ Mw
-        Sxx = (Xw * Xd).T @ Mw
-    else:
-        # totals over each column's own models minus the part that falls on b's missing cells
-        U = sp.csr_matrix(missing.astype(dtype))
-        UtW = (U.T.multiply(wt[None, :])).tocsr()                      # (K, n)
-        tot, sx, sxx = wt @ M.astype(dtype), wt @ Xd, wt @ (Xd * Xd)
-        C = UtW @ np.hstack([Xd, Xd * Xd])                              # (K, 2K): row b = Σ over b's missing
-        N = tot[:, None] + tot[None, :] - wt.sum() + (UtW @ U).toarray()   # inclusion-exclusion
-        K = X.shape[1]
-        Sx = sx[:, None] - C[:, :K].T
-        Sxx = sxx[:, None] - C[:, K:].T
+    Mf = M.astype(np.float64)
+    N = Mf.T @ Mf
+    Sx = X.T @ Mf                        # Sx[a, b] = Σ x_a over the models that have b
+    Sxx = (X * X).T @ Mf
+    Sxy = X.T @ X
     with np.errstate(invalid="ignore", divide="ignore"):
         cov = Sxy - Sx * Sx.T / N
-        va = Sxx - Sx * Sx / N
+        va = Sxx - Sx * Sx / N           # var of a over the common models (times N)
         vb = va.T
-        tol = (1e-9 if dtype == np.float64 else 1e-4) * np.maximum(Sxx, 1e-30)
-        bad = (va <= tol) | (vb <= tol.T) | (N <= 0)
+        tol = 1e-9 * np.maximum(Sxx, 1e-30)
+        bad = ~(va > tol) | ~(vb > tol.T) | (N <= 0)
         r = cov / np.sqrt(np.where(bad, 1.0, va * vb))
     r = np.where(bad, np.nan, np.clip(r, -1.0, 1.0))
     d = np.diag(r).copy()
