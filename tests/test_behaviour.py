@@ -234,6 +234,23 @@ def test_replicate_weights_equal_repeated_rows_and_pandas():
     np.testing.assert_allclose(par, np.corrcoef(R.T)[iu, ju], atol=2e-5)
 
 
+@pytest.mark.parametrize("control, reference", [("mean", None), ("pc1", None), ("reference", 3)])
+def test_complete_table_shortcut_equals_residual_path(control, reference):
+    """Without missing cells the partial comes from the raw co-moments; it must equal residualising."""
+    S, _, _ = planted(seed=15, missing=0.0)
+    Z, M, _, _ = bs.standardise(S)
+    g = bs.general_factor(Z, M, control, reference)
+    fast, slow = bs.Replicator(Z, M, g), bs.Replicator(Z, M, g)
+    slow.complete = False                      # forces the residual path (Ms = sqrt(w) everywhere)
+    iu, ju = np.triu_indices(K, 1)
+    w = np.bincount(np.random.default_rng(4).integers(0, N_MODELS, N_MODELS), minlength=N_MODELS).astype(float)
+    (r1, p1), (r2, p2) = fast(w, iu, ju), slow(w, iu, ju)
+    np.testing.assert_allclose(r1, r2, atol=1e-5)
+    np.testing.assert_allclose(p1, p2, atol=1e-4)
+    if reference is not None:
+        assert np.isnan(p1[(iu == reference) | (ju == reference)]).all()
+
+
 def test_replicate_close_to_pairwise_complete_with_missing_cells():
     S, _, _ = planted(seed=11, missing=0.1)
     Z, M, _, _ = bs.standardise(S)

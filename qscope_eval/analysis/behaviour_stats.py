@@ -7,12 +7,12 @@ result objects and the verdicts live in `behaviour.py`.
 Shapes: n models, K benchmarks, P = K(K-1)/2 benchmark pairs (upper triangle, row-major),
 Z (n, K) standardised scores with 0.0 in missing cells, M (n, K) bool "scored".
 
-Why it is fast. A pairwise-complete correlation needs, for every pair (a, b), the sums over the
-models scored on both: N_ab = Σ w m_a m_b, Sx_ab = Σ w x_a m_b, Sxx_ab = Σ w x_a² m_b and
-Sxy_ab = Σ w x_a x_b (x is 0 where missing). Each is a matrix product; the bootstrap weight w
-(resample counts) enters as sqrt(w) on both factors, and models drawn zero times are dropped
-(about 37 % of them). Only Sxy needs a dense product: with few missing cells the others are
-"column total minus the missing cells' share", a product with the sparse missing-cell matrix U.
+Why it is fast. A pairwise-complete correlation needs, for every pair (a, b), sums over the
+models scored on both, and each such sum is a matrix product over the models. A bootstrap
+replicate enters as weights (resample counts, sqrt(w) on both factors; models drawn zero times
+are dropped, about 37 % of them), so a replicate's whole K × K correlation matrix is one SYRK
+(see fast_corr for the one approximation this takes with missing cells), the residualisation on
+the general factor one (3 × n) @ (n × 3K) product, and Mantel permutations index gathers.
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ import math
 import warnings
 
 import numpy as np
-import scipy.sparse as sp
 from scipy import stats
 
-DENSE_MISSING = 0.3
-"""Above this share of missing cells the corrections are done as dense products (sparse no longer pays)."""
 MIN_MODELS = 3
 """A correlation across fewer models is meaningless."""
 RANK_STEPS = 32768
@@ -113,55 +110,24 @@ def residualise(Z: np.ndarray, M: np.ndarray, g: np.ndarray, w: np.ndarray | Non
     return E, Mg
 
 
-def masked_corr(X: np.ndarray, M: np.ndarray, w: np.ndarray | None = None,
-                dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
-    """Pairwise-complete (weighted) Pearson correlation of the columns of X -> (r (K, K), N (K, K)).
+def masked_corr(X: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairwise-complete Pearson correlation of the columns of X -> (r (K, K), N (K, K)), float64.
 
-    X (n, K) with 0.0 in missing cells, M (n, K) bool, w (n,) bootstrap counts or None for all 1.
-    N is the weight of the models scored on both (their count when w is None). r is NaN where a
-    column has no spread over the common models; the diagonal is 1 where defined.
+    X (n, K) with 0.0 in missing cells (NaN in a column makes all its pairs undefined), M (n, K)
+    bool. N counts the models scored on both. r is NaN where a column has no spread over the
+    common models; the diagonal is 1 where defined. Exactly pandas' DataFrame.corr on the same cells.
     """
-    if w is not None:
-        keep = w > 0
-        X, M, w = X[keep], M[keep], w[keep].astype(dtype)
-    Xd = X.astype(dtype)
-    if w is not None:
-        s = np.sqrt(w)[:, None]
-        Xw = Xd * s
-    else:
-        s, Xw = None, Xd
-    Sxy = Xw.T @ Xw
-    missing = ~M
-    share = missing.mean() if missing.size else 0.0
-    wt = np.ones(len(X), dtype) if w is None else w
-    if share == 0:
-        tot = wt.sum()
-        sx = wt @ Xd
-        sxx = wt @ (Xd * Xd)
-        N = np.full(Sxy.shape, tot, dtype)
-        Sx = np.broadcast_to(sx[:, None], Sxy.shape)
-        Sxx = np.broadcast_to(sxx[:, None], Sxy.shape)
-    elif share > DENSE_MISSING or dtype == np.float64:
-        Mw = M.astype(dtype) if s is None else M.astype(dtype) * s
-        N = Mw.T @ Mw
-        Sx = Xw.T @ Mw
-        Sxx = (Xw * Xd).T @ Mw
-    else:
-        # totals over each column's own models minus the part that falls on b's missing cells
-        U = sp.csr_matrix(missing.astype(dtype))
-        UtW = (U.T.multiply(wt[None, :])).tocsr()                      # (K, n)
-        tot, sx, sxx = wt @ M.astype(dtype), wt @ Xd, wt @ (Xd * Xd)
-        C = UtW @ np.hstack([Xd, Xd * Xd])                              # (K, 2K): row b = Σ over b's missing
-        N = tot[:, None] + tot[None, :] - wt.sum() + (UtW @ U).toarray()   # inclusion-exclusion
-        K = X.shape[1]
-        Sx = sx[:, None] - C[:, :K].T
-        Sxx = sxx[:, None] - C[:, K:].T
+    Mf = M.astype(np.float64)
+    N = Mf.T @ Mf
+    Sx = X.T @ Mf                        # Sx[a, b] = Σ x_a over the models that have b
+    Sxx = (X * X).T @ Mf
+    Sxy = X.T @ X
     with np.errstate(invalid="ignore", divide="ignore"):
         cov = Sxy - Sx * Sx.T / N
-        va = Sxx - Sx * Sx / N
+        va = Sxx - Sx * Sx / N           # var of a over the common models (times N)
         vb = va.T
-        tol = (1e-9 if dtype == np.float64 else 1e-4) * np.maximum(Sxx, 1e-30)
-        bad = (va <= tol) | (vb <= tol.T) | (N <= 0)
+        tol = 1e-9 * np.maximum(Sxx, 1e-30)
+        bad = ~(va > tol) | ~(vb > tol.T) | (N <= 0)
         r = cov / np.sqrt(np.where(bad, 1.0, va * vb))
     r = np.where(bad, np.nan, np.clip(r, -1.0, 1.0))
     d = np.diag(r).copy()
@@ -305,86 +271,105 @@ def mantel_null(Pmats: np.ndarray, rvecs: np.ndarray, permutations: int, rng, ba
 
 
 # ----------------------------------------------------------------------------- replicates and reliability
-def fast_corr(X: np.ndarray, M: np.ndarray, w: np.ndarray, N=None):
-    """Weighted available-case correlation (float32) for bootstrap replicates -> (r (K, K), N).
+def fast_corr(X: np.ndarray, Ms: np.ndarray | None, w: np.ndarray, N=None):
+    """Weighted available-case correlation (float32) for bootstrap replicates -> (r (K, K), N, co-moments).
 
-    X (n', K) float32 with 0 where missing, M (n', K) bool, w (n',) > 0 (rows drawn zero times
-    already dropped). Each column is centred and scaled by its own models' weighted mean and SD;
-    the covariance is averaged over the models scored on both. With no missing cell this is
-    exactly the pairwise-complete Pearson; with missing cells it differs from it only by the gap
-    between a benchmark's mean/SD over its own models and over the pair's common models, and it
-    needs one product (Σ w x_a x_b, a SYRK) where the exact form needs four. Pass N to reuse it.
+    X (n', K) float32, w (n',) > 0 float32 (rows drawn zero times already dropped), Ms (n', K)
+    = mask · sqrt(w) or None when no cell is missing. Each column is centred and scaled by its own
+    models' weighted mean and SD; the covariance is averaged over the models scored on both.
+    With no missing cell this is exactly the pairwise-complete Pearson; with missing cells it
+    differs from it only by the gap between a benchmark's mean/SD over its own models and over the
+    pair's common models, and it needs one product (Σ w x_a x_b, a SYRK) where the exact form needs
+    four (plus N = Σ w m_a m_b, shared by raw and partial). Pass N to reuse it.
     """
-    w32 = w.astype(np.float32)
-    sw = w32 @ M
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mu = (w32 @ X) / sw
-    s = np.sqrt(w32)[:, None]
-    A = X - mu
-    A *= s
-    if not M.all():
-        A[~M] = 0.0
+    if Ms is None:
+        sw = np.float32(w.sum())
+        A = X - (w @ X) / sw
+        A *= np.sqrt(w)[:, None]
+    else:
+        Mw = Ms * np.sqrt(w)[:, None]                                  # w · m
+        sw = Mw.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            A = X - np.einsum("ij,ij->j", Mw, X) / sw
+        A *= Ms                                                        # sqrt(w) · m: 0 where missing
     Sxy = A.T @ A
     if N is None:
-        if M.all():
-            N = np.float32(w.sum())
-        else:
-            B = M * s
-            N = B.T @ B
+        N = np.float32(w.sum()) if Ms is None else Ms.T @ Ms
+    return _normalise(Sxy, N, sw), N, Sxy
+
+
+def _normalise(C: np.ndarray, N, sw) -> np.ndarray:
+    """Correlation from weighted co-moments C (K, K), common weights N and each column's weight sw."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        var = np.diag(Sxy) / sw
-        bad = ~(var > 1e-6)
-        sd = np.sqrt(np.where(bad, 1.0, var)).astype(np.float32)
-        r = Sxy / N / sd[:, None] / sd[None, :]
-    r[bad, :] = np.nan
-    r[:, bad] = np.nan
-    return np.clip(r, -1.0, 1.0), N
+        var = np.diag(C) / sw
+        inv = np.where(var > 1e-6, 1.0 / np.sqrt(var), np.nan).astype(np.float32)
+        r = C / N
+        r *= inv[:, None]
+        r *= inv[None, :]
+    return np.clip(r, -1.0, 1.0, out=r)
 
 
 class Replicator:
     """Raw and partial pair vectors for any weighting of the models (bootstrap counts, half splits).
 
-    Holds what does not change between replicates: float32 scores, masks, the general factor and
-    one (n, 3K) block [m | z | z²] whose weighted column sums give every residualisation sum in one
-    product. Only models with weight > 0 enter the correlation products.
+    Holds what does not change between replicates: float32 scores and masks, the general factor,
+    the benchmarks it explains exactly (their partial pairs stay undefined), and one (n, 3K) block
+    [m | z | z²] whose weighted column sums give every residualisation sum in one product. Only
+    models with weight > 0 enter the correlation products.
     """
 
     def __init__(self, Z: np.ndarray, M: np.ndarray, g: np.ndarray | None):
-        self.M, self.K = M, Z.shape[1]
+        self.K = Z.shape[1]
+        self.complete = bool(M.all())
+        self.Mf = M.astype(np.float32)
         self.Z32 = Z.astype(np.float32)
         self.g = g
         if g is not None:
             fin = np.isfinite(g)
             self.same = bool(fin.all())
-            self.Mg = M & fin[:, None]
+            Mg = M & fin[:, None]
+            self.Mgf = Mg.astype(np.float32)
             self.g0 = np.where(fin, g, 0.0)
-            Zg = Z if self.same else np.where(self.Mg, Z, 0.0)
+            Zg = Z if self.same else np.where(Mg, Z, 0.0)
             self.Zg32 = Zg.astype(np.float32)
-            self.block = np.hstack([self.Mg, Zg, Zg * Zg]).astype(np.float64)
+            self.block = np.hstack([Mg, Zg, Zg * Zg]).astype(np.float64)
+            self.exact = np.isnan(residualise(Z, M, g)[0]).any(axis=0)
 
     def __call__(self, w: np.ndarray, iu: np.ndarray, ju: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         keep = np.flatnonzero(w > 0)
-        wk = w[keep]
-        Mk = self.M[keep]
-        r, N = fast_corr(self.Z32[keep], Mk, wk)
-        raw = r[iu, ju].astype(np.float64)
+        wk = w[keep].astype(np.float32)
+        s = np.sqrt(wk)[:, None]
+        Ms = None if self.complete else self.Mf[keep] * s
+        X = self.Z32[keep]
+        r, N, C = fast_corr(X, Ms, wk)
+        raw = r[iu, ju]
         if self.g is None:
             return raw, raw
+        if self.complete and self.same:
+            # no missing cell: the partial co-moments follow from the raw ones, C - c cᵀ / c_gg
+            gk = self.g0[keep].astype(np.float32)
+            gc = gk - (wk @ gk) / wk.sum()
+            c = (wk * gc) @ X                                           # Σ w (g − ḡ) x per benchmark
+            Cp = C - np.outer(c, c) / (wk @ (gc * gc))
+            Cp[:, self.exact] = np.nan
+            Cp[self.exact, :] = np.nan
+            return raw, _normalise(Cp, N, np.float32(wk.sum()))[iu, ju]
         K, g0 = self.K, self.g0
         wg = w * g0
         T = np.stack([w, wg, wg * g0]) @ self.block                     # (3, 3K) weighted sums
         sw, sg, sgg = T[0, :K], T[1, :K], T[2, :K]
-        sz, sgz, szz = T[0, K:2 * K], T[1, K:2 * K], T[0, 2 * K:]
+        sz, sgz = T[0, K:2 * K], T[1, K:2 * K]
         with np.errstate(invalid="ignore", divide="ignore"):
             gbar, zbar = sg / sw, sz / sw
-            vgg, vzz = sgg - sg * gbar, szz - sz * zbar
+            vgg = sgg - sg * gbar
             beta = np.where(vgg > 1e-12 * np.maximum(sw, 1.0), (sgz - sg * zbar) / vgg, 0.0)
-            exact = ~(vzz - beta * beta * vgg > 1e-9 * np.maximum(vzz, 1e-300))
-        Mgk = self.Mg[keep]
         E = self.Zg32[keep] - (g0[keep, None] * beta).astype(np.float32)   # intercepts cancel in the centring
-        E[:, exact] = np.nan
-        rp, _ = fast_corr(E, Mgk, wk, N if self.same else None)
-        return raw, rp[iu, ju].astype(np.float64)
+        E[:, self.exact] = np.nan
+        if self.same:
+            rp = fast_corr(E, Ms, wk, N)[0]
+        else:
+            rp = fast_corr(E, self.Mgf[keep] * s, wk)[0]
+        return raw, rp[iu, ju]
 
 
 def _fast_corr(x: np.ndarray, y: np.ndarray) -> float:
