@@ -378,7 +378,8 @@ def _assemble(rows: list[tuple], matching: list[ColumnMatch], notes: list[str], 
         g = long[(long.model == m) & (long.benchmark == b)]
         where = "; ".join(f"{r.source} column {r.column!r}: {r.score:g}" for r in g.itertuples())
         raise ScoreTableError(f"model {m!r} has different scores for {b!r} ({where}); keep one row per model and "
-                              "benchmark (or map one of two columns to null with --map)")
+                              "benchmark (rows of one model run twice, e.g. at two precisions: drop one or give them "
+                              "distinct names; two columns of one benchmark: map one to null with --map)")
     n_dup = int((dup.size() > 1).sum())
     if n_dup:
         notes.append(f"{n_dup} (model, benchmark) scores appeared more than once with the same value; merged")
