@@ -192,3 +192,16 @@ def test_report_shows_the_saved_score_validation(base, db, tmp_path):
     kinds = {p["kind"] for p in pts}
     assert kinds == {"SAE", "null dictionary", "prompts' words"}
     assert len(pts) == len(out["agreement"]["pairs"]) * 10  # every pair under every proxy
+
+
+def test_lexical_baseline_tracks_topics_when_the_words_carry_them(base, tmp_path):
+    """Same scores, but each topic's prompts now use words of their own: the words alone must find the topics."""
+    db = tmp_path / "words.duckdb"
+    build_topic_store(db, topical_words=True).close()
+    out = json.loads(run("--db", db, "--scores", base[2], "--no-save", "--json", *FAST).output)
+    part = {x["name"]: x["partial_pearson"] for x in out["agreement"]["proxies"]}
+    assert part["lexical:tfidf"] > 0.7 and part["lexical:sym"] > 0.7 and part["sae:sym"] > 0.7
+    assert max(abs(part[n]) for n in part if n.startswith("null:")) < 0.5
+    vs_words = [c for c in out["agreement"]["comparisons"]
+                if c["proxy"] == "sae:sym" and c["baseline"] == "lexical:tfidf" and c["statistic"] == "partial_pearson"]
+    assert vs_words and vs_words[0]["lo"] < 0.1  # the SAE is not shown to beat words that carry the same topics
