@@ -76,7 +76,7 @@ class AgreementConfig:
     """Seed of the bootstrap, the permutations and the splits."""
     n_disagree: int = 10
     """Pairs listed in each direction where the headline proxy and behaviour disagree most."""
-    splits: int = 100
+    splits: int = 50
     """Random half splits of the models behind the reliability ceiling (0 = none)."""
     headline: str | None = None
     """Proxy whose disagreements are listed; default sae:characteristic, else sae:sym, else the first sae:*."""

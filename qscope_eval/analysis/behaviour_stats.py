@@ -313,8 +313,8 @@ class Replicator:
     """Raw and partial pair vectors for any weighting of the models (bootstrap counts, half splits).
 
     Holds what does not change between replicates: float32 scores and masks, the general factor,
-    the benchmarks it explains exactly (their partial pairs stay undefined), and one (n, 3K) block
-    [m | z | z²] whose weighted column sums give every residualisation sum in one product. Only
+    the benchmarks it explains exactly (their partial pairs stay undefined), and one (3K, n) block
+    [m | z | z²]ᵀ whose weighted row sums give every residualisation sum in one product. Only
     models with weight > 0 enter the correlation products.
     """
 
@@ -332,7 +332,7 @@ class Replicator:
             self.g0 = np.where(fin, g, 0.0)
             Zg = Z if self.same else np.where(Mg, Z, 0.0)
             self.Zg32 = Zg.astype(np.float32)
-            self.block = np.hstack([Mg, Zg, Zg * Zg]).astype(np.float64)
+            self.blockT = np.ascontiguousarray(np.hstack([Mg, Zg, Zg * Zg]).T, dtype=np.float32)  # (3K, n)
             self.exact = np.isnan(residualise(Z, M, g)[0]).any(axis=0)
 
     def __call__(self, w: np.ndarray, iu: np.ndarray, ju: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -356,14 +356,14 @@ class Replicator:
             return raw, _normalise(Cp, N, np.float32(wk.sum()))[iu, ju]
         K, g0 = self.K, self.g0
         wg = w * g0
-        T = np.stack([w, wg, wg * g0]) @ self.block                     # (3, 3K) weighted sums
+        T = (self.blockT @ np.stack([w, wg, wg * g0], axis=1).astype(np.float32)).T.astype(np.float64)  # (3, 3K) sums
         sw, sg, sgg = T[0, :K], T[1, :K], T[2, :K]
         sz, sgz = T[0, K:2 * K], T[1, K:2 * K]
         with np.errstate(invalid="ignore", divide="ignore"):
             gbar, zbar = sg / sw, sz / sw
             vgg = sgg - sg * gbar
             beta = np.where(vgg > 1e-12 * np.maximum(sw, 1.0), (sgz - sg * zbar) / vgg, 0.0)
-        E = self.Zg32[keep] - (g0[keep, None] * beta).astype(np.float32)   # intercepts cancel in the centring
+        E = self.Zg32[keep] - g0[keep, None].astype(np.float32) * beta.astype(np.float32)   # intercepts cancel
         E[:, self.exact] = np.nan
         if self.same:
             rp = fast_corr(E, Ms, wk, N)[0]
