@@ -127,7 +127,9 @@ def test_pairwise_raw_matches_pandas():
     S, _, _ = planted(seed=5, missing=0.25)
     S[:60, 3] = np.nan                         # a benchmark few models have
     S[:97, 7] = np.nan                         # ... and one with too few for any pair
-    ps = pairwise_scores(S, AgreementConfig(min_pair_models=5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ps = pairwise_scores(S, AgreementConfig(min_pair_models=5))
     ref = pd.DataFrame(S).corr(min_periods=5).to_numpy()
     assert np.array_equal(np.isnan(ps.raw), np.isnan(ref))
     np.testing.assert_allclose(ps.raw, ref, atol=1e-10, equal_nan=True)
@@ -318,6 +320,7 @@ def test_awkward_data_runs_without_warnings():
     prox["lexical:tfidf"][1, 2] = np.nan
     prox["lexical:tfidf"][2, 1] = 0.4           # one direction only: symmetrised from the other
     prox["null:sym"] = prox["null:sym"] + np.triu(np.full((K, K), 0.05), 1)      # asymmetric
+    prox["sae:jaccard"] = np.full((K, K), np.nan)                              # a proxy with nothing defined
     cfg = AgreementConfig(control="reference", reference=0, replicates=50, permutations=99, splits=20)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -327,3 +330,6 @@ def test_awkward_data_runs_without_warnings():
     assert d["too_few_models"] and all(t["n_models"] < 5 for t in d["too_few_models"])
     assert any("asymmetric" in n for n in d["notes"]) and any("undefined" in n for n in d["notes"])
     assert all(p["score_partial"] is None for p in d["pairs"] if NAMES[0] in (p["a"], p["b"]))
+    jac = next(p for p in d["proxies"] if p["name"] == "sae:jaccard")
+    assert jac["n_pairs"] == 0 and jac["partial_pearson"] is None and jac["partial_mantel_p"] is None
+    assert any(v.startswith("sae:jaccard: too few pairs") for v in d["verdicts"])

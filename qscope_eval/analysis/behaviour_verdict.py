@@ -108,7 +108,9 @@ def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models) -> list[str
         else:
             how = "relates to (no interval)"
         p = r["partial_mantel_p" if headline == "partial" else "mantel_p"]
-        ptxt = f", Mantel p = {p:.3g}" if p is not None else ""
+        floor = 1 / (cfg.permutations + 1) if cfg.permutations else 0.0
+        ptxt = "" if p is None else (f", Mantel p = {p:.2g} (the smallest {cfg.permutations} permutations can give)"
+                                     if p <= floor * (1 + 1e-9) else f", Mantel p = {p:.2g}")
         ci = f" [{lo:+.2f}, {hi:+.2f}]" if math.isfinite(lo) else ""
         out.append(f"On these {n_models} models, {r['name']} {how} the benchmarks' {what}: "
                    f"Pearson r = {v:+.2f}{ci}{ptxt}, over {r['n_pairs']} benchmark pairs.")
@@ -209,8 +211,10 @@ def notes_for(cfg, dropped, M, enough, beh, headline, reps) -> list[str]:
         bad = sum(int((~np.isfinite(v[:, 0])).sum()) for v in reps.values())
         if bad:
             notes.append(f"{bad} bootstrap statistics were undefined (a resample without spread) and were left out")
-        notes.append("intervals: percentile bootstrap over models (benchmarks fixed); *_benchmark_se is a "
-                     "leave-one-benchmark-out jackknife for how the figure would move with other benchmarks")
+        notes.append("intervals: percentile bootstrap over models (benchmarks fixed), re-centred on the point estimate "
+                     "(resampling adds noise that pulls every replicate down); replicates use each benchmark's mean and "
+                     "SD over its own models (exact when no cell is missing); *_benchmark_se is a leave-one-benchmark-out "
+                     "jackknife for how the figure would move with other benchmarks")
     if cfg.control == "mean":
         notes.append("general factor: each model's mean standardised score over the benchmarks it has")
     elif cfg.control == "pc1":
