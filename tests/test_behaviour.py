@@ -89,6 +89,9 @@ def test_planted_agreement_and_baselines(result):
     assert 0 < rel["spearman_brown"] <= 1 and rel["ceiling"] == pytest.approx(np.sqrt(rel["spearman_brown"]))
     assert sae["partial_pearson"] < rel["ceiling"] + 0.1
     assert d["n_pairs"] == K * (K - 1) // 2 and len(d["pairs"]) == d["n_pairs"]
+    first, row = d["pairs"][5], result.pairs.iloc[5]
+    assert (first["a"], first["b"], first["score_partial"]) == (row["a"], row["b"], row["score_partial"])
+    assert first["proxies"]["null:sym"] == row["null:sym"]
     assert set(d) >= {"n_models", "n_benchmarks", "n_pairs", "control", "names", "reliability", "proxies",
                       "comparisons", "pairs", "disagreements", "too_few_models", "verdicts", "notes"}
 

@@ -132,17 +132,24 @@ class AgreementResult:
 
     def to_dict(self) -> dict:
         proxy_names = [p["name"] for p in self.proxies]
-        pairs = []
-        cols = {c: self.pairs[c].to_numpy() for c in self.pairs.columns}
-        for i in range(len(self.pairs)):
-            pairs.append({"a": str(cols["a"][i]), "b": str(cols["b"][i]), "n_models": int(cols["n_models"][i]),
-                          "score_corr": _num(cols["score_corr"][i]), "score_partial": _num(cols["score_partial"][i]),
-                          "proxies": {p: _num(cols[p][i]) for p in proxy_names}})
-        return _clean({"n_models": self.n_models, "n_benchmarks": self.n_benchmarks, "n_pairs": self.n_pairs,
-                       "control": self.control, "names": list(self.names), "reliability": self.reliability,
-                       "proxies": self.proxies, "comparisons": self.comparisons, "pairs": pairs,
-                       "disagreements": self.disagreements, "too_few_models": self.too_few_models,
-                       "verdicts": list(self.verdicts), "notes": list(self.notes)})
+
+        def col(c):                                   # NaN -> None, numpy -> Python, in one pass per column
+            return [x if x == x else None for x in self.pairs[c].to_numpy(dtype=np.float64).tolist()]
+
+        prox = [col(p) for p in proxy_names]
+        pairs = [{"a": a, "b": b, "n_models": int(nm), "score_corr": r, "score_partial": rp,
+                  "proxies": dict(zip(proxy_names, vals))}
+                 for a, b, nm, r, rp, *vals in zip(self.pairs["a"].astype(str).tolist(),
+                                                   self.pairs["b"].astype(str).tolist(),
+                                                   self.pairs["n_models"].tolist(), col("score_corr"),
+                                                   col("score_partial"), *prox)]
+        out = _clean({"n_models": self.n_models, "n_benchmarks": self.n_benchmarks, "n_pairs": self.n_pairs,
+                      "control": self.control, "names": list(self.names), "reliability": self.reliability,
+                      "proxies": self.proxies, "comparisons": self.comparisons, "pairs": [],
+                      "disagreements": self.disagreements, "too_few_models": self.too_few_models,
+                      "verdicts": list(self.verdicts), "notes": list(self.notes)})
+        out["pairs"] = pairs                          # already clean; _clean over 10^5 dicts would cost seconds
+        return out
 
 
 def _num(x):
