@@ -192,6 +192,20 @@ def test_agreement_point_values_match_scipy(result):
             assert jk[k] == pytest.approx(stats.pearsonr(p[keep], ps.partial[iu, ju][keep]).statistic, abs=1e-10)
 
 
+def test_pair_group_with_undefined_replicate_pairs():
+    """A replicate with a few undefined pairs: Pearson exact on the rest, Spearman close to exact."""
+    rng = np.random.default_rng(5)
+    P = rng.normal(size=(400, 3))
+    r = np.tanh(P[:, 0] + rng.normal(size=400))
+    grp = bs.PairGroup(np.arange(400), P)
+    r[::37] = np.nan
+    ok = np.isfinite(r)
+    pe, sr = grp.agree(r)
+    for u in range(3):
+        assert pe[u] == pytest.approx(stats.pearsonr(P[ok, u], r[ok]).statistic, abs=1e-10)
+        assert sr[u] == pytest.approx(stats.spearmanr(P[ok, u], r[ok]).statistic, abs=0.01)
+
+
 class _FixedPerms:
     """A stand-in generator whose random() makes argsort return the given permutations."""
 
