@@ -96,6 +96,21 @@ def test_planted_agreement_and_baselines(result):
                       "comparisons", "pairs", "disagreements", "too_few_models", "verdicts", "notes"}
 
 
+def test_comparisons_pair_measures_and_headline():
+    S, true, _ = planted(seed=16)
+    rng = np.random.default_rng(3)
+    prox = {"sae:sym": true + sym_noise(rng, K, 0.5), "sae:characteristic": true + sym_noise(rng, K, 0.2),
+            "null:characteristic": sym_noise(rng, K, 1.0), "lexical:tfidf": 0.3 * true + sym_noise(rng, K, 0.5),
+            "lexical:sym": sym_noise(rng, K, 1.0)}
+    res = score_agreement(S, prox, NAMES, AgreementConfig(replicates=50, permutations=50, splits=20))
+    pairs = {(c["proxy"], c["baseline"]) for c in res.comparisons}
+    assert pairs == {("sae:sym", "lexical:sym"), ("sae:sym", "lexical:tfidf"), ("sae:characteristic", "null:characteristic"),
+                     ("sae:characteristic", "lexical:sym"), ("sae:characteristic", "lexical:tfidf")}
+    assert {d["proxy"] for d in res.disagreements} == {"sae:characteristic"}
+    assert "sae:characteristic reaches" in res.verdicts[-1]
+    assert sum("(the strongest lexical baseline)" in v for v in res.verdicts) == 2      # lexical:tfidf, once per SAE proxy
+
+
 def test_null_mantel_is_calibrated():
     """Random proxies: Mantel p roughly uniform (few below 0.05), whatever the behaviour."""
     S, true, _ = planted(seed=3)

@@ -312,7 +312,7 @@ def score_agreement(S: np.ndarray, proxies: dict[str, np.ndarray], names: list[s
                           "score_corr": beh["raw"], "score_partial": beh["partial"], **pv})
     rel = bs.reliability(rep, n, cfg, enough, iu, ju, headline)
     comparisons, verdicts = comparisons_and_verdicts(comps, point, reps, masks, proxy_rows, rel, headline, cfg, n,
-                                                     pv, beh, iu, ju, K)
+                                                     pv, beh, iu, ju, K, head)
     dis = disagreements(head, pv, beh[headline], enough, np.array(names), iu, ju, cfg.n_disagree) if head else []
     too_few = [{"a": names[a], "b": names[b], "n_models": int(c)}
                for a, b, c in zip(iu[~enough], ju[~enough], npair[~enough])]

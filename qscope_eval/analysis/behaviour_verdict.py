@@ -67,7 +67,8 @@ def _fmt(x: float) -> str:
     return f"{x:+.2f}" if x is not None and math.isfinite(x) else "n/a"
 
 
-def comparisons_and_verdicts(comps, point, reps, masks, proxy_rows, rel, headline, cfg, n_models, pv, beh, iu, ju, K):
+def comparisons_and_verdicts(comps, point, reps, masks, proxy_rows, rel, headline, cfg, n_models, pv, beh, iu, ju, K,
+                             head: str | None = None):
     """Paired SAE-minus-baseline differences (same bootstrap replicates) and the verdict sentences."""
     q = (1 - cfg.level) / 2
     stats_ = [("partial_pearson", "partial"), ("pearson", "raw")] if headline == "partial" else [("pearson", "raw")]
@@ -85,10 +86,10 @@ def comparisons_and_verdicts(comps, point, reps, masks, proxy_rows, rel, headlin
                 "p_better": (1 + int((d <= 0).sum())) / (1 + d.size) if d.size else math.nan,
                 "share_better": float((d > 0).mean()) if d.size else math.nan,
                 "n_pairs": int(m.sum()), "benchmark_se": jackknife_se(jk)})
-    return comparisons, _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models)
+    return comparisons, _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models, head)
 
 
-def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models) -> list[str]:
+def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models, head=None) -> list[str]:
     pre = "partial_" if headline == "partial" else ""
     what = "partial score correlation (general factor removed)" if headline == "partial" else "score correlation"
     level = f"{cfg.level:.0%}"
@@ -140,9 +141,10 @@ def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models) -> list[str
     if sb is not None and math.isfinite(sb):
         txt = (f"The {what} is itself only so reliable: split-half over models, Spearman-Brown corrected, "
                f"{sb:.2f}")
-        if ceil is not None and math.isfinite(ceil) and rows and math.isfinite(rows[0][pre + "pearson"]):
-            v = rows[0][pre + "pearson"]
-            txt += (f", so a perfect proxy would reach about r = {ceil:.2f}; {rows[0]['name']} reaches {v:+.2f} "
+        top = next((r for r in proxy_rows if r["name"] == head), rows[0] if rows else None)
+        if ceil is not None and math.isfinite(ceil) and top is not None and math.isfinite(top[pre + "pearson"]):
+            v = top[pre + "pearson"]
+            txt += (f", so a perfect proxy would reach about r = {ceil:.2f}; {top['name']} reaches {v:+.2f} "
                     f"({v / ceil:.0%} of that ceiling)")
         out.append(txt + ".")
     if not any(r["kind"] == "sae" for r in proxy_rows):
