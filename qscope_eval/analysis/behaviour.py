@@ -23,7 +23,9 @@ What is computed, and why this way:
   proxy (rows and columns together); this respects that pairs sharing a benchmark are not
   independent. p = (1 + #perm ≥ observed) / (1 + permutations).
 - Interval: percentile bootstrap over models (rows of S resampled with replacement; every score
-  correlation, the residualisation and the agreement are recomputed). It covers "other models
+  correlation, the residualisation and the agreement are recomputed; each model's general-factor
+  score is computed once and travels with it). Resampling adds noise that pulls every replicate's
+  agreement down, so the percentiles are re-centred on the point estimate. It covers "other models
   like mine on these benchmarks", not "other benchmarks": for the latter, a leave-one-benchmark-out
   jackknife standard error is given beside it (`*_benchmark_se`). Paired comparisons (SAE minus
   baseline) use the same replicates for both, on the pairs both define.
