@@ -10,9 +10,10 @@ Z (n, K) standardised scores with 0.0 in missing cells, M (n, K) bool "scored".
 Why it is fast. A pairwise-complete correlation needs, for every pair (a, b), sums over the
 models scored on both, and each such sum is a matrix product over the models. A bootstrap
 replicate enters as weights (resample counts, sqrt(w) on both factors; models drawn zero times
-are dropped, about 37 % of them), so a replicate's whole K × K correlation matrix is one SYRK
-(see fast_corr for the one approximation this takes with missing cells), the residualisation on
-the general factor one (3 × n) @ (n × 3K) product, and Mantel permutations index gathers.
+are dropped, about 37 % of them), so a replicate's whole K × K correlation matrix is one product
+AᵀA (plus one for the common-model counts when cells are missing; see fast_corr for the one
+approximation this takes then), the residualisation on the general factor one (3K × n) @ (n × 3)
+product, and a Mantel permutation an index gather.
 """
 
 from __future__ import annotations
@@ -265,7 +266,7 @@ def fast_corr(X: np.ndarray, Ms: np.ndarray | None, w: np.ndarray, N=None):
     models' weighted mean and SD; the covariance is averaged over the models scored on both.
     With no missing cell this is exactly the pairwise-complete Pearson; with missing cells it
     differs from it only by the gap between a benchmark's mean/SD over its own models and over the
-    pair's common models, and it needs one product (Σ w x_a x_b, a SYRK) where the exact form needs
+    pair's common models, and it needs one product (Σ w x_a x_b) where the exact form needs
     four (plus N = Σ w m_a m_b, shared by raw and partial). Pass N to reuse it.
     """
     if Ms is None:
