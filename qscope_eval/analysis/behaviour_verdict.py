@@ -91,7 +91,9 @@ def comparisons_and_verdicts(comps, point, reps, masks, proxy_rows, rel, headlin
 
 def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models, head=None) -> list[str]:
     pre = "partial_" if headline == "partial" else ""
-    what = "partial score correlation (general factor removed)" if headline == "partial" else "score correlation"
+    removed = {"mean": "each model's mean score", "pc1": "the first principal component of the scores",
+               "reference": "the reference benchmark's score"}.get(cfg.control, "the general factor")
+    what = f"partial score correlation ({removed} partialled out)" if headline == "partial" else "score correlation"
     level = f"{cfg.level:.0%}"
     out = []
     rows = [r for r in proxy_rows if r["kind"] == "sae"] or proxy_rows
