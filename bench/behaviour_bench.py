@@ -15,7 +15,7 @@ Both wall and process-CPU seconds are printed: the machine may be shared, and ou
 on every core (CPU seconds then exceed wall seconds); the ratio is given for both.
 
     python bench/behaviour_bench.py [--models 1000] [--benchmarks 500] [--missing 0.1] [--replicates 500]
-                                    [--permutations 1000] [--splits 100]
+                                    [--permutations 1000] [--splits 50]
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def main():
     ap.add_argument("--missing", type=float, default=0.1)
     ap.add_argument("--replicates", type=int, default=500)
     ap.add_argument("--permutations", type=int, default=1000)
-    ap.add_argument("--splits", type=int, default=100)
+    ap.add_argument("--splits", type=int, default=50)
     ap.add_argument("--baseline-replicates", type=int, default=2)
     ap.add_argument("--baseline-permutations", type=int, default=20)
     ap.add_argument("--baseline-splits", type=int, default=1)

@@ -89,8 +89,26 @@ def test_planted_agreement_and_baselines(result):
     assert 0 < rel["spearman_brown"] <= 1 and rel["ceiling"] == pytest.approx(np.sqrt(rel["spearman_brown"]))
     assert sae["partial_pearson"] < rel["ceiling"] + 0.1
     assert d["n_pairs"] == K * (K - 1) // 2 and len(d["pairs"]) == d["n_pairs"]
+    first, row = d["pairs"][5], result.pairs.iloc[5]
+    assert (first["a"], first["b"], first["score_partial"]) == (row["a"], row["b"], row["score_partial"])
+    assert first["proxies"]["null:sym"] == row["null:sym"]
     assert set(d) >= {"n_models", "n_benchmarks", "n_pairs", "control", "names", "reliability", "proxies",
                       "comparisons", "pairs", "disagreements", "too_few_models", "verdicts", "notes"}
+
+
+def test_comparisons_pair_measures_and_headline():
+    S, true, _ = planted(seed=16)
+    rng = np.random.default_rng(3)
+    prox = {"sae:sym": true + sym_noise(rng, K, 0.5), "sae:characteristic": true + sym_noise(rng, K, 0.2),
+            "null:characteristic": sym_noise(rng, K, 1.0), "lexical:tfidf": 0.3 * true + sym_noise(rng, K, 0.5),
+            "lexical:sym": sym_noise(rng, K, 1.0)}
+    res = score_agreement(S, prox, NAMES, AgreementConfig(replicates=50, permutations=50, splits=20))
+    pairs = {(c["proxy"], c["baseline"]) for c in res.comparisons}
+    assert pairs == {("sae:sym", "lexical:sym"), ("sae:sym", "lexical:tfidf"), ("sae:characteristic", "null:characteristic"),
+                     ("sae:characteristic", "lexical:sym"), ("sae:characteristic", "lexical:tfidf")}
+    assert {d["proxy"] for d in res.disagreements} == {"sae:characteristic"}
+    assert "sae:characteristic reaches" in res.verdicts[-1]
+    assert sum("(the strongest lexical baseline)" in v for v in res.verdicts) == 2      # lexical:tfidf, once per SAE proxy
 
 
 def test_null_mantel_is_calibrated():
@@ -127,7 +145,9 @@ def test_pairwise_raw_matches_pandas():
     S, _, _ = planted(seed=5, missing=0.25)
     S[:60, 3] = np.nan                         # a benchmark few models have
     S[:97, 7] = np.nan                         # ... and one with too few for any pair
-    ps = pairwise_scores(S, AgreementConfig(min_pair_models=5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ps = pairwise_scores(S, AgreementConfig(min_pair_models=5))
     ref = pd.DataFrame(S).corr(min_periods=5).to_numpy()
     assert np.array_equal(np.isnan(ps.raw), np.isnan(ref))
     np.testing.assert_allclose(ps.raw, ref, atol=1e-10, equal_nan=True)
@@ -185,6 +205,20 @@ def test_agreement_point_values_match_scipy(result):
         for k in (0, 5):                       # leave-one-benchmark-out against an explicit drop
             keep = (iu != k) & (ju != k)
             assert jk[k] == pytest.approx(stats.pearsonr(p[keep], ps.partial[iu, ju][keep]).statistic, abs=1e-10)
+
+
+def test_pair_group_with_undefined_replicate_pairs():
+    """A replicate with a few undefined pairs: Pearson exact on the rest, Spearman close to exact."""
+    rng = np.random.default_rng(5)
+    P = rng.normal(size=(400, 3))
+    r = np.tanh(P[:, 0] + rng.normal(size=400))
+    grp = bs.PairGroup(np.arange(400), P)
+    r[::37] = np.nan
+    ok = np.isfinite(r)
+    pe, sr = grp.agree(r)
+    for u in range(3):
+        assert pe[u] == pytest.approx(stats.pearsonr(P[ok, u], r[ok]).statistic, abs=1e-10)
+        assert sr[u] == pytest.approx(stats.spearmanr(P[ok, u], r[ok]).statistic, abs=0.01)
 
 
 class _FixedPerms:
@@ -318,6 +352,7 @@ def test_awkward_data_runs_without_warnings():
     prox["lexical:tfidf"][1, 2] = np.nan
     prox["lexical:tfidf"][2, 1] = 0.4           # one direction only: symmetrised from the other
     prox["null:sym"] = prox["null:sym"] + np.triu(np.full((K, K), 0.05), 1)      # asymmetric
+    prox["sae:jaccard"] = np.full((K, K), np.nan)                              # a proxy with nothing defined
     cfg = AgreementConfig(control="reference", reference=0, replicates=50, permutations=99, splits=20)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -327,3 +362,6 @@ def test_awkward_data_runs_without_warnings():
     assert d["too_few_models"] and all(t["n_models"] < 5 for t in d["too_few_models"])
     assert any("asymmetric" in n for n in d["notes"]) and any("undefined" in n for n in d["notes"])
     assert all(p["score_partial"] is None for p in d["pairs"] if NAMES[0] in (p["a"], p["b"]))
+    jac = next(p for p in d["proxies"] if p["name"] == "sae:jaccard")
+    assert jac["n_pairs"] == 0 and jac["partial_pearson"] is None and jac["partial_mantel_p"] is None
+    assert any(v.startswith("sae:jaccard: too few pairs") for v in d["verdicts"])

@@ -10,9 +10,10 @@ Z (n, K) standardised scores with 0.0 in missing cells, M (n, K) bool "scored".
 Why it is fast. A pairwise-complete correlation needs, for every pair (a, b), sums over the
 models scored on both, and each such sum is a matrix product over the models. A bootstrap
 replicate enters as weights (resample counts, sqrt(w) on both factors; models drawn zero times
-are dropped, about 37 % of them), so a replicate's whole K × K correlation matrix is one SYRK
-(see fast_corr for the one approximation this takes with missing cells), the residualisation on
-the general factor one (3 × n) @ (n × 3K) product, and Mantel permutations index gathers.
+are dropped, about 37 % of them), so a replicate's whole K × K correlation matrix is one product
+AᵀA (plus one for the common-model counts when cells are missing; see fast_corr for the one
+approximation this takes then), the residualisation on the general factor one (3K × n) @ (n × 3)
+product, and a Mantel permutation an index gather.
 """
 
 from __future__ import annotations
@@ -153,25 +154,6 @@ def exact_ranks(x: np.ndarray) -> np.ndarray:
     return stats.rankdata(x)
 
 
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson r over the entries finite in both; NaN with fewer than 3 or no spread (no warning)."""
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(stats.pearsonr(x[ok], y[ok]).statistic)
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(stats.spearmanr(x[ok], y[ok]).statistic)
-
-
 def _unit(v: np.ndarray) -> np.ndarray:
     """Centre and scale to unit length (columns of a 2-D array); zero-spread columns become NaN."""
     c = v - v.mean(axis=0)
@@ -206,10 +188,15 @@ class PairGroup:
         if ok.all():
             with np.errstate(invalid="ignore", divide="ignore"):
                 return np.stack([self.Pu.T @ _unit(x), self.Ru.T @ _unit(quick_ranks(x))])
-        # rare (a resample leaves a pair undefined): the exact way on the pairs left
-        U = self.P.shape[1]
-        return np.array([[pearson(self.P[ok, u], x[ok]) for u in range(U)],
-                         [spearman(self.P[ok, u], x[ok]) for u in range(U)]])
+        # a resample left some pairs undefined (a benchmark with few models lost its spread): drop them;
+        # Pearson is exact on the rest, Spearman keeps the proxies' ranks over the group's pairs
+        # (a monotone stand-in for re-ranking them on the subset; the dropped pairs are few)
+        if ok.sum() < 3:
+            return np.full((2, self.P.shape[1]), np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pe = _unit(self.P[ok]).T @ _unit(x[ok])
+            sr = _unit(self.Ru[ok]).T @ _unit(quick_ranks(x[ok]))
+        return np.stack([pe, sr])
 
 
 def mantel_null(Pmats: np.ndarray, rvecs: np.ndarray, permutations: int, rng, batch: int = 32) -> np.ndarray:
@@ -279,7 +266,7 @@ def fast_corr(X: np.ndarray, Ms: np.ndarray | None, w: np.ndarray, N=None):
     models' weighted mean and SD; the covariance is averaged over the models scored on both.
     With no missing cell this is exactly the pairwise-complete Pearson; with missing cells it
     differs from it only by the gap between a benchmark's mean/SD over its own models and over the
-    pair's common models, and it needs one product (Σ w x_a x_b, a SYRK) where the exact form needs
+    pair's common models, and it needs one product (Σ w x_a x_b) where the exact form needs
     four (plus N = Σ w m_a m_b, shared by raw and partial). Pass N to reuse it.
     """
     if Ms is None:
@@ -313,8 +300,8 @@ class Replicator:
     """Raw and partial pair vectors for any weighting of the models (bootstrap counts, half splits).
 
     Holds what does not change between replicates: float32 scores and masks, the general factor,
-    the benchmarks it explains exactly (their partial pairs stay undefined), and one (n, 3K) block
-    [m | z | z²] whose weighted column sums give every residualisation sum in one product. Only
+    the benchmarks it explains exactly (their partial pairs stay undefined), and one (3K, n) block
+    [m | z | z²]ᵀ whose weighted row sums give every residualisation sum in one product. Only
     models with weight > 0 enter the correlation products.
     """
 
@@ -332,7 +319,7 @@ class Replicator:
             self.g0 = np.where(fin, g, 0.0)
             Zg = Z if self.same else np.where(Mg, Z, 0.0)
             self.Zg32 = Zg.astype(np.float32)
-            self.block = np.hstack([Mg, Zg, Zg * Zg]).astype(np.float64)
+            self.blockT = np.ascontiguousarray(np.hstack([Mg, Zg, Zg * Zg]).T, dtype=np.float32)  # (3K, n)
             self.exact = np.isnan(residualise(Z, M, g)[0]).any(axis=0)
 
     def __call__(self, w: np.ndarray, iu: np.ndarray, ju: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -356,14 +343,14 @@ class Replicator:
             return raw, _normalise(Cp, N, np.float32(wk.sum()))[iu, ju]
         K, g0 = self.K, self.g0
         wg = w * g0
-        T = np.stack([w, wg, wg * g0]) @ self.block                     # (3, 3K) weighted sums
+        T = (self.blockT @ np.stack([w, wg, wg * g0], axis=1).astype(np.float32)).T.astype(np.float64)  # (3, 3K) sums
         sw, sg, sgg = T[0, :K], T[1, :K], T[2, :K]
         sz, sgz = T[0, K:2 * K], T[1, K:2 * K]
         with np.errstate(invalid="ignore", divide="ignore"):
             gbar, zbar = sg / sw, sz / sw
             vgg = sgg - sg * gbar
             beta = np.where(vgg > 1e-12 * np.maximum(sw, 1.0), (sgz - sg * zbar) / vgg, 0.0)
-        E = self.Zg32[keep] - (g0[keep, None] * beta).astype(np.float32)   # intercepts cancel in the centring
+        E = self.Zg32[keep] - g0[keep, None].astype(np.float32) * beta.astype(np.float32)   # intercepts cancel
         E[:, self.exact] = np.nan
         if self.same:
             rp = fast_corr(E, Ms, wk, N)[0]

@@ -67,7 +67,8 @@ def _fmt(x: float) -> str:
     return f"{x:+.2f}" if x is not None and math.isfinite(x) else "n/a"
 
 
-def comparisons_and_verdicts(comps, point, reps, masks, proxy_rows, rel, headline, cfg, n_models, pv, beh, iu, ju, K):
+def comparisons_and_verdicts(comps, point, reps, masks, proxy_rows, rel, headline, cfg, n_models, pv, beh, iu, ju, K,
+                             head: str | None = None):
     """Paired SAE-minus-baseline differences (same bootstrap replicates) and the verdict sentences."""
     q = (1 - cfg.level) / 2
     stats_ = [("partial_pearson", "partial"), ("pearson", "raw")] if headline == "partial" else [("pearson", "raw")]
@@ -85,12 +86,14 @@ def comparisons_and_verdicts(comps, point, reps, masks, proxy_rows, rel, headlin
                 "p_better": (1 + int((d <= 0).sum())) / (1 + d.size) if d.size else math.nan,
                 "share_better": float((d > 0).mean()) if d.size else math.nan,
                 "n_pairs": int(m.sum()), "benchmark_se": jackknife_se(jk)})
-    return comparisons, _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models)
+    return comparisons, _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models, head)
 
 
-def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models) -> list[str]:
+def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models, head=None) -> list[str]:
     pre = "partial_" if headline == "partial" else ""
-    what = "partial score correlation (general factor removed)" if headline == "partial" else "score correlation"
+    removed = {"mean": "each model's mean score", "pc1": "the first principal component of the scores",
+               "reference": "the reference benchmark's score"}.get(cfg.control, "the general factor")
+    what = f"partial score correlation ({removed} partialled out)" if headline == "partial" else "score correlation"
     level = f"{cfg.level:.0%}"
     out = []
     rows = [r for r in proxy_rows if r["kind"] == "sae"] or proxy_rows
@@ -108,7 +111,9 @@ def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models) -> list[str
         else:
             how = "relates to (no interval)"
         p = r["partial_mantel_p" if headline == "partial" else "mantel_p"]
-        ptxt = f", Mantel p = {p:.3g}" if p is not None else ""
+        floor = 1 / (cfg.permutations + 1) if cfg.permutations else 0.0
+        ptxt = "" if p is None else (f", Mantel p = {p:.2g} (the smallest {cfg.permutations} permutations can give)"
+                                     if p <= floor * (1 + 1e-9) else f", Mantel p = {p:.2g}")
         ci = f" [{lo:+.2f}, {hi:+.2f}]" if math.isfinite(lo) else ""
         out.append(f"On these {n_models} models, {r['name']} {how} the benchmarks' {what}: "
                    f"Pearson r = {v:+.2f}{ci}{ptxt}, over {r['n_pairs']} benchmark pairs.")
@@ -138,9 +143,10 @@ def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models) -> list[str
     if sb is not None and math.isfinite(sb):
         txt = (f"The {what} is itself only so reliable: split-half over models, Spearman-Brown corrected, "
                f"{sb:.2f}")
-        if ceil is not None and math.isfinite(ceil) and rows and math.isfinite(rows[0][pre + "pearson"]):
-            v = rows[0][pre + "pearson"]
-            txt += (f", so a perfect proxy would reach about r = {ceil:.2f}; {rows[0]['name']} reaches {v:+.2f} "
+        top = next((r for r in proxy_rows if r["name"] == head), rows[0] if rows else None)
+        if ceil is not None and math.isfinite(ceil) and top is not None and math.isfinite(top[pre + "pearson"]):
+            v = top[pre + "pearson"]
+            txt += (f", so a perfect proxy would reach about r = {ceil:.2f}; {top['name']} reaches {v:+.2f} "
                     f"({v / ceil:.0%} of that ceiling)")
         out.append(txt + ".")
     if not any(r["kind"] == "sae" for r in proxy_rows):
@@ -209,8 +215,10 @@ def notes_for(cfg, dropped, M, enough, beh, headline, reps) -> list[str]:
         bad = sum(int((~np.isfinite(v[:, 0])).sum()) for v in reps.values())
         if bad:
             notes.append(f"{bad} bootstrap statistics were undefined (a resample without spread) and were left out")
-        notes.append("intervals: percentile bootstrap over models (benchmarks fixed); *_benchmark_se is a "
-                     "leave-one-benchmark-out jackknife for how the figure would move with other benchmarks")
+        notes.append("intervals: percentile bootstrap over models (benchmarks fixed), re-centred on the point estimate "
+                     "(resampling adds noise that pulls every replicate down); replicates use each benchmark's mean and "
+                     "SD over its own models (exact when no cell is missing); *_benchmark_se is a leave-one-benchmark-out "
+                     "jackknife for how the figure would move with other benchmarks")
     if cfg.control == "mean":
         notes.append("general factor: each model's mean standardised score over the benchmarks it has")
     elif cfg.control == "pc1":
