@@ -212,3 +212,14 @@ def test_proxies_against_obvious_set_arithmetic():
     C = characteristic_similarity(M, F)
     np.testing.assert_allclose(C, C.T)
     np.testing.assert_allclose(P["characteristic"][~np.eye(K, dtype=bool)], C[~np.eye(K, dtype=bool)])
+
+
+def test_long_table_with_a_metric_column(S, tmp_path):
+    long = S.rename_axis("model").reset_index().melt(id_vars="model", var_name="task", value_name="value")
+    both = pd.concat([long.assign(metric="acc"), long.assign(metric="acc_norm", value=long.value / 2)])
+    p = tmp_path / "m.csv"
+    both.to_csv(p, index=False)
+    first, norm = _read([p]), _read([p], metric="acc_norm")
+    np.testing.assert_allclose(first.matched().loc[S.index, NAMES], S, atol=1e-9)
+    np.testing.assert_allclose(norm.matched().loc[S.index, NAMES], S / 2, atol=1e-9)
+    assert {m.column: m.how for m in first.matching}["metric"] == "ignored"

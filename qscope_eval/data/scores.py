@@ -88,7 +88,8 @@ class _Column:
     column: str
     cells: pd.Series
     metric: str | None = None
-    parsed: tuple[np.ndarray, np.ndarray] | None = None
+    skip: str | None = None
+    """Why the column is left out before any matching (metadata of the source, a group aggregate), or None."""
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -195,8 +196,13 @@ def _clean_model(v) -> str:
     return s
 
 
-def _table_columns(path: Path, metric: str | None, ignored: list[tuple[str, str]]) -> list[_Column]:
-    """A wide or long table's source columns (raw cells by model); metadata columns go to `ignored`."""
+def _skipped(source: str, column: str, why: str) -> _Column:
+    return _Column(source, column, pd.Series([], dtype=object), skip=why)
+
+
+def _table_columns(path: Path, metric: str | None) -> list[_Column]:
+    """A wide or long table's source columns (raw cells by model), in file order; columns the layout
+    itself rules out (another model-name column, a long table's extra columns) carry their `skip` reason."""
     df = _read_table(path)
     if df.shape[0] == 0 or df.shape[1] < 2:
         raise ScoreTableError(f"{path} has {df.shape[0]} rows and {df.shape[1]} columns; a score table needs a model "
@@ -209,6 +215,7 @@ def _table_columns(path: Path, metric: str | None, ignored: list[tuple[str, str]
     scol = next((lower[n] for n in SCORE_COLUMNS if n in lower), None)
     src = str(path)
     if bcol is not None and scol is not None:  # long: (model, benchmark, score[, n, metric])
+        out = []
         part = pd.DataFrame({"model": models, "bench": [str(b) for b in df[bcol]], "cell": list(df[scol])})
         mc = lower.get("metric")
         if mc is not None:
@@ -219,9 +226,10 @@ def _table_columns(path: Path, metric: str | None, ignored: list[tuple[str, str]
                 chosen[b] = metric if metric in ms else ms[0]
             part = part[[m == chosen[b] for b, m in zip(part["bench"], part["metric"])]]
         for c in df.columns:
-            if c not in (mcol, bcol, scol):
-                ignored.append((c, "a long table's extra column (the scores are in " + repr(scol) + ")"))
-        out = []
+            if c == mc:
+                out.append(_skipped(src, c, "the metric column (one metric per benchmark: --metric, else the first listed)"))
+            elif c not in (mcol, bcol, scol):
+                out.append(_skipped(src, c, f"a long table's extra column (the scores are in {scol!r})"))
         for b, g in part.groupby("bench", sort=False):
             out.append(_Column(src, b, _cells_series(g["model"], g["cell"]), g["metric"].iloc[0] if "metric" in g else None))
         return out
@@ -230,7 +238,7 @@ def _table_columns(path: Path, metric: str | None, ignored: list[tuple[str, str]
         if c == mcol:
             continue
         if c.lower().strip() in MODEL_COLUMNS:
-            ignored.append((c, f"another model-name column (models are named by {mcol!r})"))
+            out.append(_skipped(src, c, f"another model-name column (models are named by {mcol!r})"))
             continue
         out.append(_Column(src, c, _cells_series(index, df[c])))
     return out
@@ -242,17 +250,16 @@ def _cells_series(models, cells) -> pd.Series:
     return pd.Series(cells, index=index, dtype=object)
 
 
-def _lmeval_columns(files: list[Path], metric: str | None, filt: str | None, ignored: list, notes: list) -> list[_Column]:
+def _lmeval_columns(files: list[Path], metric: str | None, filt: str | None, notes: list) -> list[_Column]:
     res = read_results(files, metric, filt)
     notes += res.notes
-    for task, why in sorted(res.skipped.items()):
-        ignored.append((task, why))
     src = str(files[0].parent) if len({f.parent for f in files}) == 1 else str(Path(*_common(files)))
+    skipped = [_skipped(src, task, why) for task, why in sorted(res.skipped.items())]
     by_task: dict[str, list] = {}
     for s in res.scores:
         by_task.setdefault(s.task, []).append(s)
-    return [_Column(src, t, _cells_series([s.model for s in ss], [s.value for s in ss]), ss[0].metric)
-            for t, ss in by_task.items()]
+    return skipped + [_Column(src, t, _cells_series([s.model for s in ss], [s.value for s in ss]), ss[0].metric)
+                      for t, ss in by_task.items()]
 
 
 def _common(files: list[Path]) -> tuple[str, ...]:
@@ -266,9 +273,8 @@ def _common(files: list[Path]) -> tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------- one column -> points
-def _numbers(col: _Column, strict: bool) -> np.ndarray | None:
+def _numbers(col: _Column, num: np.ndarray, bad: np.ndarray, strict: bool) -> np.ndarray | None:
     """Cells as floats; None when none is a number and not strict; a ScoreTableError on a stray non-number."""
-    num, bad = col.parsed if col.parsed is not None else _parse(col.cells)
     if bad.any():
         if not strict and np.isnan(num).all():
             return None
@@ -289,6 +295,29 @@ def _scale(col: _Column, x: np.ndarray) -> tuple[np.ndarray, str]:
     return (x * 100.0, "0-1") if live.max() <= 1.0 else (x, "0-100")
 
 
+def _use(col: _Column, target: str | None, how: str, reason: str, strict: bool, notes: list[str]):
+    """(ColumnMatch, row of points or None): a matched column's cells checked, scaled, or why it is left out."""
+    num, bad = _parse(col.cells)
+    n_live = int((bad | ~np.isnan(num)).sum())
+    if how not in MATCHED and not (not strict and how == "unmatched"):
+        return ColumnMatch(col.source, col.column, target, how, reason, "", n_live), None
+    x = _numbers(col, num, bad, strict)
+    if x is None:
+        example = str(col.cells.dropna().iloc[0])[:30]
+        return ColumnMatch(col.source, col.column, None, "ignored", f"not numeric (e.g. {example!r})", "", n_live), None
+    live = x[~np.isnan(x)]
+    if live.size == 0:
+        return ColumnMatch(col.source, col.column, target, "ignored", f"empty: no model has a score ({reason})", "", 0), None
+    pts, scale = _scale(col, x)
+    if live.size >= 2 and np.nanmax(pts) - np.nanmin(pts) == 0:
+        notes.append(f"{col.column}: every model has the same score; left out (a constant has no correlation)")
+        return ColumnMatch(col.source, col.column, target, "ignored", f"constant: every model scores "
+                           f"{np.nanmax(pts):g} points, so it correlates with nothing", scale, int(live.size)), None
+    ok = ~np.isnan(pts)
+    row = (col.cells.index.to_numpy(object)[ok], target, pts[ok], scale, col.source, col.metric, col.column)
+    return ColumnMatch(col.source, col.column, target, how, reason, scale, int(live.size)), row
+
+
 # ----------------------------------------------------------------------------- the whole table
 def read_scores(paths: Sequence[str | Path], *, benchmarks: Sequence[str] | None = None,
                 tasks: Mapping[str, str] | None = None, metric: str | None = None,
@@ -301,58 +330,26 @@ def read_scores(paths: Sequence[str | Path], *, benchmarks: Sequence[str] | None
     """
     files = _files(paths)
     notes: list[str] = []
-    cols: list[_Column] = []
-    ignored: list[tuple[str, str, str]] = []
     lm = [f for f in files if is_results_file(f)]
-    for f in files:
-        if f in lm:
-            continue
-        ig: list[tuple[str, str]] = []
-        cols += _table_columns(f, metric, ig)
-        ignored += [(str(f), c, why) for c, why in ig]
-    if lm:
-        ig = []
-        cols += _lmeval_columns(lm, metric, filter, ig, notes)
-        src = str(Path(*_common(lm)))
-        ignored += [(src, c, why) for c, why in ig]
-    mapping = read_mapping(mapping) if isinstance(mapping, (str, Path)) else mapping
+    cols = [c for f in files if f not in lm for c in _table_columns(f, metric)]
+    cols += _lmeval_columns(lm, metric, filter, notes) if lm else []
+    mapping = read_mapping(mapping) if isinstance(mapping, (str, Path)) else (mapping or {})
     matcher = Matcher(benchmarks, tasks, mapping) if benchmarks is not None else None
-    matching = [ColumnMatch(s, c, None, "ignored", why, "", 0) for s, c, why in ignored]
-    rows = []
+    matching, rows = [], []
     for col in cols:
+        if col.skip:
+            matching.append(ColumnMatch(col.source, col.column, None, "ignored", col.skip, "", 0))
+            continue
         if matcher is not None:
             nm = matcher.match(col.column)
             target, how, reason = nm.benchmark, nm.how, nm.reason
-        else:
-            why = (mapping or {}).get(col.column, "") is None and "--map maps it to null" or meta_reason(col.column)
+        else:  # no matching: every score column under its own name
+            why = "--map maps it to null" if col.column in mapping and mapping[col.column] is None else meta_reason(col.column)
             target, how, reason = (None, "ignored", why) if why else (col.column, "unmatched",
                                                                        "kept under its own name (no matching asked)")
-        num, bad = _parse(col.cells)
-        n_live = int((bad | ~np.isnan(num)).sum())
-        col.parsed = (num, bad)
-        if how not in MATCHED and not (matcher is None and how == "unmatched"):
-            matching.append(ColumnMatch(col.source, col.column, target, how, reason, "", n_live))
-            continue
-        x = _numbers(col, strict=matcher is not None)
-        if x is None:
-            matching.append(ColumnMatch(col.source, col.column, None, "ignored",
-                                        f"not numeric (e.g. {str(col.cells.dropna().iloc[0])[:30]!r})", "", n_live))
-            continue
-        live = x[~np.isnan(x)]
-        if live.size == 0:
-            matching.append(ColumnMatch(col.source, col.column, target, "ignored",
-                                        f"empty: no model has a score ({reason})", "", 0))
-            continue
-        pts, scale = _scale(col, x)
-        if live.size >= 2 and np.nanmax(pts) - np.nanmin(pts) == 0:
-            matching.append(ColumnMatch(col.source, col.column, target, "ignored",
-                                        f"constant: every model scores {np.nanmax(pts):g} points, so it correlates with "
-                                        "nothing", scale, int(live.size)))
-            notes.append(f"{col.column}: every model has the same score; left out (a constant has no correlation)")
-            continue
-        matching.append(ColumnMatch(col.source, col.column, target, how, reason, scale, int(live.size)))
-        ok = ~np.isnan(pts)
-        rows.append((col.cells.index.to_numpy(object)[ok], target, pts[ok], scale, col.source, col.metric, col.column))
+        m, row = _use(col, target, how, reason, strict=matcher is not None, notes=notes)
+        matching.append(m)
+        rows += [row] if row is not None else []
     return _assemble(rows, matching, notes, matcher is not None)
 
 
