@@ -205,3 +205,19 @@ def test_lexical_baseline_tracks_topics_when_the_words_carry_them(base, tmp_path
     vs_words = [c for c in out["agreement"]["comparisons"]
                 if c["proxy"] == "sae:sym" and c["baseline"] == "lexical:tfidf" and c["statistic"] == "partial_pearson"]
     assert vs_words and vs_words[0]["lo"] < 0.1  # the SAE is not shown to beat words that carry the same topics
+
+
+def test_missing_cells_pairs_with_too_few_models_are_reported(base, db, tmp_path):
+    S = planted_scores(30)
+    S.loc[S.index[4:], "humaneval"] = np.nan  # humaneval: 4 models, under min_pair_models (5)
+    p = tmp_path / "holes.csv"
+    S.rename_axis("model").reset_index().to_csv(p, index=False)
+    res = run("--db", db, "--scores", p, "--no-save", *FAST)
+    assert res.exit_code == 0, res.output
+    assert "pairs with too few models" in res.output
+    out = json.loads(run("--db", db, "--scores", p, "--no-save", "--json", *FAST).output)
+    few = out["agreement"]["too_few_models"]
+    assert sorted((f["a"], f["b"]) for f in few) == sorted(tuple(sorted((a, "humaneval"), key=list(TOPICS).index))
+                                                           for a in TOPICS if a != "humaneval")
+    assert all(f["n_models"] == 4 for f in few)
+    assert {b["name"]: b["n_models"] for b in out["benchmarks"]}["humaneval"] == 4
