@@ -223,3 +223,15 @@ def test_long_table_with_a_metric_column(S, tmp_path):
     np.testing.assert_allclose(first.matched().loc[S.index, NAMES], S, atol=1e-9)
     np.testing.assert_allclose(norm.matched().loc[S.index, NAMES], S / 2, atol=1e-9)
     assert {m.column: m.how for m in first.matching}["metric"] == "ignored"
+
+
+def test_json_object_and_tsv_wide_shapes_and_folder_errors(S, tmp_path):
+    (tmp_path / "obj.json").write_text(json.dumps({m: row.to_dict() for m, row in S.iterrows()}))
+    S.rename_axis("Model").reset_index().to_csv(tmp_path / "w.tsv", sep="\t", index=False)
+    for name in ("obj.json", "w.tsv"):
+        np.testing.assert_allclose(_read([tmp_path / name]).matched().loc[S.index, NAMES], S, atol=1e-9)
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(ScoreTableError, match="holds no results_\\*.json, CSV"):
+        _read([tmp_path / "empty_dir"])
+    with pytest.raises(ScoreTableError, match="no model column.*name the column of model names 'model'"):
+        _read([_csv(tmp_path, "a,gsm8k\n1,2\n3,4\n")])
