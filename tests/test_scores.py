@@ -235,3 +235,8 @@ def test_json_object_and_tsv_wide_shapes_and_folder_errors(S, tmp_path):
         _read([tmp_path / "empty_dir"])
     with pytest.raises(ScoreTableError, match="no model column.*name the column of model names 'model'"):
         _read([_csv(tmp_path, "a,gsm8k\n1,2\n3,4\n")])
+
+
+def test_records_named_results_json_are_a_table(S, tmp_path):
+    p = write_json_records(S, tmp_path / "results.json")
+    np.testing.assert_allclose(_read([p]).matched().loc[S.index, NAMES], S, atol=1e-9)

@@ -330,7 +330,8 @@ def read_scores(paths: Sequence[str | Path], *, benchmarks: Sequence[str] | None
     """
     files = _files(paths)
     notes: list[str] = []
-    lm = [f for f in files if is_results_file(f)]
+    # a JSON list named results*.json is a table of records, not lm-eval's (an object with 'results')
+    lm = [f for f in files if is_results_file(f) and f.read_bytes()[:64].lstrip()[:1] != b"["]
     cols = [c for f in files if f not in lm for c in _table_columns(f, metric)]
     cols += _lmeval_columns(lm, metric, filter, notes) if lm else []
     mapping = read_mapping(mapping) if isinstance(mapping, (str, Path)) else (mapping or {})
