@@ -9,7 +9,6 @@ message. The proxies are checked against slow, obvious set arithmetic.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
