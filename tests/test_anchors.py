@@ -178,7 +178,7 @@ def test_cli_chooses_anchors_from_real_lmeval_logs_and_exports_them(base, tmp_pa
     for it in lines:
         assert it["benchmark"] in members[it["sample_id"]] and it["text"] == texts[it["sample_id"]]
         assert it["evidence"] == "scores" and 0 <= it["doc_id"] < 20 and it["weight"] > 0
-    table = run("anchors", "--db", db, logs, "--n", 5, "--draws", 50, "--benchmark", "my_mmlu_prehistory")
+    table = run("anchors", "--db", db, logs, "--n", 5, "--draws", 20, "--benchmark", "my_mmlu_prehistory")
     assert table.exit_code == 0 and "prehistory" in table.stdout and "random_MAE" in table.stdout
     assert "gsm8k" not in table.stdout
 
@@ -189,6 +189,20 @@ def test_cli_without_logs_is_the_labelled_feature_only_choice(base):
     assert out["evidence"] == "features" and "feature-only" in out["label"]
     assert len(out["benchmarks"]) == 7 and all(1 <= b["n_chosen"] <= 4 and b["mae"] is None for b in out["benchmarks"])
     assert all(b["items"][0]["weight"] is None for b in out["benchmarks"])
+
+
+def test_a_benchmark_no_model_was_logged_on_gets_the_labelled_feature_choice(base, tmp_path):
+    db, logs = base
+    part = tmp_path / "part"
+    for f in logs.rglob("*.json*"):
+        if "prehistory" not in f.name:
+            (part / f.parent.name).mkdir(parents=True, exist_ok=True)
+            (part / f.parent.name / f.name).write_text(f.read_text())
+    out = json.loads(run("anchors", "--db", db, part, "--n", 4, "--draws", 20, "--json").stdout)
+    ev = {b["name"]: b["evidence"] for b in out["benchmarks"]}
+    assert ev.pop("prehistory") == "features" and set(ev.values()) == {"scores"} and len(ev) == 6
+    assert any("prehistory" in n and "feature-only" in n for n in out["notes"])
+    assert all(set(b) == set(out["benchmarks"][0]) for b in out["benchmarks"])     # one set of keys for every row
 
 
 def test_input_errors_are_one_line(base, tmp_path):

@@ -18,6 +18,7 @@ import pandas as pd
 
 from qscope_eval.analysis import anchors as A
 from qscope_eval.data.lmeval_logs import read_logs
+from qscope_eval.errors import QScopeError
 from qscope_eval.data.lmeval_match import SampleIndex, match_tasks
 from qscope_eval.jobs import summary as sm_
 from qscope_eval.jobs.validation import BenchScores, ValidateConfig, _matrices, _score_rows
@@ -27,6 +28,8 @@ FEATURE_LABEL = ("feature-only: no per-sample logs, so these items keep the benc
                  "scores; do not read a model's score on them (give lm-eval --log_samples folders of several models)")
 SCORE_LABEL = ("chosen from the per-item results of the logged models; the error is measured on models held out "
                "of the choice")
+EVAL_KEYS = ("mae", "mae_lo", "mae_hi", "rmse", "max_error", "random_mae_mean", "random_mae_sd", "random_rmse_mean",
+             "random_better", "random_n_items", "random_mae_q05", "random_mae_q50", "random_mae_q95")
 CHARS_PER_TOKEN = 4.0   # token cost of a sample no encoder has counted: characters / 4 (labelled in the output)
 
 
@@ -94,27 +97,28 @@ def _bench_row(store: Store, b: BenchScores, doc_ids: dict[int, int], cfg: Ancho
         a = A.choose_anchors(C, cfg.n, cfg.method, cfg.seed, costs, cfg.token_budget)
         items, weights, lam = a.items, a.weights, a.lam
     row.update({"n_chosen": int(len(items)), "chosen_tokens": int(costs[items].sum()), "lam": _f(lam)})
-    keys = ("mae", "mae_lo", "mae_hi", "rmse", "max_error", "random_mae_mean", "random_mae_sd", "random_rmse_mean",
-            "random_better", "random_n_items")
-    row.update({k: (None if ev is None else _f(getattr(ev, k))) for k in keys})
+    row.update({k: (None if ev is None else _f(getattr(ev, k))) for k in EVAL_KEYS[:10]})
     q = (None, None, None) if ev is None else ev.random_mae_q
     row.update({"random_mae_q05": _f(q[0]), "random_mae_q50": _f(q[1]), "random_mae_q95": _f(q[2])})
     full = 100 * C.mean(axis=1)
     row["held_out"] = None if ev is None else {
         m: {"score": _f(s), "estimate": _f(s + e)} for m, s, e in zip(b.models, full, ev.errors)}
+    row["feature_coverage"] = None
     row["items"] = [{"sample_id": int(b.sample_ids[j]), "doc_id": doc_ids.get(int(b.sample_ids[j])),
                      "weight": _f(w), "tokens": int(costs[j])} for j, w in zip(items, weights)]
     return row
 
 
-def _pick(benches: list[BenchScores], wanted: str | None) -> list[BenchScores]:
+def _pick(benches: list[BenchScores], wanted: str | None, stored: list[str]) -> tuple[list[BenchScores], list[str]]:
+    """The scored benchmarks to choose in, and the stored ones without usable scores (feature-only rows)."""
+    scored = {b.name for b in benches}
     if wanted is None:
-        return benches
+        return benches, [n for n in stored if n not in scored]
     hit = [b for b in benches if wanted in (b.name, b.match.task)]
-    if not hit:
-        known = ", ".join(f"{b.name} (task {b.match.task})" for b in benches) or "none"
-        raise A.AnchorError(f"--benchmark {wanted!r} has no usable scores; choose one of: {known}")
-    return hit
+    if hit or wanted in stored:
+        return hit, [] if hit else [wanted]
+    known = ", ".join([f"{b.name} (task {b.match.task})" for b in benches] + [n for n in stored if n not in scored])
+    raise A.AnchorError(f"--benchmark {wanted!r} is neither a stored benchmark nor a logged task; choose one of: {known}")
 
 
 def _head(cfg: AnchorConfig, evidence: str) -> dict:
@@ -137,11 +141,12 @@ def run_anchors(store: Store, paths: list[str], cfg: AnchorConfig = AnchorConfig
         raise A.AnchorError("no logged prompt matches a stored sample: the logs are of tasks this database does not "
                             f"hold (logged: {', '.join(sorted({t.task for t in logs.tasks}))})")
     df = _score_rows(logs, matches)
-    benches = _pick(_matrices(df, matches, ValidateConfig(metric=cfg.metric, filter=cfg.filter, min_items=3), notes),
-                    cfg.benchmark)
-    few = [b for b in benches if len(b.models) < A.MIN_MODELS]
-    for b in few:
-        notes.append(f"{b.name}: scores of {len(b.models)} models; the held-out error needs >= {A.MIN_MODELS}: left out")
+    benches = _matrices(df, matches, ValidateConfig(metric=cfg.metric, filter=cfg.filter, min_items=3), notes)
+    benches, unscored = _pick(benches, cfg.benchmark, store.benchmark_names())
+    for b in [b for b in benches if len(b.models) < A.MIN_MODELS]:
+        notes.append(f"{b.name}: scores of {len(b.models)} models; the held-out error needs >= {A.MIN_MODELS}: "
+                     "feature-only choice")
+        unscored.append(b.name)
     benches = [b for b in benches if len(b.models) >= A.MIN_MODELS]
     if not benches:
         raise A.AnchorError(f"anchors need per-sample scores of at least {A.MIN_MODELS} models on a benchmark (to "
@@ -149,19 +154,35 @@ def run_anchors(store: Store, paths: list[str], cfg: AnchorConfig = AnchorConfig
                             "add the logs of more models")
     doc_ids = df.groupby("sample_id")["doc_id"].min().astype(int).to_dict()
     rows = [_bench_row(store, b, doc_ids, cfg, notes) for b in benches]
+    if unscored:  # benchmarks no logged model covers: the feature-only choice, labelled per row
+        try:
+            rows += _feature_rows(store, sm_.load(store, encoder), unscored, cfg, notes)
+            notes.append(f"{', '.join(unscored)}: no usable per-sample scores; their items are the feature-only choice "
+                         "(evidence 'features': keeps features, not scores)")
+        except QScopeError as e:
+            notes.append(f"{', '.join(unscored)}: no usable per-sample scores and no feature choice either ({e})")
     models = sorted({m for b in benches for m in b.models})
     return {**_head(cfg, "scores"), "n_models": len(models), "models": models, "benchmarks": rows, "notes": notes}
 
 
 def _feature_only(store: Store, cfg: AnchorConfig, encoder) -> dict:
-    """`select --level sample` per benchmark (best n samples, or a token budget, by characteristic features)."""
+    """No logs: `select --level sample` per benchmark (best n samples, or a token budget, by characteristic features)."""
     ld = sm_.load(store, encoder)
     names = ld.real.benchmarks
     if cfg.benchmark is not None and cfg.benchmark not in names:
         raise A.AnchorError(f"no benchmark {cfg.benchmark!r}; known: {', '.join(names)}")
-    rows, notes = [], []
-    for name in ([cfg.benchmark] if cfg.benchmark else names):
-        n_items = len(ld.real.M[names.index(name)].indices)
+    notes: list[str] = []
+    rows = _feature_rows(store, ld, [cfg.benchmark] if cfg.benchmark else names, cfg, notes)
+    return {**_head(cfg, "features"), "n_models": 0, "models": [], "benchmarks": rows, "notes": notes}
+
+
+def _feature_rows(store: Store, ld: sm_.Loaded, names: list[str], cfg: AnchorConfig, notes: list[str]) -> list[dict]:
+    rows = []
+    for name in names:
+        if name not in ld.real.benchmarks:
+            notes.append(f"{name}: not encoded by encoder {ld.real.encoder.encoder_id}; no feature choice")
+            continue
+        n_items = len(ld.real.M[ld.real.benchmarks.index(name)].indices)
         n = None if cfg.n is None else min(cfg.n, n_items)
         rep = sm_.select_samples(store, ld, None, name, n, cfg.token_budget)
         ids = np.asarray(rep["chosen"], np.int64)
@@ -169,15 +190,12 @@ def _feature_only(store: Store, cfg: AnchorConfig, encoder) -> dict:
             notes.append(f"{name}: {len(ids)} samples already show all its characteristic features; fewer than --n chosen")
         costs, source = _costs(store, ids, notes, name)
         rows.append({"name": name, "task": None, "evidence": "features", "method": "features", "n_models": 0,
-                     "n_items": n_items, "n_chosen": len(ids), "chosen_tokens": int(costs.sum()),
-                     "total_tokens": rep["total_tokens"], "token_source": source, "lam": None,
-                     **{k: None for k in ("mae", "mae_lo", "mae_hi", "rmse", "max_error", "random_mae_mean",
-                                          "random_mae_sd", "random_rmse_mean", "random_better", "random_n_items",
-                                          "random_mae_q05", "random_mae_q50", "random_mae_q95")},
-                     "held_out": None, "feature_coverage": _f(rep.get("coverage")),
+                     "n_items": n_items, "total_tokens": rep["total_tokens"], "token_source": source,
+                     "n_chosen": len(ids), "chosen_tokens": int(costs.sum()), "lam": None,
+                     **{k: None for k in EVAL_KEYS}, "held_out": None, "feature_coverage": _f(rep.get("coverage")),
                      "items": [{"sample_id": int(i), "doc_id": None, "weight": None, "tokens": int(c)}
                                for i, c in zip(ids, costs)]})
-    return {**_head(cfg, "features"), "n_models": 0, "models": [], "benchmarks": rows, "notes": notes}
+    return rows
 
 
 def export_rows(store: Store, out: dict) -> pd.DataFrame:
