@@ -10,7 +10,8 @@ model's mean over all items of its own draws, exactly what the tool estimates):
 - noisy40:  40 models only, 30 % of the items coin flips (few models, weak items)
 - big:      200 models × 1000 items, 2PL with guessing 0.2
 Errors are in points (0–100): |estimate − full score| over models held out of the choice (5-fold over
-models), 95 % bootstrap interval over models; random: 200 draws of N random items (plain mean).
+models), 95 % bootstrap interval over models; random: 200 draws of N random items (plain mean), and
+rnd+irt: 20 draws of N random items scored by p-IRT (what the IRT estimator alone gives, without the choice).
 
 Published (real Open LLM Leaderboard data, not these planted suites): tinyBenchmarks (Polo et al. 2024)
 report about 2 points average error with 100 items per benchmark (IRT-based estimators); metabench
@@ -27,7 +28,10 @@ import time
 
 import numpy as np
 
+from sklearn.model_selection import KFold
+
 from qscope_eval.analysis import anchors as A
+from qscope_eval.analysis import irt
 
 NS = (10, 30, 100)
 
@@ -52,6 +56,20 @@ def shape(name: str, seed: int = 0) -> np.ndarray:
     return (rng.random((M, J)) < P).astype(np.float64)
 
 
+def random_irt(C: np.ndarray, n: int, draws: int = 20, folds: int = 5, seed: int = 0) -> tuple[float, float]:
+    """Random items scored by p-IRT (IRT fitted on the training folds): what the estimator alone gives, so the
+    item choice's own share of the gain shows. (mean, sd) over draws of the held-out MAE."""
+    truth = C.mean(axis=1)
+    err = np.zeros((draws, len(C)))
+    subsets = A.random_subsets(C.shape[1], draws, seed + 29, n)
+    for tr, te in KFold(folds, shuffle=True, random_state=seed).split(C):
+        fit = irt.fit_irt(C[tr])
+        for d, s in enumerate(subsets):
+            err[d, te] = 100 * (irt.p_irt(C[te][:, s], s, fit) - truth[te])
+    mae = np.abs(err).mean(axis=1)
+    return float(mae.mean()), float(mae.std(ddof=1))
+
+
 def main(shapes=("2pl", "guess4", "2skills", "noisy40", "big")) -> None:
     print(f"# anchors_bench: held-out MAE in points (5-fold over models; 95 % bootstrap interval); "
           f"random = 200 draws of N random items, mean ± sd; 'beaten' = share of random draws with a lower MAE")
@@ -71,6 +89,8 @@ def main(shapes=("2pl", "guess4", "2skills", "noisy40", "big")) -> None:
             for m, ev, dt in rows:
                 print(f"{n:>4} {m:<8} {ev.mae:6.2f} [{ev.mae_lo:5.2f}, {ev.mae_hi:5.2f}] {ev.rmse:6.2f} "
                       f"{ev.random_mae_mean:7.2f} ± {ev.random_mae_sd:4.2f} {ev.random_better:7.2f} {dt:5.1f}s")
+            ri = random_irt(C, n)
+            print(f"{n:>4} {'rnd+irt':<8} {ri[0]:6.2f} ± {ri[1]:4.2f} (20 draws of random items scored by p-IRT)")
         print()
         sys.stdout.flush()
     print("## summary: MAE / random items' mean MAE, averaged over shapes and N (lower is better; 1 = no better than random)")

@@ -178,9 +178,31 @@ def test_cli_chooses_anchors_from_real_lmeval_logs_and_exports_them(base, tmp_pa
     for it in lines:
         assert it["benchmark"] in members[it["sample_id"]] and it["text"] == texts[it["sample_id"]]
         assert it["evidence"] == "scores" and 0 <= it["doc_id"] < 20 and it["weight"] > 0
+    assert out["lmeval_samples"] == {b["task"]: sorted(it["doc_id"] for it in b["items"]) for b in out["benchmarks"]}
     table = run("anchors", "--db", db, logs, "--n", 5, "--draws", 20, "--benchmark", "my_mmlu_prehistory")
     assert table.exit_code == 0 and "prehistory" in table.stdout and "random_MAE" in table.stdout
     assert "gsm8k" not in table.stdout
+
+
+def test_a_model_that_ran_only_the_chosen_items_is_estimated_from_them(base, tmp_path):
+    db, logs = base
+    first = json.loads(run("anchors", "--db", db, logs, "--n", 5, "--method", "anchor", "--draws", 20,
+                           "--benchmark", "prehistory", "--json").stdout)
+    chosen = {it["doc_id"]: it["weight"] for it in first["benchmarks"][0]["items"]}
+    new = tmp_path / "new" / "model_new"
+    new.mkdir(parents=True)
+    res = json.loads(next((logs / "model_05").glob("results_*.json")).read_text())
+    res["config"]["model_args"] = "pretrained=planted/new"
+    (new / next((logs / "model_05").glob("results_*.json")).name).write_text(json.dumps(res))
+    src = next((logs / "model_05").glob("samples_my_mmlu_prehistory_*.jsonl"))
+    kept = [json.loads(x) for x in src.read_text().splitlines() if json.loads(x)["doc_id"] in chosen]
+    (new / src.name).write_text("".join(json.dumps(r) + "\n" for r in kept))
+    out = json.loads(run("anchors", "--db", db, logs, tmp_path / "new", "--n", 5, "--method", "anchor", "--draws", 20,
+                         "--benchmark", "prehistory", "--json").stdout)
+    row = out["benchmarks"][0]
+    assert row["items"] == first["benchmarks"][0]["items"] and "planted/new" not in row["held_out"]
+    expected = 100 * sum(chosen[r["doc_id"]] * float(r["acc"]) for r in kept)
+    assert row["estimates"] == {"planted/new": pytest.approx(expected, abs=1e-3)}
 
 
 def test_cli_without_logs_is_the_labelled_feature_only_choice(base):

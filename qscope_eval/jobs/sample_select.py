@@ -82,7 +82,29 @@ def _costs(store: Store, ids: np.ndarray, notes: list[str], name: str) -> tuple[
     return np.asarray([t if t is not None else lengths[int(i)][0] / CHARS_PER_TOKEN for i, t in zip(ids, toks)]), "chars/4"
 
 
-def _bench_row(store: Store, b: BenchScores, doc_ids: dict[int, int], cfg: AnchorConfig, notes: list[str]) -> dict:
+def _estimates(part: pd.DataFrame, b: BenchScores, a: A.Anchors | None, notes: list[str]) -> dict[str, float | None]:
+    """Models left out of the matrix (they ran few of the items) that ran every chosen item: their estimated
+    full score, points. These are the models a team runs on the anchors alone."""
+    if a is None or part.empty:
+        return {}
+    wide = part.pivot(index="model", columns="sample_id", values="value")
+    chosen = b.sample_ids[a.items]
+    out = {}
+    for m in sorted(set(wide.index) - set(b.models)):
+        have = wide.loc[m].reindex(chosen)
+        if have.isna().any():
+            notes.append(f"{b.name}: {m} ran {int(have.notna().sum())} of the {len(chosen)} chosen items; no estimate "
+                         "(run it on all chosen items, or on the whole benchmark)")
+            continue
+        out[m] = _f(100 * A.estimate(have.to_numpy(np.float64)[None, :], a)[0])
+    if out:
+        notes.append(f"{b.name}: {', '.join(out)} ran the chosen items only: estimated from them (`estimates`), "
+                     "not part of the choice")
+    return out
+
+
+def _bench_row(store: Store, b: BenchScores, doc_ids: dict[int, int], cfg: AnchorConfig, notes: list[str],
+               part: pd.DataFrame) -> dict:
     C = b.C
     M, J = C.shape
     costs, source = _costs(store, b.sample_ids, notes, b.name)
@@ -91,7 +113,7 @@ def _bench_row(store: Store, b: BenchScores, doc_ids: dict[int, int], cfg: Ancho
     everything = (cfg.n is not None and cfg.n >= J) or (cfg.token_budget is not None and costs.sum() <= cfg.token_budget)
     if everything:
         notes.append(f"{b.name}: {J} items fit the request: run all of them (nothing to choose, no error)")
-        items, weights, lam, ev = np.arange(J), np.full(J, 1 / J), None, None
+        items, weights, lam, ev, a = np.arange(J), np.full(J, 1 / J), None, None, None
     else:
         ev = A.evaluate(C, cfg.n, cfg.method, cfg.folds, cfg.draws, cfg.seed, costs, cfg.token_budget, cfg.level)
         a = A.choose_anchors(C, cfg.n, cfg.method, cfg.seed, costs, cfg.token_budget)
@@ -103,6 +125,7 @@ def _bench_row(store: Store, b: BenchScores, doc_ids: dict[int, int], cfg: Ancho
     full = 100 * C.mean(axis=1)
     row["held_out"] = None if ev is None else {
         m: {"score": _f(s), "estimate": _f(s + e)} for m, s, e in zip(b.models, full, ev.errors)}
+    row["estimates"] = _estimates(part, b, a, notes)
     row["feature_coverage"] = None
     row["items"] = [{"sample_id": int(b.sample_ids[j]), "doc_id": doc_ids.get(int(b.sample_ids[j])),
                      "weight": _f(w), "tokens": int(costs[j])} for j, w in zip(items, weights)]
@@ -153,7 +176,7 @@ def run_anchors(store: Store, paths: list[str], cfg: AnchorConfig = AnchorConfig
                             f"choose on some and measure the error on others); found {len(logs.models)} model(s): "
                             "add the logs of more models")
     doc_ids = df.groupby("sample_id")["doc_id"].min().astype(int).to_dict()
-    rows = [_bench_row(store, b, doc_ids, cfg, notes) for b in benches]
+    rows = [_bench_row(store, b, doc_ids, cfg, notes, df[df.benchmark == b.name]) for b in benches]
     if unscored:  # benchmarks no logged model covers: the feature-only choice, labelled per row
         try:
             rows += _feature_rows(store, sm_.load(store, encoder), unscored, cfg, notes)
@@ -162,7 +185,10 @@ def run_anchors(store: Store, paths: list[str], cfg: AnchorConfig = AnchorConfig
         except QScopeError as e:
             notes.append(f"{', '.join(unscored)}: no usable per-sample scores and no feature choice either ({e})")
     models = sorted({m for b in benches for m in b.models})
-    return {**_head(cfg, "scores"), "n_models": len(models), "models": models, "benchmarks": rows, "notes": notes}
+    # lm-eval's own way to run only these items: `lm_eval ... --samples '<this as JSON>'` (task -> doc_ids)
+    runnable = {b["task"]: sorted(it["doc_id"] for it in b["items"]) for b in rows if b["evidence"] == "scores"}
+    return {**_head(cfg, "scores"), "n_models": len(models), "models": models, "benchmarks": rows,
+            "lmeval_samples": runnable, "notes": notes}
 
 
 def _feature_only(store: Store, cfg: AnchorConfig, encoder) -> dict:
@@ -173,7 +199,8 @@ def _feature_only(store: Store, cfg: AnchorConfig, encoder) -> dict:
         raise A.AnchorError(f"no benchmark {cfg.benchmark!r}; known: {', '.join(names)}")
     notes: list[str] = []
     rows = _feature_rows(store, ld, [cfg.benchmark] if cfg.benchmark else names, cfg, notes)
-    return {**_head(cfg, "features"), "n_models": 0, "models": [], "benchmarks": rows, "notes": notes}
+    return {**_head(cfg, "features"), "n_models": 0, "models": [], "benchmarks": rows, "lmeval_samples": {},
+            "notes": notes}
 
 
 def _feature_rows(store: Store, ld: sm_.Loaded, names: list[str], cfg: AnchorConfig, notes: list[str]) -> list[dict]:
@@ -192,7 +219,7 @@ def _feature_rows(store: Store, ld: sm_.Loaded, names: list[str], cfg: AnchorCon
         rows.append({"name": name, "task": None, "evidence": "features", "method": "features", "n_models": 0,
                      "n_items": n_items, "total_tokens": rep["total_tokens"], "token_source": source,
                      "n_chosen": len(ids), "chosen_tokens": int(costs.sum()), "lam": None,
-                     **{k: None for k in EVAL_KEYS}, "held_out": None, "feature_coverage": _f(rep.get("coverage")),
+                     **{k: None for k in EVAL_KEYS}, "held_out": None, "estimates": {}, "feature_coverage": _f(rep.get("coverage")),
                      "items": [{"sample_id": int(i), "doc_id": None, "weight": None, "tokens": int(c)}
                                for i, c in zip(ids, costs)]})
     return rows
