@@ -114,14 +114,16 @@ def test_anchor_weights_are_cluster_shares_and_irt_recovers_the_plan():
 
 
 def test_token_budget_is_respected_by_anchors_and_random_items(C):
-    costs = np.random.default_rng(1).integers(20, 200, C.shape[1]).astype(float)
-    ev = A.evaluate(C[:60], None, "anchor", folds=3, random_draws=40, costs=costs, budget=3000)
-    an = A.choose_anchors(C[:60], None, "anchor", costs=costs, budget=3000)
-    assert costs[an.items].sum() <= 3000 and len(an.items) > 10
-    assert all(costs[s].sum() <= 3000 for s in A.random_subsets(C.shape[1], 40, 29, costs=costs, budget=3000))
+    D = C[:60, :150]
+    costs = np.random.default_rng(1).integers(20, 200, D.shape[1]).astype(float)
+    for method in ("anchor", "info"):
+        an = A.choose_anchors(D, None, method, costs=costs, budget=3000)
+        assert costs[an.items].sum() <= 3000 and len(an.items) > 10
+    ev = A.evaluate(D, None, "info", folds=3, random_draws=40, costs=costs, budget=3000)
+    assert all(costs[s].sum() <= 3000 for s in A.random_subsets(D.shape[1], 40, 29, costs=costs, budget=3000))
     assert ev.n_items > 10 and ev.random_n_items > 10
     with pytest.raises(A.AnchorError, match="token budget"):
-        A.choose_anchors(C[:60], None, "anchor", costs=costs, budget=5)
+        A.choose_anchors(D, None, "anchor", costs=costs, budget=5)
     with pytest.raises(A.AnchorError, match="at least"):
         A.evaluate(C[:4], 5)
 
