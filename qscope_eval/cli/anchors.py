@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from qscope_eval.analysis.anchors import DEFAULT_METHOD, METHODS
-from qscope_eval.cli.common import _table, db_option, emit, encoder_option
+from qscope_eval.cli.common import _table, db_option, emit
 from qscope_eval.errors import QScopeError
 
 COLUMNS = ("benchmark", "evidence", "models", "items", "chosen", "tokens_kept", "MAE", "MAE_lo", "MAE_hi",
@@ -34,17 +34,19 @@ def _rows(out: dict) -> list[dict]:
 @click.option("--token-budget", type=click.IntRange(min=1), default=None,
               help="Prompt tokens per benchmark instead of a count.")
 @click.option("--method", type=click.Choice(METHODS), default=DEFAULT_METHOD, show_default=True,
-              help="anchor: tinyBenchmarks anchor points (weighted mean); irt: the same with a 2PL IRT (p-IRT); "
-                   "gp-irt: a mix of the two; info: metabench-style most-informative items. See docs/anchors.md.")
+              help="info: metabench-style most-informative items, scored by a 2PL IRT (p-IRT); anchor: "
+                   "tinyBenchmarks anchor points (weighted mean); irt: tinyBenchmarks IRT anchors with p-IRT; gp-irt: "
+                   "a mix of the last two. See docs/anchors.md.")
 @click.option("--benchmark", default=None, help="Only this benchmark (stored name or lm-eval task).")
 @click.option("--metric", default=None, help="Per-sample metric (default: each task's first, e.g. acc, exact_match).")
 @click.option("--filter", "filt", default=None, help="lm-eval filter when a task logs several (default: the first).")
-@encoder_option
+@click.option("--encoder", default=None,
+              help="Feature-only rows (benchmarks without logs): encoder id or key (default: the most recent SAE encoder).")
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
               help="K-fold over models for the held-out error.")
 @click.option("--draws", type=click.IntRange(min=20), default=200, show_default=True,
               help="Random item subsets of the same count for the baseline.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the clustering, the folds and the draws.")
 @click.option("--export", "export", type=click.Path(dir_okay=False), default=None,
               help="Write the chosen items as JSONL (benchmark, task, sample_id, doc_id, weight, tokens, evidence, text).")
 @click.option("--json", "fmt", flag_value="json", help="The whole result as JSON (stable keys, see docs/anchors.md).")
