@@ -52,8 +52,10 @@ def test_chosen_items_beat_random_items_on_held_out_models(C):
     assert e10.random_mae_mean > ev.random_mae_mean and e10.mae > ev.mae
 
 
-def _slow_posterior_estimate(y, items, a, b):
-    """p-IRT by plain loops: posterior on the grid, observed anchors + expected others."""
+def _slow_posterior_estimate(y, items, fit):
+    """p-IRT by plain loops: posterior on the grid, observed anchors + expected others (items every training
+    model failed or solved: as they did)."""
+    a, b, const = fit.a, fit.b, fit.constant
     J = len(a)
     post = []
     for g in irt.GRID:
@@ -65,13 +67,15 @@ def _slow_posterior_estimate(y, items, a, b):
     top = max(post)
     w = [math.exp(x - top) for x in post]
     w = [x / sum(w) for x in w]
-    rest = [j for j in range(J) if j not in set(items)]
+    rest = [j for j in range(J) if j not in set(items) and math.isnan(const[j])]
+    fixed = sum(const[j] for j in range(J) if j not in set(items) and not math.isnan(const[j]))
     expected = sum(wg * sum(1 / (1 + math.exp(-a[j] * (g - b[j]))) for j in rest) for g, wg in zip(irt.GRID, w))
-    return (sum(y) + expected) / J
+    return (sum(y) + expected + fixed) / J
 
 
 def test_estimates_and_held_out_errors_match_a_slow_computation(C):
-    Cs = C[:40, :60]
+    Cs = C[:40, :60].copy()
+    Cs[:, :3], Cs[:, 3:5] = 0, 1            # items nobody / everybody solves take p-IRT's constant path
     for method in ("anchor", "irt", "gp-irt", "info"):
         ev = A.evaluate(Cs, 8, method, folds=4, random_draws=50, seed=3)
         errs = np.full(len(Cs), np.nan)
@@ -84,7 +88,7 @@ def test_estimates_and_held_out_errors_match_a_slow_computation(C):
                 if method == "anchor":
                     est = wmean
                 else:
-                    pirt = _slow_posterior_estimate(y, list(an.items), an.fit.a, an.fit.b)
+                    pirt = _slow_posterior_estimate(y, list(an.items), an.fit)
                     est = an.lam * wmean + (1 - an.lam) * pirt if method == "gp-irt" else pirt
                 errs[i] = 100 * (est - sum(Cs[i]) / Cs.shape[1])
         seen = ~np.isnan(errs)
@@ -107,6 +111,11 @@ def test_anchor_weights_are_cluster_shares_and_irt_recovers_the_plan():
     assert np.allclose((an.weights * 120).round(), an.weights * 120) and abs(an.weights.sum() - 1) < 1e-12
     fit = irt.fit_irt(C)
     assert np.corrcoef(fit.theta, th)[0, 1] > 0.95 and np.corrcoef(fit.b, b)[0, 1] > 0.9
+    # items no training model solves (or all do) are predicted so: a benchmark nobody solves estimates 0, not
+    # the few points the IRT priors would leave
+    for const in (0.0, 1.0):
+        ev = A.evaluate(np.full((10, 30), const), 5, "info", random_draws=20)
+        assert ev.mae == 0 and ev.random_mae_mean == 0
     # duplicated item patterns and more anchors than distinct patterns: still n distinct items
     D = np.repeat(C[:, :5], 6, axis=1)
     an = A.choose_anchors(D, 10, "anchor")
