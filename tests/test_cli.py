@@ -12,6 +12,8 @@ from qscope_eval.cli import cli
 from synthetic import build_store
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
+# the user docs: README and the pages under docs/ (a command may be documented on its own page)
+README += "".join(p.read_text() for p in sorted((Path(__file__).parents[1] / "docs").glob("*.md")))
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def test_every_command_has_help_example_and_docs(name):
     res = run(name, "--help")
     assert res.exit_code == 0
     assert "Example: qscope-eval " + name in (cmd.help or ""), f"{name}: docstring needs an 'Example:' line"
-    assert re.search(rf"qscope-eval {re.escape(name)}\b", README), f"README does not document `qscope-eval {name}`"
+    assert re.search(rf"qscope-eval {re.escape(name)}\b", README), f"neither README nor docs/ documents `qscope-eval {name}`"
 
 
 def test_coverage_json_keys(db):

@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from qscope_eval.cli import anchors as _anchors
 from qscope_eval.cli import encode as _encode
 from qscope_eval.cli import gaps as _gaps
 from qscope_eval.cli import jobs as _jobs
@@ -40,7 +41,7 @@ COMMANDS = [
     _metrics.coverage, _metrics.overlap, _metrics.select_cmd, _metrics.sql,
     _jobs.audit, _jobs.report,
     _sae.train_sae, _sae.feature_stats,
-    _validate.validate,
+    _validate.validate, _anchors.anchors,
     _gaps.gaps, _gaps.feature,
     _serve.serve,
 ]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from qscope_eval.store.scores import has_column
 
@@ -54,3 +56,16 @@ class ValidationTables:
                                "ORDER BY created_at DESC LIMIT 1",
                                [encoder_id]).fetchall()
         return json.loads(row[0][0]) if row else None
+
+    def sample_lengths(self, ids) -> dict[int, tuple[int, int | None]]:
+        """sample_id -> (characters, prompt tokens or None): tokens as the most recent SAE encoder counted them
+        (any encoder's count if no SAE encoder has the sample); the cost of a sample in a token budget."""
+        self.con.register("_ids", pa.table({"sample_id": np.asarray(list(ids), dtype=np.int64)}))
+        try:
+            rows = self.con.execute(
+                "SELECT s.sample_id, s.n_chars, arg_max(e.n_tokens, (x.kind = 'sae', x.encoder_id)) "
+                "FROM samples s JOIN _ids USING (sample_id) LEFT JOIN encoded e USING (sample_id) "
+                "LEFT JOIN encoders x USING (encoder_id) GROUP BY ALL").fetchall()
+        finally:
+            self.con.unregister("_ids")
+        return {int(r[0]): (int(r[1]), None if r[2] is None else int(r[2])) for r in rows}
