@@ -183,7 +183,8 @@ def _feature_side(store: Store, encoder, benches: list[BenchScores]) -> tuple[di
         rows += [k] * len(pos)
         cols += pos.tolist()
     M = sp.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(len(benches), len(ld.real.sample_ids)))
-    ld = sm_.Loaded(dataclasses.replace(ld.real, M=M), ld.null and dataclasses.replace(ld.null, M=M))
+    lex = ld.lexical and ld.lexical._replace(data=dataclasses.replace(ld.lexical.data, M=M))
+    ld = sm_.Loaded(dataclasses.replace(ld.real, M=M), ld.null and dataclasses.replace(ld.null, M=M), lex)
     sm = sm_.suite_metrics(ld)
     per = {"r_hat": np.array([r.r_hat for r in sm.redundancy]), "auc": np.array([r.auc for r in sm.redundancy]),
            "n_samples": sm.coverage.n_samples.astype(np.float64)}
