@@ -347,9 +347,22 @@ def audit_summary(store: Store, ld: Loaded, suite: str, run_id: str | None = Non
         "feature_frequency": {"n_samples_per_feature": [int(x) for x in freq[freq > 0]], "dead": int((freq == 0).sum())},
         "duplicates": duplicates_report(store, ld),
         "drift": drift(store, ld, run_id, suite, threshold, min_support) if run_id else None,
+        "warnings": template_warnings(ld, F),
     }
     out["sample_selection"].pop("chosen")  # ids live in SQL; the report needs the counts
     return out
+
+
+def template_warnings(ld: Loaded, F) -> list[str]:
+    """The audit's warning when the pooling's features are mostly what every benchmark's prompts share."""
+    from qscope_eval.analysis.template import template_share, template_warning
+
+    es = ld.real
+    if len(es.benchmarks) < 2:
+        return []
+    w = template_warning(es.benchmarks, template_share(rc.benchmark_profiles(es.M, F)),
+                         where=f" at layer {es.encoder.layer} with {es.encoder.pooling} pooling")
+    return [w] if w else []
 
 
 def layer_overview(summaries: list[dict]) -> list[dict]:
