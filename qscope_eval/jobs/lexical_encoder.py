@@ -101,3 +101,14 @@ def load_lexical(store, real, definition: str = DEFAULT_DEFINITION) -> LexicalSe
                                      key=str(EncoderKey.parse(real.encoder.key).twin("lexical")))
     data = dataclasses.replace(real, encoder=row, X=lexical_features(C, definition))
     return LexicalSet(data, source, None if enc is None else enc.encoder_id, definition)
+
+
+def warm_up() -> None:
+    """Import the word vectorizer in a background thread (seconds on a loaded machine), so the writer's first
+    batch does not wait for it: encode_suite calls this before it loads the model."""
+    import threading
+
+    def _import():
+        from sklearn.feature_extraction.text import HashingVectorizer  # noqa: F401
+
+    threading.Thread(target=_import, name="qscope-lexical-import", daemon=True).start()

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from qscope_eval.analysis.metrics import is_saturated, saturation_warning
-from qscope_eval.jobs.lexical_encoder import lexical_infos, with_lexical
+from qscope_eval.jobs.lexical_encoder import lexical_infos, warm_up, with_lexical
 from qscope_eval.model.encoders import EncoderInfo, Runtime, load_runtime, pooling_tag, sae_identity
 from qscope_eval.store import EncoderRow, Store, sample_ids
 from qscope_eval.data.suite import Suite
@@ -288,7 +288,8 @@ def write_results(store: Store, encoders: dict[str, EncoderRow], batch: EncodedB
     parts = []
     for key, pb in batch.pooled.items():
         e = encoders[key]
-        parts.append((e.encoder_id, batch.ids, batch.n_tokens, batch.truncated, pb.row, pb.feature, pb.value, pb.n_tokens))
+        cut = batch.truncated if e.kind != "lexical" else np.zeros(len(batch.ids), bool)  # the words see it all
+        parts.append((e.encoder_id, batch.ids, batch.n_tokens, cut, pb.row, pb.feature, pb.value, pb.n_tokens))
     return store.write_batches(parts)
 
 
@@ -377,6 +378,8 @@ def encode_suite(suite: Suite, store: Store, progress: bool = True,
                  on_batch: Callable[[int], None] | None = None) -> EncodeReport:
     """The whole encode job on one machine, with DB writes overlapped with compute."""
     t0 = time.perf_counter()
+    if suite.lexical:
+        warm_up()  # the writer's lexical rows need sklearn: imported while the model loads
     rows = load_rows(suite)
     runtime = load_runtime(suite)
     prep = prepare(suite, store, rows, runtime.encoders, defer_texts=QUICK_START)
