@@ -5,11 +5,9 @@ is loaded, the model and every SAE are loaded and checked against each other
 BEFORE the first write. Then encoders are registered, and only the samples
 each encoder has not stored yet are encoded. Batches are written by a
 background thread while the next batch computes; it stores the benchmarks'
-texts and memberships first, while the first batches compute. The lexical
-encoder (the prompts' words, no model: analysis/lexical.py) is filled by the
-writer from the texts, in the same transaction as each batch's SAE features, so
-it never waits on the GPU and never holds a sample the SAE lacks (samples the SAE
-stored before the lexical encoder existed are filled first). Batches finished
+texts and memberships first, while the first batches compute. The writer adds the
+lexical encoder's rows (the prompts' words, jobs/lexical_encoder.py) to each batch's
+transaction, host-side, so the model never waits for them. Batches finished
 within `encode.commit_every_s` of each other are merged into one transaction. A
 killed run loses at most those and the batches queued for the writer, and
 never writes a sample twice.
