@@ -3,6 +3,8 @@ TfidfVectorizer, computed independently on an indexed (not hashed) vocabulary.""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -86,3 +88,60 @@ def test_lexical_features_definitions():
     with pytest.raises(ValueError, match="not one of"):
         lx.lexical_features(X, "bm25")
     assert sp.issparse(top)
+
+
+# ---- the lexical baseline beside the null in the JSON outputs (a store without a lexical encoder: computed) ----
+
+def test_coverage_and_overlap_show_the_words_beside_the_null(tmp_path):
+    from synthetic import build_store
+
+    from qscope_eval.jobs.summary import coverage_report, load, overlap_report
+
+    with build_store(tmp_path / "s.duckdb") as store:
+        ld = load(store)
+        texts = store.texts(ld.real.sample_ids.tolist())
+        cov, ov = coverage_report(ld), overlap_report(ld, "sym")
+    assert ld.lexical.source == "computed" and ld.lexical.encoder_id is None  # older database: from the texts
+    assert cov["encoder"]["lexical_source"] == "computed" and cov["encoder"]["lexical_definition"] == "top"
+    # every prompt here has fewer than 32 words, so `top` keeps them all: a benchmark's lexical features are
+    # its distinct words, counted here with plain Python sets of each word's hashed column (two of these random
+    # numbers may share a column: the hashed width is the baseline's, so the sets are of columns)
+    words = {}
+    for b, name in enumerate(ld.real.benchmarks):
+        rows = ld.real.M[b].indices
+        words[name] = {_column(w.lower()) for i in rows
+                       for w in re.findall(lx.TOKEN_PATTERN, texts[int(ld.real.sample_ids[i])])}
+    assert {b["name"]: b["lexical_n_features"] for b in cov["benchmarks"]} == {k: len(v) for k, v in words.items()}
+    assert all(b["null_n_features"] is not None for b in cov["benchmarks"])
+    names = ov["names"]
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            want = len(words[a] & words[b]) / min(len(words[a]), len(words[b]))
+            assert ov["lexical_matrix"][i][j] == pytest.approx(want)
+    assert ov["null_matrix"] is not None
+
+
+# ---- the report's headline sentence ----
+
+def _agreement(name, value, lo=None, hi=None):
+    return {"name": name, "method": "spearman", "value": value, "lo": lo, "hi": hi}
+
+
+def test_headline_reads_a_stored_validation_first_then_the_recommendations_evidence():
+    from qscope_eval.report.baselines import baseline_sentence
+
+    v = {"n_models": 12, "agreement": [_agreement("sym~score_pearson", 0.6, 0.4, 0.75),
+                                       _agreement("null_sym~score_pearson", 0.2),
+                                       _agreement("lexical_sym~score_pearson", 0.3)]}
+    assert baseline_sentence({"validation": v}).startswith("The SAE beats both baselines on this suite")
+    v["agreement"][2] = _agreement("lexical_sym~score_pearson", 0.5)  # the words reach the SAE's lower bound
+    s = baseline_sentence({"validation": v})
+    assert s.startswith("The SAE does not beat both") and "prompts' words" in s.split("not above the")[1]
+    sel = {"null_checked": True, "lexical_checked": True,
+           "baseline_pairs": {"candidates": 5, "above_null": 3, "above_lexical": 1, "above_both": 0, "level": 0.9}}
+    s = baseline_sentence({"selection": sel})
+    assert s.startswith("The SAE does not beat both") and "of its 5 candidate stand-in pairs" in s
+    sel["baseline_pairs"].update(above_lexical=3, above_both=2)
+    assert baseline_sentence({"selection": sel}).startswith("The SAE beats both baselines on 2 of 5 candidate pairs")
+    sel["lexical_checked"] = False
+    assert "no prompts' words encoder" in baseline_sentence({"selection": sel})
