@@ -19,6 +19,9 @@ classic benchmark-level tf·idf cosine (`tfidf_similarity`, one number per pair)
 Then the template check: each encoder's template share (analysis/template.py) per
 benchmark, median and max over the suite, and the count at or above TEMPLATE_SHARE.
 
+Last, the cost of the lexical encoder's rows (term_counts over the suite's prompts, on this
+machine's CPU): what the encode job's writer thread adds to each batch.
+
 Run:  python bench/lexical_bench.py --db out/validation.duckdb [--db-last out/validation_last.duckdb]
 """
 
@@ -74,13 +77,17 @@ def main(argv=None):
     print("| pooling | suite | benchmarks | representation | nn purity (sym) | nn purity (ratio) | seconds |")
     print("|---|---|---|---|---|---|---|")
     totals: dict = {}
-    template_rows = []
+    template_rows, timing = [], []
     for pooling, db in dbs:
         with Store(db, read_only=True) as store:
             ld = load(store, lexical=False)
             texts = store.texts(ld.real.sample_ids.tolist())
         es = ld.real
-        counts = lx.term_counts([texts[int(i)] for i in es.sample_ids])
+        docs = [texts[int(i)] for i in es.sample_ids]
+        lx.term_counts(docs[:10])  # the vectorizer's import, once
+        t = time.perf_counter()
+        counts = lx.term_counts(docs)
+        timing.append((pooling, len(docs), sum(map(len, docs)), time.perf_counter() - t))
         n_enc = dict(zip(es.benchmarks, np.asarray(es.M.sum(axis=1)).ravel()))
         for suite, groups in SUITES.items():
             groups = {g: [b for b in bs if n_enc.get(b, 0) >= args.min_samples] for g, bs in groups.items()}
@@ -113,6 +120,10 @@ def main(argv=None):
     for (pooling, rep), v in totals.items():
         a = np.array(v)
         print(f"| {pooling} | {rep} | {np.nanmean(a[:, 0]):.2f} | {np.nanmean(a[:, 1]):.2f} | {len(v)} |")
+    print()
+    for pooling, n, chars, sec in timing:
+        print(f"the lexical encoder's work (term_counts, what the encode writer adds per batch): {n} prompts, "
+              f"{chars / 1e6:.2f} M characters in {sec:.2f} s ({1e3 * sec / n:.3f} ms per prompt)")
     print()
     print(f"Template share (analysis/template.py; threshold {TEMPLATE_SHARE:.0%})")
     print("| pooling | suite | representation | median | max | benchmarks >= threshold |")
