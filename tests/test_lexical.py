@@ -145,3 +145,16 @@ def test_headline_reads_a_stored_validation_first_then_the_recommendations_evide
     assert baseline_sentence({"selection": sel}).startswith("The SAE beats both baselines on 2 of 5 candidate pairs")
     sel["lexical_checked"] = False
     assert "no prompts' words encoder" in baseline_sentence({"selection": sel})
+
+
+def test_the_suite_key_is_a_boolean_on_by_default(tmp_path):
+    from qscope_eval.data.suite import SuiteError, load_suite
+
+    base = "name: s\nmodel: {id: ./m}\nsae: {path: ./sae}\nlayers: [1]\nbenchmarks:\n  - {name: a, path: a.jsonl, text: q}\n"
+    (tmp_path / "on.yaml").write_text(base)
+    assert load_suite(tmp_path / "on.yaml").lexical is True
+    (tmp_path / "off.yaml").write_text(base + "lexical: false\n")
+    assert load_suite(tmp_path / "off.yaml").lexical is False
+    (tmp_path / "bad.yaml").write_text(base + "lexical: yes-please\n")
+    with pytest.raises(SuiteError, match="lexical must be true or false"):
+        load_suite(tmp_path / "bad.yaml")
