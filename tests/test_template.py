@@ -79,7 +79,7 @@ def _write_suite(root):
         for half in (0, 1):  # two benchmarks per topic group
             name = f"{topic}_{half}"
             rows = [{"q": stems[(i + half) % 3].format(k=3 + i + 7 * half, m=11 + 2 * i) + "?\nA. one\nB. two\n"
-                          "C. three\nD. four\nAnswer:"} for i in range(16)]
+                          "C. three\nD. four\nAnswer:"} for i in range(12)]
             (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             lines.append(f"  - {{name: {name}, path: {name}.jsonl, text: q}}\n")
     return write_tiny_suite(root, name="templated", benchmarks="".join(lines))
@@ -119,3 +119,11 @@ def test_templated_prompts_read_at_the_last_token_yield_no_chance_drops(tmp_path
     for i, b in enumerate(names):
         row = np.where(np.arange(len(names)) == i, -1, sym[i])
         assert group(names[int(np.argmax(row))]) == group(b)
+
+
+def test_two_benchmarks_are_never_called_a_template():
+    """With two benchmarks, what both share may be their common topic: the check needs three."""
+    M, F = _templated(np.random.default_rng(2), n_bench=2, template=0.0)  # one topic group of two
+    assert template_share(rc.benchmark_profiles(M, F)).min() > TEMPLATE_SHARE
+    a = rc.assess(M, F, config=rc.RecommendConfig(replicates=20))
+    assert not a.template_dominated.any()

@@ -25,6 +25,8 @@ import numpy as np
 
 TEMPLATE_SHARE = 0.5
 """A benchmark whose template share is at least this is template-dominated (docs/baselines.md: measured)."""
+MIN_BENCHMARKS = 3
+"""Fewer benchmarks and what "every benchmark shares" cannot be told from what two same-topic ones share."""
 
 
 def template_share(P: np.ndarray) -> np.ndarray:
@@ -37,8 +39,9 @@ def template_share(P: np.ndarray) -> np.ndarray:
 
 
 def is_template_dominated(shares: np.ndarray, threshold: float = TEMPLATE_SHARE) -> np.ndarray:
-    """(n_bench,) bool: template share at or above `threshold`."""
-    return np.asarray(shares, float) >= threshold
+    """(n_bench,) bool: template share at or above `threshold` (all False below MIN_BENCHMARKS benchmarks)."""
+    shares = np.asarray(shares, float)
+    return (shares >= threshold) & (shares.size >= MIN_BENCHMARKS)
 
 
 def template_warning(names: Sequence[str], shares: np.ndarray, threshold: float = TEMPLATE_SHARE,
