@@ -141,8 +141,10 @@ def test_headline_reads_a_stored_validation_first_then_the_recommendations_evide
            "baseline_pairs": {"candidates": 5, "above_null": 3, "above_lexical": 1, "above_both": 0, "level": 0.9}}
     s = baseline_sentence({"selection": sel})
     assert s.startswith("The SAE does not beat both") and "of its 5 candidate stand-in pairs" in s
+    assert "0 above both" in s
     sel["baseline_pairs"].update(above_lexical=3, above_both=2)
-    assert baseline_sentence({"selection": sel}).startswith("The SAE beats both baselines on 2 of 5 candidate pairs")
+    s = baseline_sentence({"selection": sel})
+    assert s.startswith("The SAE beats both baselines on 2 of its 5 candidate stand-in pairs") and "2 above both" in s
     sel["lexical_checked"] = False
     assert "no prompts' words encoder" in baseline_sentence({"selection": sel})
 

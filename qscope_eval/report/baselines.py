@@ -54,15 +54,15 @@ def _from_selection(s: dict) -> str | None:
                 f"was stored to compare with.")
     n, both = bp["candidates"], bp["above_both"]
     level = f"{(bp.get('level') or 0.9):.0%}"
-    what = (f"of its {n} candidate stand-in pairs (a benchmark shows ≥ τ of another's characteristic mass), "
-            f"{bp['above_null']} are above the null dictionary, {bp['above_lexical']} above the prompts' words and "
-            f"{both} above both at the {level} bootstrap lower bound")
+    pairs = f"{n} candidate stand-in pairs (a benchmark shows ≥ τ of another's characteristic mass)"
+    detail = (f"{bp['above_null']} are above the null dictionary, {bp['above_lexical']} above the prompts' words "
+              f"and {both} above both at the {level} bootstrap lower bound")
     if n == 0:
         return ("The SAE does not beat both baselines on this suite: it singles out no benchmark pair as a stand-in "
                 "(no pair reaches τ), so its evidence shows nothing either baseline could be compared with.")
     if both == 0:
-        return f"The SAE does not beat both baselines on this suite: {what}, so no drop rests on it."
-    return f"The SAE beats both baselines on {both} of {n} candidate pairs on this suite: {what}."
+        return f"The SAE does not beat both baselines on this suite: of its {pairs}, {detail}, so no drop rests on it."
+    return f"The SAE beats both baselines on {both} of its {pairs} on this suite: {detail}."
 
 
 def baseline_sentence(summary: dict) -> str | None:
