@@ -172,10 +172,16 @@ def test_charts_without_null_or_drift(summary, tmp_path):
     for b in s["metrics"]["benchmarks"]:
         b["null_n_features"] = None
     s["drift"] = None
+    panels = charts.overlap_chart(s).to_dict()["hconcat"]  # the SAE beside the prompts' words only
+    assert [p["title"] for p in panels] == ["SAE features", "lexical baseline (the prompts' words)"]
+    s["metrics"]["lexical_overlap"] = None
+    for b in s["metrics"]["benchmarks"]:
+        b["lexical_n_features"] = None
     assert "hconcat" not in charts.overlap_chart(s).to_dict()
     assert "null dictionary" not in json.dumps(charts.coverage_chart(s).to_dict())
     page = render_report(s, tmp_path, png=False).html.read_text()
     assert "No null baseline encoder" in page and "No earlier completed run" in page
+    assert "No lexical baseline" in page and "words (lexical)" not in page
 
 
 # ----------------------------------------------------------------------------- self-contained, escaped
