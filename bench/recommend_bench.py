@@ -15,6 +15,11 @@ different topic groupings (SUITES below). For each suite and method it prints:
   size_gain        mean over X of s(X covered by D) - s(X covered by D10%): what 10x the samples adds
                    by size alone (want ~0)
 
+The default ("characteristic (default)") checks each drop against the null dictionary AND the lexical
+baseline (the prompts' words: stored by `encode`, or computed from the stored texts of an older database) in
+one bootstrap, and keeps template-dominated benchmarks (docs/baselines.md); "characteristic, null only
+(before issue 27)" is the rule before the lexical check, for comparison.
+
 Alternatives to the default rule (not default; README "Alternatives measured"): --methods
 "kept-set coverage τ=0.8", "pair coverage τ=1.0", "nearest only, ratio≥0.6", "ratio_hi ≥ 1 (noise-calibrated)".
 

@@ -172,7 +172,8 @@ def _keep_reason(i, best, names, a: rc.Assessment, only: float) -> str:
     elif a.ratio[i, best] >= tau:
         txt = f"{names[best]} could stand in for it but is itself dropped or costlier"
     else:
-        txt += f" (closest: {names[best]}, {a.ratio[i, best]:.0%}; null {_null_txt(a, i, best)})"
+        txt += (f" (closest: {names[best]}, {a.ratio[i, best]:.0%}; null {_null_txt(a, i, best)}; "
+                f"words {_lex_txt(a, i, best)})")
     return f"{txt}; {only:.0%} of it is measured by no other kept benchmark{skipped}"
 
 
