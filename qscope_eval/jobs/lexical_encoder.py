@@ -16,14 +16,14 @@ import numpy as np
 
 from qscope_eval.analysis.lexical import DEFAULT_DEFINITION, LEXICAL_WIDTH, lexical_features, term_counts
 from qscope_eval.data.suite import Suite
-from qscope_eval.model.encoders import EncoderInfo, EncoderKey
+from qscope_eval.model.encoders import EncoderInfo, EncoderKey, encoder_key
 
 
 def lexical_infos(suite: Suite, encoders: Sequence[EncoderInfo]) -> list[EncoderInfo]:
     """The lexical twin of every SAE encoder (none with `lexical: false`): the words need no model."""
     if not suite.lexical:
         return []
-    return [EncoderInfo(str(EncoderKey.parse(e.key).twin("lexical")), e.layer, "lexical", LEXICAL_WIDTH, 0)
+    return [EncoderInfo(str(encoder_key(suite, e.layer, "lexical")), e.layer, "lexical", LEXICAL_WIDTH, 0)
             for e in encoders if e.kind == "sae"]
 
 
