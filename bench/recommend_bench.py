@@ -15,6 +15,11 @@ different topic groupings (SUITES below). For each suite and method it prints:
   size_gain        mean over X of s(X covered by D) - s(X covered by D10%): what 10x the samples adds
                    by size alone (want ~0)
 
+The default ("characteristic (default)") checks each drop against the null dictionary AND the lexical
+baseline (the prompts' words: stored by `encode`, or computed from the stored texts of an older database) in
+one bootstrap, and keeps template-dominated benchmarks (docs/baselines.md); "characteristic, null only
+(before issue 27)" is the rule before the lexical check, for comparison.
+
 Alternatives to the default rule (not default; README "Alternatives measured"): --methods
 "kept-set coverage τ=0.8", "pair coverage τ=1.0", "nearest only, ratio≥0.6", "ratio_hi ≥ 1 (noise-calibrated)".
 
@@ -117,14 +122,25 @@ def union_method(M, F, Fn, costs):
     return np.sort(s.rows), metrics.overlap_matrices(M, F, 1).asym
 
 
-def char_method(M, F, Fn, costs, **kw):
-    """This project's default: characteristic share ≥ τ of the noise ceiling, lower bound above the null."""
-    a = rc.assess(M, F, Fn, rc.RecommendConfig(replicates=kw.pop("replicates", 60), **kw))
+LEXICAL: dict = {}
+"""`Fl`: the lexical baseline's fired words of the suite being scored (rows = F's rows), set by `score`."""
+
+
+def char_method(M, F, Fn, costs, lexical=True, **kw):
+    """This project's default: characteristic share ≥ τ of the noise ceiling, lower bound above the null and the
+    lexical baseline (the prompts' words), the covered benchmark not template-dominated."""
+    a = rc.assess(M, F, Fn, rc.RecommendConfig(replicates=kw.pop("replicates", 60), **kw),
+                  F_lexical=LEXICAL.get("Fl") if lexical else None)
     return rc.recommend(a, costs).kept, a.ratio
 
 
+def char_null_only(M, F, Fn, costs, **kw):
+    """The default before the lexical check (issue 27): above the null only."""
+    return char_method(M, F, Fn, costs, lexical=False, **kw)
+
+
 def char_exact(M, F, Fn, costs):
-    a = rc.assess(M, F, Fn, rc.RecommendConfig(replicates=60))
+    a = rc.assess(M, F, Fn, rc.RecommendConfig(replicates=60), F_lexical=LEXICAL.get("Fl"))
     return rc.recommend(a, costs, exact=True).kept, a.ratio
 
 
@@ -252,6 +268,7 @@ def noise_method(M, F, Fn, costs, level=1.0):
 
 
 METHODS = {"union (report)": union_method, "characteristic (default)": char_method,
+           "characteristic, null only (before issue 27)": char_null_only,
            "characteristic, exact": char_exact, "characteristic, no null": char_no_null,
            "freq overlap ≥0.6": freq_overlap}
 for _t in (0.8, 1.0):
@@ -286,11 +303,12 @@ def _subsample(M, i, share, rng):
     return sp.vstack([M, row]).tocsr()
 
 
-def score(method, es, null, groups, seed=0):
+def score(method, es, null, groups, seed=0, lexical=None):
     names = [b for g in groups.values() for b in g]
     group_of = {b: g for g, bs in groups.items() for b in bs}
     M, cols = _slice(es, names)
     F, Fn = metrics.fired(es.X[cols]), metrics.fired(null.X[cols]) if null is not None else None
+    LEXICAL["Fl"] = metrics.fired(lexical.data.X[cols]) if lexical is not None else None
     costs = np.asarray(M.sum(axis=1)).ravel().astype(float)
     kept, S = method(M, F, Fn, costs)
     kg = [group_of[names[k]] for k in kept]
@@ -329,21 +347,26 @@ def score(method, es, null, groups, seed=0):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--db", default="out/validation.duckdb")
-    ap.add_argument("--methods", nargs="*", default=list(METHODS)[:5], help=f"any of: {', '.join(METHODS)}")
+    ap.add_argument("--methods", nargs="*", default=list(METHODS)[:6], help=f"any of: {', '.join(METHODS)}")
     ap.add_argument("--demo-db", default=None, help="also score the demo suite from this database (make demo)")
     ap.add_argument("--verbose", action="store_true", help="print the kept benchmarks too")
     ap.add_argument("--suites", nargs="*", default=None, help=f"a subset of: {', '.join(SUITES)}")
     args = ap.parse_args(argv)
-    with Store(args.db) as store:
+    with Store(args.db, read_only=True) as store:
         ld = load(store)
-    runs = [(suite, groups, ld) for suite, groups in SUITES.items() if args.suites is None or suite in args.suites]
+    n_enc = dict(zip(ld.real.benchmarks, np.asarray(ld.real.M.sum(axis=1)).ravel()))
+    enc = lambda gs: {g: [b for b in bs if n_enc.get(b, 0) >= 10] for g, bs in gs.items()}  # noqa: E731
+    runs = [(suite, {g: bs for g, bs in enc(groups).items() if bs}, ld) for suite, groups in SUITES.items()
+            if args.suites is None or suite in args.suites]  # a subset encode: the benchmarks it holds
     if args.demo_db:
-        with Store(args.demo_db) as store:
+        with Store(args.demo_db, read_only=True) as store:
             runs += [(suite, groups, load(store)) for suite, groups in DEMO.items()]
     print("Definitions")
     print("  union (report):  keep the cheapest benchmarks whose union of fired features holds 95 % of the suite's "
           "union (min_support 1); a dropped benchmark is 'covered' by the kept union (Eq. 10 overlap).")
     print("  characteristic:  " + rc.DEFINITION + f" (τ = {rc.RecommendConfig().tau}).")
+    print("  lexical baseline: the prompts' words (analysis/lexical.py), stored by `encode` or computed from the "
+          "stored texts; 'null only' is the rule before issue 27.")
     print()
     head = ["suite", "method", "groups_dropped", "dup_kept", "kept", "nn_purity", "stability", "sub_alike",
             "size_gain", "seconds"]
@@ -353,7 +376,7 @@ def main(argv=None):
     for suite, groups, data in runs:
         for name in args.methods:
             t = time.perf_counter()
-            r = score(METHODS[name], data.real, data.null, groups)
+            r = score(METHODS[name], data.real, data.null, groups, lexical=data.lexical)
             dt = time.perf_counter() - t
             totals.setdefault(name, []).append(r)
             print(f"| {suite} | {name} | {r['groups_dropped']} {r['dropped'] or ''} | {r['dup_kept']} | {r['kept']} | "

@@ -106,10 +106,12 @@ def encode_shard(shard: int, suite: Suite, ids: np.ndarray, texts: list[str]) ->
 
 
 @task(task_run_name="write-shard-{shard}", **LOCAL)
-def write_shard(shard: int, store: Store, encoders: dict, batches: list[pipeline.EncodedBatch]) -> int:
-    """Store one shard: its forward batches merged into transactions of up to 2^20 pairs. Returns its samples."""
+def write_shard(shard: int, store: Store, encoders: dict, batches: list[pipeline.EncodedBatch],
+                texts: dict | None = None) -> int:
+    """Store one shard: its forward batches merged into transactions of up to 2^20 pairs (with `texts`, the
+    lexical encoders' rows too, computed here from the texts). Returns its samples."""
     for batch in pipeline.merged_runs(batches):
-        pipeline.write_results(store, encoders, batch)
+        pipeline.write_results(store, encoders, batch, texts)
     store.release()  # the flow now waits for the next shard: let readers in meanwhile
     return sum(len(b.ids) for b in batches)
 
@@ -150,6 +152,7 @@ def _encode(prep: pipeline.Prepared, store: Store, task_runner: str | None) -> i
     ids, size = prep.pending_ids, prep.suite.encode.shard_size
     runner = make_task_runner(task_runner)
     done, error = 0, None
+    prep.backfill(store)()  # lexical rows of samples the SAE stored before the lexical encoder existed
     with _share_api(runner), runner or nullcontext():
         submit = (lambda **kw: runner.submit(encode_shard, kw)) if runner else encode_shard.submit
         futures = {submit(shard=n, suite=prep.suite, ids=ids[i:i + size],
@@ -162,7 +165,7 @@ def _encode(prep: pipeline.Prepared, store: Store, task_runner: str | None) -> i
             except Exception as e:  # keep storing the other shards (less to redo), fail afterwards
                 error = error or e
                 continue
-            done += write_shard(shard, store, prep.encoders, batches)
+            done += write_shard(shard, store, prep.encoders, batches, prep.texts)
     if error is not None:
         raise error
     return done

@@ -136,5 +136,5 @@ def test_scheduled_deployment_runs_on_a_real_server(tmp_path):
     assert (out / "report.html").is_file() and (out / "summary.json").is_file()
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT run_id, status, suite FROM runs").fetchall() == [(run_id, "completed", "tiny")]
-        assert con.execute("SELECT count(*) FROM encoded").fetchall() == [(40,)]
+        assert con.execute("SELECT count(*) FROM encoded").fetchall() == [(60,)]  # SAE, null and lexical
     print(f"server up {t_server:.0f}s, deployed {t_deploy:.0f}s, run completed {t_run:.0f}s")

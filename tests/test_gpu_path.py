@@ -317,11 +317,11 @@ def test_db_writes_overlap_compute_and_a_late_writer_merges(bb, sae, tmp_path, m
     real_write = pipeline.write_results
     calls = []
 
-    def write_results(store, encoders, batch):
+    def write_results(store, encoders, batch, texts=None):
         # the first write cannot finish before every batch was computed and queued: compute goes on meanwhile
         ok = all(queued.acquire(timeout=30) for _ in range(n_batches)) if not calls else True
         calls.append((ok, len(batch.ids)))
-        return real_write(store, encoders, batch)
+        return real_write(store, encoders, batch, texts)
 
     monkeypatch.setattr(pipeline, "write_results", write_results)
     monkeypatch.setattr(pipeline, "load_rows", lambda s: rows)
@@ -329,12 +329,16 @@ def test_db_writes_overlap_compute_and_a_late_writer_merges(bb, sae, tmp_path, m
     monkeypatch.setattr(pipeline, "load_runtime", lambda s: rt)
     with Store(tmp_path / "x.duckdb") as store:
         report = pipeline.encode_suite(suite, store, progress=False, on_batch=lambda n: queued.release())
-        stored = store.con.execute("SELECT sample_id, feature, value FROM activations ORDER BY 1, 2").fetchall()
-        n_done = store.con.execute("SELECT count(*) FROM encoded").fetchall()[0][0]
+        sae_only = "JOIN encoders USING (encoder_id) WHERE kind = 'sae'"
+        stored = store.con.execute(f"SELECT sample_id, feature, value FROM activations {sae_only} ORDER BY 1, 2").fetchall()
+        n_done = store.con.execute(f"SELECT count(*) FROM encoded {sae_only}").fetchall()[0][0]
+        # the writer thread filled the lexical twin of every sample in the same transactions (the words: host-side)
+        n_words = store.con.execute("SELECT count(*) FROM encoded JOIN encoders USING (encoder_id) "
+                                    "WHERE kind = 'lexical'").fetchall()[0][0]
     assert all(ok for ok, _ in calls), "the first write did not overlap the later forwards"
     # the first write took what was there (usually batch 0 alone), the batches that queued behind it went in one
     assert len(calls) <= 2 < n_batches
-    assert sum(n for _, n in calls) == report.n_encoded == n_done == len(TEXTS)
+    assert sum(n for _, n in calls) == report.n_encoded == n_done == n_words == len(TEXTS)
     # the merged write put every feature on its own sample: the same as the batches computed alone
     from qscope_eval.store import sample_id
 
@@ -358,7 +362,8 @@ def test_batches_within_the_write_interval_share_a_transaction(bb, sae, tmp_path
         sizes = []
         real_write = pipeline.write_results
         suite = make_suite(batch_tokens=96, max_batch=4, commit_every_s=interval)
-        monkeypatch.setattr(pipeline, "write_results", lambda st, e, b: sizes.append(len(b.ids)) or real_write(st, e, b))
+        monkeypatch.setattr(pipeline, "write_results",
+                            lambda st, e, b, t=None: sizes.append(len(b.ids)) or real_write(st, e, b, t))
         with Store(tmp_path / f"w{interval}.duckdb") as store:
             pipeline.encode_suite(suite, store, progress=False)
         monkeypatch.setattr(pipeline, "write_results", real_write)
@@ -378,10 +383,12 @@ def test_batches_past_the_pair_cap_are_written_apart(bb, sae, tmp_path, monkeypa
     monkeypatch.setattr(pipeline, "MERGE_PAIRS", 1)
     sizes = []
     real_write = pipeline.write_results
-    monkeypatch.setattr(pipeline, "write_results", lambda st, e, b: sizes.append(len(b.ids)) or real_write(st, e, b))
+    monkeypatch.setattr(pipeline, "write_results",
+                        lambda st, e, b, t=None: sizes.append(len(b.ids)) or real_write(st, e, b, t))
     with Store(tmp_path / "cap.duckdb") as store:
         pipeline.encode_suite(make_suite(batch_tokens=96, max_batch=4, commit_every_s=60.0), store, progress=False)
-        n_stored = store.con.execute("SELECT count(*) FROM encoded").fetchone()[0]
+        n_stored = store.con.execute("SELECT count(*) FROM encoded JOIN encoders USING (encoder_id) "
+                                     "WHERE kind = 'sae'").fetchone()[0]
     assert n_batches > 1 and len(sizes) == n_batches and sum(sizes) == n_stored == len(TEXTS)
 
 

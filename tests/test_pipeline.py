@@ -53,10 +53,12 @@ def test_encode_then_rerun_encodes_nothing(tiny, tmp_path):
     assert set(ph) == {"prepare", "first_batch", "loop", "tail"} and min(ph.values()) >= 0
     assert ph["first_batch"] <= ph["loop"] and abs(ph["prepare"] + ph["loop"] + ph["tail"] - rep.seconds) < 0.01
     assert "first_batch" not in again.phases  # nothing to encode: no batch
-    # a real and a null encoder, each with every sample marked once
-    assert q(db, "SELECT kind, count(*) FROM encoded JOIN encoders USING (encoder_id) GROUP BY 1 ORDER BY 1") == [("null", 20), ("sae", 20)]
+    # a real, a null and a lexical encoder, each with every sample marked once
+    assert q(db, "SELECT kind, count(*) FROM encoded JOIN encoders USING (encoder_id) GROUP BY 1 ORDER BY 1") == [
+        ("lexical", 20), ("null", 20), ("sae", 20)]
     # `last` pooling: at most k features per sample, all positive
-    assert q(db, "SELECT max(n), min(v) FROM (SELECT count(*) AS n, min(value) AS v FROM activations GROUP BY encoder_id, sample_id)")[0][0] <= 8
+    assert q(db, "SELECT max(n), min(v) FROM (SELECT count(*) AS n, min(value) AS v FROM activations JOIN encoders "
+                 "USING (encoder_id) WHERE kind <> 'lexical' GROUP BY encoder_id, sample_id)")[0][0] <= 8
     assert q(db, "SELECT count(*) FROM activations WHERE value <= 0")[0][0] == 0
 
 
@@ -99,13 +101,13 @@ def test_killed_run_resumes_without_duplicates(tiny, tmp_path):
     proc = subprocess.run([sys.executable, "-c", KILLER, str(suite), str(db), "3"], env=env, capture_output=True, timeout=300)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     partial = q(db, "SELECT count(*) FROM encoded")[0][0]
-    assert 0 < partial < 40  # some batches landed, not all
+    assert 0 < partial < 60  # some batches landed, not all
     # each stored sample has all its activations (batch and marker in one transaction)
     assert q(db, "SELECT count(*) FROM activations a ANTI JOIN encoded e USING (encoder_id, sample_id)")[0][0] == 0
     with Store(db) as s:
         rep = encode_suite(load_suite(suite), s, progress=False)
-    assert rep.n_encoded == 20 - partial // 2  # both encoders of a batch land together
-    assert q(db, "SELECT count(*) FROM encoded")[0][0] == 40
+    assert partial % 3 == 0 and rep.n_encoded == 20 - partial // 3  # the three encoders of a batch land together
+    assert q(db, "SELECT count(*) FROM encoded")[0][0] == 60
     dup = "SELECT count(*) FROM (SELECT encoder_id, sample_id, feature, count(*) c FROM activations GROUP BY ALL HAVING c > 1)"
     assert q(db, dup)[0][0] == 0
     # identical to an uninterrupted run
@@ -300,3 +302,34 @@ def test_local_sae_identity_follows_content_not_path(tiny, tmp_path):
     retrained = encoders.encoder_key(at(moved), 1, "sae")
     assert retrained != key and retrained.sae.startswith("local:sae#")
     assert encoders.EncoderKey.parse(str(retrained)) == retrained and retrained.twin("null").kind == "null"
+
+
+def test_lexical_encoder_holds_the_words_and_fills_an_older_database_without_the_model(tiny, tmp_path):
+    """`lexical: false` stores no lexical encoder (and the loader then shows none); a later run with the default
+    fills it from the stored texts alone (no forward pass), with exactly the words' hashed counts."""
+    import numpy as np
+
+    from qscope_eval.analysis.lexical import LEXICAL_WIDTH, lexical_features, term_counts
+    from qscope_eval.jobs.summary import load
+
+    off = write_tiny_suite(tiny.parent, name="nolex", extra="lexical: false\n")
+    db = tmp_path / "l.duckdb"
+    with Store(db) as s:
+        assert encode_suite(load_suite(off), s, progress=False).n_encoded == 20
+        assert load(s).lexical is None
+    assert q(db, "SELECT count(*) FROM encoders WHERE kind = 'lexical'")[0][0] == 0
+    with Store(db) as s:
+        rep = encode_suite(load_suite(tiny), s, progress=False)
+        assert rep.n_encoded == 0  # the model had nothing to do: the words come from the stored texts
+        ld = load(s)
+        texts = s.texts(ld.real.sample_ids.tolist())
+    assert q(db, "SELECT kind, d_sae, count(*) FROM encoded JOIN encoders USING (encoder_id) "
+                 "WHERE kind = 'lexical' GROUP BY ALL") == [("lexical", LEXICAL_WIDTH, 20)]
+    want = term_counts([texts[int(i)] for i in ld.real.sample_ids])
+    got = q(db, "SELECT sample_id, feature, value FROM activations JOIN encoders USING (encoder_id) "
+                "WHERE kind = 'lexical' ORDER BY ALL")
+    W = want.tocoo()
+    assert sorted((int(ld.real.sample_ids[r]), int(c), float(v)) for r, c, v in zip(W.row, W.col, W.data)) == got
+    assert ld.lexical.source == "stored" and ld.lexical.encoder_id is not None
+    assert (ld.lexical.data.X != lexical_features(want)).nnz == 0
+    assert np.array_equal(ld.lexical.data.sample_ids, ld.real.sample_ids)

@@ -11,10 +11,11 @@ from qscope_eval.store import Store
 TOPICS = {"alpha": 0, "alpha_too": 0, "beta": 1, "gamma": 2}  # alpha_too: other prompts of alpha's topic
 
 
-def topic_store(path, null_same: bool | None, seed=0, n=60, d=256):
+def topic_store(path, null_same: bool | None, seed=0, n=60, d=256, same_words: bool = False):
     """4 benchmarks of 60 prompts (each fires 8 of its topic's 40 features, Zipf-weighted) + alpha_sub, the first
     20 prompts of alpha (same texts: the store keeps them once). The null fires 10 random features per prompt,
-    or, with `null_same`, exactly what the SAE fires; `null_same=None`: no null encoder at all."""
+    or, with `null_same`, exactly what the SAE fires; `null_same=None`: no null encoder at all. `same_words`: the
+    prompts of one topic share their topic's word (the words see the topics as the SAE does)."""
     rng = np.random.default_rng(seed)
     s = Store(path)
     e = s.register_encoder("toy@main|sae|L1|top|sae", "toy", "main", "sae", 1, "top", "sae", d, {})
@@ -25,7 +26,8 @@ def topic_store(path, null_same: bool | None, seed=0, n=60, d=256):
     pz /= pz.sum()
     texts = {}
     for name, t in TOPICS.items():
-        texts[name] = [f"{name} question {i}" for i in range(n)]
+        texts[name] = ([f"topic{t} item {i + 1000 * len(texts)}" for i in range(n)] if same_words else
+                       [f"{name} question {i}" for i in range(n)])
         ids = s.register_benchmark(name, "synth", {"path": "x"}, texts[name])
         feats = [rng.choice(pools[t], 8, replace=False, p=pz) for _ in ids]
         nulls = feats if null_same else [rng.choice(d, 10, replace=False) for _ in ids]
@@ -37,8 +39,8 @@ def topic_store(path, null_same: bool | None, seed=0, n=60, d=256):
     return s
 
 
-def decisions(tmp_path, null_same):
-    with topic_store(tmp_path / "t.duckdb", null_same) as store:
+def decisions(tmp_path, null_same, **kw):
+    with topic_store(tmp_path / "t.duckdb", null_same, **kw) as store:
         rep = select_benchmarks(store, load(store))
     return rep, {r["benchmark"]: r for r in rep["table"]}
 
@@ -72,3 +74,16 @@ def test_without_a_null_encoder_the_check_is_skipped_and_said(tmp_path):
     assert not rep["null_checked"] and rows["beta"]["null_ratio"] is None
     assert {rows["alpha"]["decision"], rows["alpha_too"]["decision"]} == {"keep", "drop"}
     assert "No null encoder" in recommendation_html({"selection": rep})
+
+
+def test_evidence_the_words_show_as_sharply_keeps_the_benchmark_and_says_so(tmp_path):
+    """alpha and alpha_too share their topic's word as they share features: the SAE's evidence for the pair is
+    no sharper than the words', so neither is dropped, and the reason says so (the null check alone would drop)."""
+    rep, rows = decisions(tmp_path, null_same=False, same_words=True)
+    assert rep["lexical_checked"] and rep["lexical_scale"] is not None
+    assert rows["alpha"]["decision"] == rows["alpha_too"]["decision"] == "keep"
+    r = rows["alpha_too"]
+    assert r["above_null"] and not r["above_lexical"] and "no evidence beyond the words" in r["reason"]
+    assert r["lexical_ratio"] > 0.5 and r["checks_skipped"] == []
+    assert rows["alpha_sub"]["decision"] == "drop"  # containment needs no baseline
+    assert rep["baseline_pairs"]["candidates"] >= 2 and rep["baseline_pairs"]["above_both"] == 0

@@ -157,7 +157,8 @@ def test_charts_are_altair_specs(summary):
         assert json.dumps(c.to_dict())  # valid against the Vega-Lite schema
     spec = json.dumps(made["coverage"].to_dict())
     assert "null dictionary" in spec and "rarefied to n = " in spec
-    assert len(made["overlap"].to_dict()["hconcat"]) == 2  # SAE beside the null baseline
+    ov = made["overlap"].to_dict()["hconcat"]  # SAE beside the null baseline and the prompts' words
+    assert len(ov) == 3 and ov[2]["title"] == "lexical baseline (the prompts' words)"
     assert "log" in json.dumps(made["curves"].to_dict()["encoding"]["x"])
     sel = json.dumps(made["selection"].to_dict())
     assert "random subset, same cost" in sel and "target" in sel and "recommended" in sel
@@ -171,10 +172,16 @@ def test_charts_without_null_or_drift(summary, tmp_path):
     for b in s["metrics"]["benchmarks"]:
         b["null_n_features"] = None
     s["drift"] = None
+    panels = charts.overlap_chart(s).to_dict()["hconcat"]  # the SAE beside the prompts' words only
+    assert [p["title"] for p in panels] == ["SAE features", "lexical baseline (the prompts' words)"]
+    s["metrics"]["lexical_overlap"] = None
+    for b in s["metrics"]["benchmarks"]:
+        b["lexical_n_features"] = None
     assert "hconcat" not in charts.overlap_chart(s).to_dict()
     assert "null dictionary" not in json.dumps(charts.coverage_chart(s).to_dict())
     page = render_report(s, tmp_path, png=False).html.read_text()
     assert "No null baseline encoder" in page and "No earlier completed run" in page
+    assert "No lexical baseline" in page and "words (lexical)" not in page
 
 
 # ----------------------------------------------------------------------------- self-contained, escaped
@@ -192,6 +199,17 @@ def test_html_is_self_contained(report):
     assert "@import" not in page and "cdn.jsdelivr" not in page
     assert len(re.findall(r"<script\b", _body(page))) == 3  # error hook, Vega bundle, embed
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
+
+
+
+def test_the_headline_says_whether_the_sae_beats_both_baselines(report, summary):
+    from qscope_eval.report.baselines import baseline_sentence
+
+    page = report.html.read_text()
+    sent = baseline_sentence(summary)
+    assert sent and sent.startswith("The SAE ") and "baselines" in sent
+    assert html.escape(sent, quote=True) in page or html.escape(sent, quote=False) in page
+    assert "words (lexical)" in page  # the coverage table's lexical column beside the null's
 
 
 def test_untrusted_strings_are_escaped(report):

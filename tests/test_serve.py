@@ -294,8 +294,8 @@ def test_answers_while_an_encode_writes_and_a_killed_encode_resumes(tmp_path):
     """One real encode is killed with SIGKILL half-way and resumed, while the service answers throughout."""
     db = tmp_path / "busy.duckdb"
     build_audited(db, n_runs=1)  # the service starts on an existing database with an audit
-    n = 150  # per benchmark: 300 prompts, x2 encoders (SAE + null); long enough to be caught half-way
-    total = 4 * n  # markers
+    n = 150  # per benchmark: 300 prompts, x3 encoders (SAE + null + lexical); long enough to be caught half-way
+    total = 6 * n  # markers
     suite = _big_suite(tmp_path / "suite", n)
     seen, asked, answered, pages = [], 0, 0, 0
     with server(db) as u, httpx.Client(timeout=30) as c:
@@ -328,7 +328,8 @@ def test_answers_while_an_encode_writes_and_a_killed_encode_resumes(tmp_path):
         assert resume.returncode == 0, err.decode()[-2000:]
         final = poll()
     rep = json.loads(out)
-    assert rep["n_encoded"] == total // 2 - (killed_at - base) // 2 and rep["n_skipped"] == (killed_at - base) // 2
+    assert (killed_at - base) % 3 == 0  # a batch's three encoders land together
+    assert rep["n_encoded"] == total // 3 - (killed_at - base) // 3 and rep["n_skipped"] == (killed_at - base) // 3
     assert final == base + total and seen[-1][1] > seen[0][1]
     assert answered == asked and asked >= 10, (answered, asked)
     assert len({m for m, _ in seen if base < m < base + total}) >= 3, seen  # it saw the encode progress, batch by batch

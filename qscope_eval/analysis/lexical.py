@@ -15,6 +15,11 @@ exactly as on an SAE encoder, and the two can be shown side by side.
   pooling.
 - ``tfidf_similarity(M, counts)``: cosine similarity of the benchmarks' mean
   tf·idf vectors (the classic "no model" baseline for how alike two benchmarks read).
+- ``lexical_features(counts, definition, m)``: what a lexical "fired feature" is for
+  the feature-side analyses. The store keeps the full counts (corpus-independent);
+  the definition is applied when they are read, so it can change without
+  re-encoding. ``DEFAULT_DEFINITION`` was chosen by measurement (docs/baselines.md:
+  the stronger baseline on the known-structure suites).
 
 Shapes: texts (n,), counts (n × LEXICAL_WIDTH) csr float32, M (K × n) membership.
 """
@@ -30,6 +35,12 @@ LEXICAL_WIDTH = 1 << 16
 """Hashed vocabulary width: 65 536 columns keep collisions rare for benchmark-sized vocabularies."""
 TOKEN_PATTERN = r"(?u)\b\w+\b"
 """Every run of word characters is a term (one-letter answers and digits included)."""
+DEFINITIONS = ("terms", "top")
+"""`terms`: every distinct term of the prompt fires (value = its count); `top`: the m terms of highest tf·idf."""
+DEFAULT_DEFINITION = "top"
+"""The stronger baseline on the known-structure suites (docs/baselines.md, "Which lexical definition")."""
+DEFAULT_M = 32
+"""Terms kept per prompt by `top` (as many as `top` pooling keeps SAE features)."""
 
 
 def _vectorizer():
@@ -101,3 +112,12 @@ def tfidf_similarity(M: Any, counts: Any) -> np.ndarray:
         S = G / np.outer(norms, norms)
     S[(norms == 0)[:, None] | (norms == 0)[None, :]] = np.nan
     return S
+
+
+def lexical_features(counts: Any, definition: str = DEFAULT_DEFINITION, m: int = DEFAULT_M) -> sp.csr_matrix:
+    """(n × LEXICAL_WIDTH) the lexical "fired features" of each row: `terms` (the counts as they are) or `top`
+    (top_terms with idf over these rows: a term every prompt has weighs least)."""
+    if definition not in DEFINITIONS:
+        raise ValueError(f"lexical definition {definition!r} is not one of {', '.join(DEFINITIONS)}")
+    C = sp.csr_matrix(counts, dtype=np.float32)
+    return C if definition == "terms" else top_terms(C, m)

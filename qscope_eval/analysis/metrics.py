@@ -369,10 +369,12 @@ class SuiteMetrics:
     null_coverage: Coverage | None = None
     null_overlap: Overlap | None = None
     excess: Overlap | None = None  # real − null
+    lexical_coverage: Coverage | None = None  # the same on the lexical baseline (the prompts' words)
+    lexical_overlap: Overlap | None = None
 
     def to_dict(self) -> dict:
         """Plain lists / floats / None, stable snake_case keys (summary.json, --json)."""
-        cov, nul = self.coverage, self.null_coverage
+        cov, nul, lex = self.coverage, self.null_coverage, self.lexical_coverage
         benches = [{
             "name": name, "n_samples": int(cov.n_samples[b]), "n_features": int(cov.n_features[b]),
             "share_of_dsae": _plain(cov.share_of_dsae[b]), "share_of_union": _plain(cov.share_of_union[b]),
@@ -380,21 +382,24 @@ class SuiteMetrics:
             "rarefied_coverage": _plain(self.rarefied[b]), "chao1": _plain(self.chao1[b]),
             "curve": {"n": _plain(r.ns), "c": _plain(r.c)},
             "null_n_features": None if nul is None else int(nul.n_features[b]),
+            "lexical_n_features": None if lex is None else int(lex.n_features[b]),
         } for b, (name, r) in enumerate(zip(self.names, self.redundancy))]
         return {
             "names": list(self.names), "d_sae": self.d_sae, "threshold": float(self.threshold),
             "min_support": self.min_support, "suite_union": cov.union, "rarefied_n": self.rarefied_n,
             "benchmarks": benches, "overlap": _overlap_dict(self.overlap),
             "null_overlap": _overlap_dict(self.null_overlap), "overlap_excess": _overlap_dict(self.excess),
+            "lexical_overlap": _overlap_dict(self.lexical_overlap),
         }
 
 
 def summarize(X: Any, M: Any, names: Sequence[str], d_sae: int | None = None, threshold: float = 0.0,
-              min_support: int = 1, null: Any = None) -> SuiteMetrics:
+              min_support: int = 1, null: Any = None, lexical: Any = None) -> SuiteMetrics:
     """Coverage, overlaps, R̂/curves, rarefied coverage and Chao1 for every benchmark.
 
     ``null``: the null encoder's X over the same samples (optional); its coverage
-    and overlaps ride along, with real − null as ``excess``.
+    and overlaps ride along, with real − null as ``excess``; ``lexical``: the lexical
+    baseline's X over the same samples (analysis/lexical.py), likewise.
     """
     M, F = _check_mf(M, fired(X, threshold))
     names = tuple(str(n) for n in names)
@@ -416,5 +421,11 @@ def summarize(X: Any, M: Any, names: Sequence[str], d_sae: int | None = None, th
             raise MetricsError("the null encoder's X must have one row per sample, like X")
         ncov, nov = coverage(M, Fn, Fn.shape[1], min_support), overlap_matrices(M, Fn, min_support)
         exc = overlap_excess(ov, nov)
+    lcov = lov = None
+    if lexical is not None:
+        Fl = fired(lexical, threshold)
+        if Fl.shape[0] != F.shape[0]:
+            raise MetricsError("the lexical baseline's X must have one row per sample, like X")
+        lcov, lov = coverage(M, Fl, Fl.shape[1], min_support), overlap_matrices(M, Fl, min_support)
     return SuiteMetrics(names, cov.d_sae, float(threshold), int(min_support), cov, ov, red, rn, rare, ch,
-                        ncov, nov, exc)
+                        ncov, nov, exc, lcov, lov)

@@ -18,10 +18,11 @@ Building blocks (numpy / scipy only; reused by the coverage-gap analysis):
   the share of what characterizes benchmark i that benchmark j also shows.
 - ``self_coverage(M, F, b)``: the same share between two random halves of one
   benchmark (its noise ceiling: what a second draw of the *same* benchmark shows).
-- ``assess(M, F, F_null)``: all of the above, normalised by the ceiling
+- ``assess(M, F, F_null, F_lexical=...)``: all of the above, normalised by the ceiling
   (``ratio = C / self``), with bootstrap intervals (samples of each benchmark
-  resampled) and the same quantity on the null encoder; ``covers[i, j]`` says j
-  can stand in for i.
+  resampled) and the same quantity on the null encoder and on the lexical baseline
+  (the prompts' words); ``covers[i, j]`` says j can stand in for i: above both
+  baselines, and i not template-dominated (analysis/template.py).
 - ``containment(M)``: benchmark i's prompts all appear in j (exact duplicates,
   strict subsets): j covers i outright.
 - ``recommend(assessment, costs)``: the cheapest set of kept benchmarks such that
@@ -63,6 +64,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from qscope_eval.analysis import select as sel
+from qscope_eval.analysis.template import TEMPLATE_SHARE, is_template_dominated, template_share
 from qscope_eval.errors import QScopeError
 
 __all__ = ["RecommendError", "RecommendConfig", "Assessment", "Recommendation", "benchmark_profiles",
@@ -72,7 +74,8 @@ __all__ = ["RecommendError", "RecommendConfig", "Assessment", "Recommendation", 
 DEFINITION = ("every dropped benchmark has at least τ of what characterizes it (the features it fires more often "
               "than the suite at large, weighted by how much more, relative to what a second half of the same "
               "benchmark shows) measured by one kept benchmark, with the bootstrap lower bound above the null "
-              "dictionary's value on the SAE's scale, or all its prompts are prompts of a kept benchmark")
+              "dictionary's and the lexical baseline's values on the SAE's scale, and not mostly the prompt "
+              "template every benchmark shares; or all its prompts are prompts of a kept benchmark")
 
 
 class RecommendError(QScopeError):
@@ -95,12 +98,16 @@ class RecommendConfig:
     """Seed for splits and bootstrap."""
     max_draws: int = 5000
     """Bootstrap draws per benchmark at most (larger benchmarks: a wider, conservative interval, bounded time)."""
+    template_max: float = TEMPLATE_SHARE
+    """A benchmark whose template share (analysis/template.py) reaches this is kept: its features are the template."""
 
     def __post_init__(self):
         if not 0 < self.tau <= 1.5:
             raise RecommendError(f"tau must be in (0, 1.5] (a share of the noise ceiling, e.g. 0.8), got {self.tau}")
         if not 0 < self.level < 1:
             raise RecommendError(f"level must be in (0, 1), e.g. 0.9, got {self.level}")
+        if not 0 < self.template_max <= 1:
+            raise RecommendError(f"template_max must be in (0, 1], e.g. 0.5, got {self.template_max}")
         if self.replicates < 10 or self.splits < 1 or self.max_draws < 10:
             raise RecommendError("replicates must be >= 10, splits >= 1 and max_draws >= 10")
 
@@ -123,6 +130,11 @@ class Assessment:
     profiles: np.ndarray     # (n, d) P
     char: np.ndarray         # (n, d) E
     config: RecommendConfig
+    lexical_ratio: np.ndarray | None = None  # (n, n) same ratio on the lexical baseline, or None
+    lexical_scale: float = 1.0               # suite-wide SAE / lexical scale (1.0 without it)
+    above_lexical: np.ndarray | None = None  # (n, n) bool: SAE above the scaled lexical (True everywhere without it)
+    template: np.ndarray | None = None       # (n,) template share of each benchmark (analysis/template.py)
+    template_dominated: np.ndarray | None = None  # (n,) bool: kept, its features are the shared template
 
 
 @dataclass(frozen=True)
@@ -302,50 +314,63 @@ def null_scale(ratio: np.ndarray, null_ratio: np.ndarray) -> float:
     return float(np.exp(np.median(np.log(ratio[off] / null_ratio[off])))) if off.any() else 1.0
 
 
-def assess(M: Any, F: Any, F_null: Any = None, config: RecommendConfig | None = None) -> Assessment:
-    """Pairwise covered shares, normalised by each benchmark's noise ceiling, with bootstrap bounds and the null.
+def _baseline(M: sp.csr_matrix, F: sp.csr_matrix, F_base: Any, name: str, ratio: np.ndarray, cfg: RecommendConfig):
+    """(F_base on its live columns, its self-coverage, its ratio matrix, the SAE / baseline scale), or Nones."""
+    if F_base is None:
+        return None, None, None, 1.0
+    Fb = _bool_csr(F_base, name)
+    if Fb.shape[0] != F.shape[0]:
+        raise RecommendError(f"the {name} encoder has {Fb.shape[0]} samples, the SAE {F.shape[0]}; "
+                             "they must be the same samples")
+    Fb = Fb[:, np.unique(Fb.indices)]  # a wide baseline (65 536 hashed words) on the columns that fire: same numbers
+    _, _, _, _, selfs_b, ratio_b = _ratios(M, Fb, cfg)
+    return Fb, selfs_b, ratio_b, null_scale(ratio, ratio_b)
+
+
+def assess(M: Any, F: Any, F_null: Any = None, config: RecommendConfig | None = None,
+           F_lexical: Any = None) -> Assessment:
+    """Pairwise covered shares, normalised by each benchmark's noise ceiling, with bootstrap bounds and baselines.
 
     Bootstrap: every benchmark's samples are resampled with replacement and the
     whole chain (profiles, background, characteristic, share) is recomputed on
-    the SAE and, with the *same* resampled samples, on the null encoder; the
-    ceilings stay point estimates (re-splitting every replicate would double
-    the noise they remove). ``covers[i, j]``: ratio ≥ τ and, with a null, the
-    lower bound of log(ratio / (scale · null ratio)) above 0 (see ``null_scale``);
-    or every prompt of i is a prompt of j (``containment``).
+    the SAE and, with the *same* resampled samples, on the null encoder and the
+    lexical baseline; the ceilings stay point estimates (re-splitting every
+    replicate would double the noise they remove). ``covers[i, j]``: ratio ≥ τ,
+    for each baseline present the lower bound of log(ratio / (scale · baseline
+    ratio)) above 0 (see ``null_scale``), and i not template-dominated (its
+    template share below ``config.template_max``); or every prompt of i is a
+    prompt of j (``containment``).
     """
     cfg = config or RecommendConfig()
     M, F = _bool_csr(M, "M"), _bool_csr(F, "F")
     if M.shape[0] < 2:
         raise RecommendError("a recommendation needs at least 2 benchmarks")
     P, b, E, share, selfs, ratio = _ratios(M, F, cfg)
-    Fn = null_ratio = selfs_n = None
-    if F_null is not None:
-        Fn = _bool_csr(F_null, "F_null")
-        if Fn.shape[0] != F.shape[0]:
-            raise RecommendError(f"the null encoder has {Fn.shape[0]} samples, the SAE {F.shape[0]}; "
-                                 "they must be the same samples")
-        _, _, _, _, selfs_n, null_ratio = _ratios(M, Fn, cfg)
+    bases = {k: _baseline(M, F, Fb, k, ratio, cfg) for k, Fb in (("null", F_null), ("lexical", F_lexical))}
+    live = {k: v for k, v in bases.items() if v[0] is not None}
     rng = np.random.default_rng(cfg.seed + 1)
     reps = np.empty((cfg.replicates,) + share.shape)
-    diffs = np.empty_like(reps) if Fn is not None else None
-    scale = null_scale(ratio, null_ratio) if Fn is not None else 1.0
+    diffs = {k: np.empty_like(reps) for k in live}
     for r in range(cfg.replicates):
         W = _resampled(M, rng, cfg.max_draws)
         reps[r] = _replicate(W, F, selfs)
-        if Fn is not None:
+        for k, (Fb, selfs_b, _, scale_b) in live.items():
             with np.errstate(divide="ignore", invalid="ignore"):
-                diffs[r] = np.log(reps[r]) - np.log(scale * _replicate(W, Fn, selfs_n))
+                diffs[k][r] = np.log(reps[r]) - np.log(scale_b * _replicate(W, Fb, selfs_b))
     lo, hi = _interval(reps, ratio, cfg.level)
-    above = np.ones(share.shape, bool)
-    if Fn is not None:
+    above = {k: np.ones(share.shape, bool) for k in bases}
+    for k, (_, _, ratio_b, scale_b) in live.items():
         with np.errstate(divide="ignore", invalid="ignore"):
-            d = np.log(ratio) - np.log(scale * null_ratio)
-        above = np.nan_to_num(_interval(diffs, d, cfg.level)[0], nan=-np.inf) > 0
+            d = np.log(ratio) - np.log(scale_b * ratio_b)
+        above[k] = np.nan_to_num(_interval(diffs[k], d, cfg.level)[0], nan=-np.inf) > 0
+    tmpl = template_share(P)
+    dominated = is_template_dominated(tmpl, cfg.template_max)
     contained = containment(M)
-    covers = ((ratio >= cfg.tau) & above) | contained
+    covers = ((ratio >= cfg.tau) & above["null"] & above["lexical"] & ~dominated[:, None]) | contained
     np.fill_diagonal(covers, True)
-    return Assessment(share, ratio, lo, hi, selfs, null_ratio, scale, covers, above, contained,
-                      np.asarray(M.sum(axis=1)).ravel().astype(int), P, E, cfg)
+    return Assessment(share, ratio, lo, hi, selfs, bases["null"][2], bases["null"][3], covers, above["null"],
+                      contained, np.asarray(M.sum(axis=1)).ravel().astype(int), P, E, cfg,
+                      bases["lexical"][2], bases["lexical"][3], above["lexical"], tmpl, dominated)
 
 
 def stand_ins(a: Assessment) -> np.ndarray:

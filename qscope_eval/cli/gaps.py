@@ -52,7 +52,9 @@ def gaps(db, encoder, reference, ratio, min_count, export, per_group, fmt):
     emit(rep, fmt, rows=rows)
     if fmt == "table":
         c, n = rep["coverage"], rep["null"]
-        null = f" (null encoder: {n['covered_share']:.1%})" if n else " (no null encoder stored)"
+        null = f" (null encoder: {n['covered_share']:.1%}" if n else " (no null encoder stored"
+        lx = rep.get("lexical")
+        null += f"; prompts' words: {lx['covered_share']:.1%})" if lx else "; no lexical baseline)"
         click.echo(f"\nreference covered: {c['covered_share']:.1%}{null}; gap features carry {c['gap_share']:.1%}, "
                    f"too rare to call {c['unresolved_share']:.1%}; {c['n_gap_features']} gap features in "
                    f"{c['n_groups']} groups")

@@ -43,7 +43,8 @@ def headline(summary: dict, files=None) -> dict:
     gaps = summary.get("gaps") or {}
     if gaps.get("coverage"):
         out.update(reference_covered=gaps["coverage"]["covered_share"], n_gap_groups=gaps["coverage"]["n_groups"],
-                   reference_covered_null=(gaps.get("null") or {}).get("covered_share"))
+                   reference_covered_null=(gaps.get("null") or {}).get("covered_share"),
+                   reference_covered_lexical=(gaps.get("lexical") or {}).get("covered_share"))
     if files is not None:
         out.update(html=str(files.html), summary_json=str(files.summary_json),
                    pngs={k: str(p) for k, p in files.pngs.items()})

@@ -36,7 +36,8 @@ def coverage(db, encoder, threshold, min_support, fmt):
     with store:
         rep = coverage_report(ld, threshold, min_support)
     emit(rep, fmt, rows=rep["benchmarks"], columns=["name", "n_samples", "n_features", "share_of_dsae", "share_of_union",
-                                                    "r_hat", "auc", "rarefied_coverage", "chao1", "null_n_features"])
+                                                    "r_hat", "auc", "rarefied_coverage", "chao1", "null_n_features",
+                                                    "lexical_n_features"])
 
 
 @click.command()
@@ -96,7 +97,7 @@ def select_cmd(db, encoder, target, method, tau, level, cost, benchmark, n, toke
             rows = rep["table"]
             if rep.get("kind") == "characteristic" and fmt != "json":
                 cols = ("benchmark", "decision", "cost", "covered_by", "ratio", "ratio_lo", "ratio_hi",
-                        "null_ratio_scaled", "only_here", "best_other")
+                        "null_ratio_scaled", "lexical_ratio_scaled", "only_here", "best_other")
                 rows = [{k: r.get(k) for k in cols} for r in rows]
         else:
             rep = select_samples(store, ld, target, benchmark, n, token_budget, exact, time_limit, threshold, method)

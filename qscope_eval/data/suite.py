@@ -260,6 +260,8 @@ class Suite:
     """Samples per benchmark (first N in the task's order)."""
     null: bool = False
     """Also fill a `null` encoder (random dictionary, same shape, fixed seed) in the same pass."""
+    lexical: bool = True
+    """Also fill a `lexical` encoder (the prompts' own words, no model; docs/baselines.md) beside each SAE encoder."""
     task_paths: tuple[str, ...] = ()
     """Extra directories of lm-eval task YAMLs."""
     encode: EncodeSpec = field(default_factory=EncodeSpec)
@@ -290,6 +292,9 @@ class Suite:
             raise SuiteError(f"reference names must be unique and differ from every benchmark name; rename: {', '.join(clash)}")
         if self.limit is not None and self.limit < 1:
             raise SuiteError("limit must be >= 1")
+        for key in ("null", "lexical"):
+            if not isinstance(getattr(self, key), bool):
+                raise SuiteError(f"{key} must be true or false, got {getattr(self, key)!r}")
         if self.selection.cost == "custom":
             missing = [b.name for b in self.benchmarks if b.cost is None]
             if missing:

@@ -124,7 +124,7 @@ def summarize_layers(store: Store, settings: AuditSettings, run_id: str | None,
         if save_features:
             store.save_run_features(run_id, sm.feature_sets(ld.real, min_support=settings.min_support), encoder_id)
         s["gaps"] = summary_gaps(store, encoder_id, settings.suite, tokens=tokens)
-        s["warnings"] = list(warnings)
+        s["warnings"] = list(warnings) + s.get("warnings", [])  # truncation first, then the summary's own
         s["validation"] = store.latest_validation(encoder_id)  # `validate` (or the suite's validation step), if run
         s["score_validation"] = store.latest_score_validation(encoder_id)  # `validate --scores`, if saved
         if generated:

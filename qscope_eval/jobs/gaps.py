@@ -1,7 +1,8 @@
 """From the store to the gaps answer: which of the reference's features no benchmark fires (DESIGN §5b).
 
 Glue between the store (arrays out of DuckDB) and the pure `analysis/gaps.py`: loads the suite's benchmarks and its
-reference corpora for one encoder (and its null twin, on the same samples), runs `find_gaps` on both, and
+reference corpora for one encoder (and its null twin and lexical baseline, on the same samples), runs `find_gaps`
+on each, and
 returns one JSON-able dict (the `gaps --json` contract in the README; `summary.json["gaps"]`). Texts of the
 typical prompts come from the store; `export_seeds` writes them as JSONL seeds for new eval items.
 """
@@ -27,8 +28,10 @@ def no_reference_fix(db) -> str:
 class GapInputs:
     """One encoder's benchmark and reference rows, with the null twin on the same samples (or None)."""
 
-    def __init__(self, real: EncodedSet, null: EncodedSet | None, n_bench: int, reference: list[str]):
+    def __init__(self, real: EncodedSet, null: EncodedSet | None, n_bench: int, reference: list[str], lexical=None):
         self.real, self.null, self.n_bench, self.reference = real, null, n_bench, reference
+        self.lexical = lexical
+        """jobs.lexical_encoder.LexicalSet on the same samples, or None."""
 
     @property
     def benchmarks(self) -> list[str]:
@@ -68,8 +71,8 @@ def load_inputs(store: Store, encoder: str | int | None = None, reference: str |
     """The arrays `gaps_report` needs, with every input checked (null encoder, empty reference)."""
     benches, refs = resolve_reference(store, reference, suite)
     enc = store.encoder(encoder)
-    if enc.kind == "null":
-        raise QScopeError(f"encoder {enc.encoder_id} is a null baseline; pick the SAE encoder it rode along with")
+    if enc.kind in ("null", "lexical"):
+        raise QScopeError(f"encoder {enc.encoder_id} is a {enc.kind} baseline; pick the SAE encoder it rode along with")
     real = store.load_encoded(enc, benches + refs)
     n_ref = np.asarray(real.M[len(benches):].sum(axis=1)).ravel()
     missing = [r for r, n in zip(refs, n_ref) if n == 0]
@@ -80,7 +83,9 @@ def load_inputs(store: Store, encoder: str | int | None = None, reference: str |
     null = store.load_encoded(null_enc, benches + refs) if null_enc is not None else None
     if null is not None and not np.array_equal(null.sample_ids, real.sample_ids):
         null = None  # the null twin lacks some samples (interrupted run): no baseline rather than a skewed one
-    return GapInputs(real, null, len(benches), refs)
+    from qscope_eval.jobs.lexical_encoder import load_lexical
+
+    return GapInputs(real, null, len(benches), refs, load_lexical(store, real))
 
 
 def _headline(res: GapResult) -> dict:
@@ -104,6 +109,9 @@ def gaps_report(store: Store, encoder: str | int | None = None, reference: str |
     if gi.null is not None:
         Fn = gi.parts(gi.null, threshold)[0]
         null = _headline(find_gaps(Fn, Mb, ref, cfg, parts))
+    lexical = None
+    if gi.lexical is not None:
+        lexical = _headline(find_gaps(gi.parts(gi.lexical.data, threshold)[0], Mb, ref, cfg, parts))
     ids = gi.real.sample_ids
     texts = store.texts(ids[np.concatenate([g.samples for g in res.groups])]) if res.groups else {}
     names = gi.benchmarks
@@ -127,11 +135,13 @@ def gaps_report(store: Store, encoder: str | int | None = None, reference: str |
     e = gi.real.encoder
     return {
         "encoder": {"encoder_id": e.encoder_id, "key": e.key, "layer": e.layer, "pooling": e.pooling, "d_sae": e.d_sae,
-                    "null_encoder_id": gi.null.encoder.encoder_id if gi.null is not None else None},
+                    "null_encoder_id": gi.null.encoder.encoder_id if gi.null is not None else None,
+                    "lexical_encoder_id": gi.lexical.encoder_id if gi.lexical is not None else None,
+                    "lexical_source": gi.lexical.source if gi.lexical is not None else None},
         "reference": gi.reference, "n_reference_samples": int(ref.sum()), "benchmarks": names,
         "config": {"ratio": cfg.ratio, "min_count": cfg.min_count, "alpha": cfg.alpha,
                    "group_distance": cfg.group_distance, "threshold": threshold},
-        "coverage": _headline(res), "null": null, "groups": groups,
+        "coverage": _headline(res), "null": null, "lexical": lexical, "groups": groups,
     }
 
 

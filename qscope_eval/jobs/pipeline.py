@@ -5,7 +5,9 @@ is loaded, the model and every SAE are loaded and checked against each other
 BEFORE the first write. Then encoders are registered, and only the samples
 each encoder has not stored yet are encoded. Batches are written by a
 background thread while the next batch computes; it stores the benchmarks'
-texts and memberships first, while the first batches compute. Batches finished
+texts and memberships first, while the first batches compute. The writer adds the
+lexical encoder's rows (the prompts' words, jobs/lexical_encoder.py) to each batch's
+transaction, host-side, so the model never waits for them. Batches finished
 within `encode.commit_every_s` of each other are merged into one transaction. A
 killed run loses at most those and the batches queued for the writer, and
 never writes a sample twice.
@@ -29,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from qscope_eval.analysis.metrics import is_saturated, saturation_warning
+from qscope_eval.jobs.lexical_encoder import lexical_infos, warm_up, with_lexical
 from qscope_eval.model.encoders import EncoderInfo, Runtime, load_runtime, pooling_tag, sae_identity
 from qscope_eval.store import EncoderRow, Store, sample_ids
 from qscope_eval.data.suite import Suite
@@ -63,10 +66,17 @@ class Prepared:
     """What the run must say before it starts (path_change_warnings)."""
     registrations: list[Callable[[], object]] = field(default_factory=list)
     """Benchmark registrations `prepare(defer_texts=True)` left to the caller's writer (run them in order, first)."""
+    lexical_backfill: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """Sample ids every model encoder has stored but a lexical encoder lacks (an older database): filled from
+    their texts (in `texts`) before the first batch, without the model."""
 
     @property
     def main_encoders(self) -> list[EncoderRow]:
         return [e for e in self.encoders.values() if e.kind == "sae"]
+
+    def backfill(self, store: Store) -> Callable[[], int]:
+        """The writer's step that fills `lexical_backfill` (runs after the registrations)."""
+        return functools.partial(write_lexical, store, self.encoders, self.lexical_backfill, self.texts)
 
 
 @dataclass(frozen=True)
@@ -107,7 +117,7 @@ def encoder_params(suite: Suite, k: int) -> dict:
     import dataclasses
 
     return {"pooling": pooling_tag(suite), "k": k, "model": dataclasses.asdict(suite.model),
-            "sae": dataclasses.asdict(suite.sae), "encode": dataclasses.asdict(suite.encode)}
+            "sae": dataclasses.asdict(suite.sae), "encode": dataclasses.asdict(suite.encode), "lexical": suite.lexical}
 
 
 PATH_FIELDS = ("compile", "deterministic", "packing", "sae_precision")
@@ -168,7 +178,7 @@ def prepare(suite: Suite, store: Store, rows=None, encoders: list[EncoderInfo] |
         texts.update(zip(bench_ids[bench.name].tolist(), b_texts))
     known = store.encoder_keys() if QUICK_START else None
     encoders = {}
-    for e in encoders_info:
+    for e in list(encoders_info) + lexical_infos(suite, encoders_info):
         encoders[e.key] = store.register_encoder(
             e.key, suite.model.id, suite.model.revision, sae_identity(suite, e.layer), e.layer, suite.pooling, e.kind,
             e.d_sae, encoder_params(suite, e.k),
@@ -177,16 +187,20 @@ def prepare(suite: Suite, store: Store, rows=None, encoders: list[EncoderInfo] |
     # an encoder created just now has stored nothing: everything is pending
     pending = [pd.unique(all_ids) if known is not None and e.key not in known else store.pending(e.encoder_id, all_ids)
                for e in encoders.values()]
-    pending_ids = np.unique(np.concatenate(pending)) if pending else np.zeros(0, np.int64)
+    model = [p for e, p in zip(encoders.values(), pending) if e.kind != "lexical"]
+    pending_ids = np.unique(np.concatenate(model)) if model else np.zeros(0, np.int64)
+    lexical = [p for e, p in zip(encoders.values(), pending) if e.kind == "lexical"]
+    backfill = np.setdiff1d(np.unique(np.concatenate(lexical)), pending_ids) if lexical else np.zeros(0, np.int64)
     # keep suite order so a resumed run continues where it stopped
     order = {i: n for n, i in enumerate(dict.fromkeys(all_ids.tolist()))}
     pending_ids = np.array(sorted(pending_ids.tolist(), key=order.__getitem__), dtype=np.int64)
     n_pending = {e.encoder_id: len(np.unique(p)) for e, p in zip(encoders.values(), pending)}
     n_stored = {e.encoder_id: len(order) - n_pending[e.encoder_id] for e in encoders.values()}
     mains = [e for e in encoders.values() if e.kind == "sae"]
-    return Prepared(suite, encoders, pending_ids, {i: texts[i] for i in pending_ids.tolist()},
+    return Prepared(suite, encoders, pending_ids, {i: texts[i] for i in pending_ids.tolist() + backfill.tolist()},
                     n_samples=len(order), benchmark_ids=bench_ids,
-                    warnings=path_change_warnings(suite, mains, n_stored, n_pending), registrations=later)
+                    warnings=path_change_warnings(suite, mains, n_stored, n_pending), registrations=later,
+                    lexical_backfill=backfill)
 
 
 def encode_texts(runtime: Runtime, ids: np.ndarray, texts: list[str], suite: Suite,
@@ -251,12 +265,29 @@ WRITE_QUEUE = 8
 """Forward batches that may wait for the writer (and most batches in one transaction)."""
 
 
-def write_results(store: Store, encoders: dict[str, EncoderRow], batch: EncodedBatch) -> int:
-    """All encoders' results for one batch in one transaction. Returns samples newly stored (main encoders)."""
+def write_lexical(store: Store, encoders: dict[str, EncoderRow], ids: np.ndarray, texts: dict[int, str],
+                  chunk: int = 20000) -> int:
+    """Fill the lexical encoders for `ids` alone (no model: samples the SAE already stored), in chunks."""
+    written = 0
+    for a in range(0, len(ids), chunk):
+        part = np.asarray(ids[a:a + chunk], np.int64)
+        words = [texts[int(i)] for i in part]
+        n_words = np.array([len(t.split()) for t in words], np.int32)
+        batch = with_lexical(EncodedBatch(part, n_words, np.zeros(len(part), bool), {}), encoders, texts)
+        written += write_results(store, encoders, batch)
+    return written
+
+
+def write_results(store: Store, encoders: dict[str, EncoderRow], batch: EncodedBatch,
+                  texts: dict[int, str] | None = None) -> int:
+    """All encoders' results for one batch in one transaction (with `texts`, the lexical encoders' rows too).
+    Returns samples newly stored."""
+    batch = with_lexical(batch, encoders, texts)
     parts = []
     for key, pb in batch.pooled.items():
         e = encoders[key]
-        parts.append((e.encoder_id, batch.ids, batch.n_tokens, batch.truncated, pb.row, pb.feature, pb.value, pb.n_tokens))
+        cut = batch.truncated if e.kind != "lexical" else np.zeros(len(batch.ids), bool)  # the words see it all
+        parts.append((e.encoder_id, batch.ids, batch.n_tokens, cut, pb.row, pb.feature, pb.value, pb.n_tokens))
     return store.write_batches(parts)
 
 
@@ -272,8 +303,11 @@ class BatchWriter:
     An error stops the writing; `put` then returns False and `raise_error` re-raises it in the caller's thread."""
 
     def __init__(self, store: Store, encoders: dict[str, EncoderRow], interval: float = 0.5,
-                 max_pairs: int | None = None, first: Sequence[Callable[[], object]] = ()):
+                 max_pairs: int | None = None, first: Sequence[Callable[[], object]] = (),
+                 texts: dict[int, str] | None = None):
         self.store, self.encoders, self.interval, self.first = store, encoders, interval, list(first)
+        self.texts = texts
+        """sample id -> text: the lexical encoders' rows are computed here, in the writer's thread."""
         self.max_pairs = MERGE_PAIRS if max_pairs is None else max_pairs
         self.queue: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
         self.errors: list[BaseException] = []
@@ -300,7 +334,7 @@ class BatchWriter:
     def _flush(self, items: list) -> None:
         if items and not self.errors:
             try:
-                write_results(self.store, self.encoders, merge_batches(items))
+                write_results(self.store, self.encoders, merge_batches(items), self.texts)
                 self.batches += len(items)
                 self.transactions += 1
                 if self.queue.empty():  # waiting for the model now: let readers in meanwhile
@@ -342,6 +376,8 @@ def encode_suite(suite: Suite, store: Store, progress: bool = True,
                  on_batch: Callable[[int], None] | None = None) -> EncodeReport:
     """The whole encode job on one machine, with DB writes overlapped with compute."""
     t0 = time.perf_counter()
+    if suite.lexical:
+        warm_up()  # the writer's lexical rows need sklearn: imported while the model loads
     rows = load_rows(suite)
     runtime = load_runtime(suite)
     prep = prepare(suite, store, rows, runtime.encoders, defer_texts=QUICK_START)
@@ -351,7 +387,8 @@ def encode_suite(suite: Suite, store: Store, progress: bool = True,
     texts = [prep.texts[i] for i in ids.tolist()]
     bar = _progress(len(ids), suite.name, progress)
     stats = {"truncated": 0, "tokens": 0}
-    writer = BatchWriter(store, prep.encoders, suite.encode.commit_every_s, first=prep.registrations)
+    writer = BatchWriter(store, prep.encoders, suite.encode.commit_every_s,
+                         first=prep.registrations + [prep.backfill(store)], texts=prep.texts)
     t_loop = time.perf_counter()
     phases = {"prepare": t_loop - t0}
     try:

@@ -9,11 +9,14 @@ benchmark, the evidence:
 - dropped: ``covered_by`` (the kept benchmark), ``covered_share`` (share of its
   characteristic mass the kept one shows), ``ratio`` (that share over its own
   split-half self-coverage) with ``ratio_lo``/``ratio_hi`` (bootstrap),
-  ``null_ratio`` (the same on the null dictionary), ``examples`` (its most
+  ``null_ratio`` (the same on the null dictionary), ``lexical_ratio`` (the same on
+  the prompts' words), ``examples`` (its most
   characteristic prompts and their nearest prompt in the covering benchmark);
 - kept: ``only_here`` (the share of its characteristic no other kept benchmark
   shows), ``distinctive_features`` and ``only_here_prompt`` (what only it measures),
-  ``best_other`` and why it is not enough, ``covers`` (what it stands in for).
+  ``best_other`` and why it is not enough, ``covers`` (what it stands in for);
+  ``template_share`` and ``template_dominated`` (kept: its features are the shared template);
+- ``checks_skipped``: the baseline checks this row could not make (no null / lexical encoder).
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ def recommend_benchmarks(store, ld, costs: np.ndarray, cost_kind: str, tau: floa
     es = ld.real
     F = metrics.fired(es.X, threshold)
     Fn = metrics.fired(ld.null.X, threshold) if ld.null is not None else None
+    Fl = metrics.fired(ld.lexical.data.X) if ld.lexical is not None else None
     cfg = rc.RecommendConfig(tau=tau, replicates=replicates)
-    a = rc.assess(es.M, F, Fn, cfg)
+    a = rc.assess(es.M, F, Fn, cfg, F_lexical=Fl)
     r = rc.recommend(a, costs, exact=exact, time_limit=time_limit)
     g = r if not exact else rc.recommend(a, costs)
     names = es.benchmarks
@@ -56,9 +60,26 @@ def recommend_benchmarks(store, ld, costs: np.ndarray, cost_kind: str, tau: floa
         "bound": _f(s.bound), "gap": _f(s.gap), "status": s.status, "greedy_cost": _f(g.cost),
         "random_baseline": {"mean": _f(base.mean), "std": _f(base.std), "trials": base.trials},
         "null_checked": Fn is not None, "null_scale": _f(a.null_scale), "level": "benchmark", "cost_kind": cost_kind,
+        "lexical_checked": Fl is not None, "lexical_scale": _f(a.lexical_scale),
+        "template_max": _f(cfg.template_max), "template_share": {names[i]: _f(a.template[i]) for i in range(len(names))},
+        "baseline_pairs": baseline_pairs(a),
         "self_coverage": {names[i]: _f(a.self_share[i]) for i in range(len(names))},
         "table": table,
     }
+
+
+def baseline_pairs(a: rc.Assessment) -> dict:
+    """How the SAE's candidate stand-in pairs (i ≠ j, ratio ≥ τ, not prompt containment, i not template-dominated)
+    fare against the baselines: how many are singled out above the null, above the words, above both. The
+    report's headline reads it."""
+    n = a.ratio.shape[0]
+    cand = (a.ratio >= a.config.tau) & ~np.eye(n, dtype=bool) & ~a.contained & ~a.template_dominated[:, None]
+    null = a.null_ratio is not None
+    lex = a.lexical_ratio is not None
+    return {"candidates": int(cand.sum()), "above_null": int((cand & a.above_null).sum()) if null else None,
+            "above_lexical": int((cand & a.above_lexical).sum()) if lex else None,
+            "above_both": int((cand & a.above_null & a.above_lexical).sum()) if null and lex else None,
+            "level": _f(a.config.level)}
 
 
 def _row(i, names, a: rc.Assessment, r: rc.Recommendation, costs, es, F, store, n_examples) -> dict:
@@ -66,7 +87,9 @@ def _row(i, names, a: rc.Assessment, r: rc.Recommendation, costs, es, F, store, 
     others = [j for j in range(len(names)) if j != i]
     best = max(others, key=lambda j: a.ratio[i, j], default=None)
     row = {"benchmark": names[i], "decision": "keep" if i in kept else "drop", "cost": float(costs[i]),
-           "n_features": int((a.char[i] > 0).sum()), "self_coverage": _f(a.self_share[i])}
+           "n_features": int((a.char[i] > 0).sum()), "self_coverage": _f(a.self_share[i]),
+           "template_share": _f(a.template[i]), "template_dominated": bool(a.template_dominated[i]),
+           "checks_skipped": [k for k, r in (("null", a.null_ratio), ("lexical", a.lexical_ratio)) if r is None]}
     if i not in kept:
         j = int(r.covered_by[i])
         row.update(_pair(i, j, a), covered_by=names[j], covered_by_kept=_f(a.share[i, j]),
@@ -76,7 +99,8 @@ def _row(i, names, a: rc.Assessment, r: rc.Recommendation, costs, es, F, store, 
         else:
             row["reason"] = (f"{names[j]} shows {a.ratio[i, j]:.0%} of what characterizes it "
                              f"({a.config.level:.0%} CI {a.lo[i, j]:.0%}–{a.hi[i, j]:.0%}; "
-                             f"null dictionary {_null_txt(a, i, j)})")
+                             f"null dictionary {_null_txt(a, i, j)}; prompts' words {_lex_txt(a, i, j)})"
+                             + _skipped(row["checks_skipped"]))
         row["contained"] = bool(a.contained[i, j])
         return row
     kept_others = [j for j in kept if j != i]
@@ -104,10 +128,24 @@ def _only_here_prompt(i, kept_others, a: rc.Assessment, es, F, store) -> str:
 
 
 def _pair(i, j, a) -> dict:
+    lx = a.lexical_ratio
     return {"ratio": _f(a.ratio[i, j]), "ratio_lo": _f(a.lo[i, j]), "ratio_hi": _f(a.hi[i, j]),
             "covered_share": _f(a.share[i, j]), "null_ratio": None if a.null_ratio is None else _f(a.null_ratio[i, j]),
             "null_ratio_scaled": None if a.null_ratio is None else _f(a.null_scale * a.null_ratio[i, j]),
-            "above_null": bool(a.above_null[i, j])}
+            "above_null": bool(a.above_null[i, j]), "lexical_ratio": None if lx is None else _f(lx[i, j]),
+            "lexical_ratio_scaled": None if lx is None else _f(a.lexical_scale * lx[i, j]),
+            "above_lexical": bool(a.above_lexical[i, j])}
+
+
+def _lex_txt(a: rc.Assessment, i, j) -> str:
+    if a.lexical_ratio is None:
+        return "not computed"
+    return f"{a.lexical_ratio[i, j]:.0%}, {a.lexical_scale * a.lexical_ratio[i, j]:.0%} on this SAE's scale"
+
+
+def _skipped(skipped: list[str]) -> str:
+    what = {"null": "no null encoder (set `null: true`)", "lexical": "no lexical baseline (`lexical: false`)"}
+    return "".join(f"; {k} check skipped: {what[k]}" for k in skipped)
 
 
 def _null_txt(a: rc.Assessment, i, j) -> str:
@@ -121,14 +159,22 @@ def _keep_reason(i, best, names, a: rc.Assessment, only: float) -> str:
         return "the only benchmark"
     tau = a.config.tau
     txt = f"no other benchmark shows {tau:.0%} of what characterizes it"
+    skipped = _skipped([k for k, r in (("null", a.null_ratio), ("lexical", a.lexical_ratio)) if r is None])
+    if a.template_dominated[i]:
+        return (f"its features are mostly the prompt template shared by every benchmark (template share "
+                f"{a.template[i]:.0%} ≥ {a.config.template_max:.0%}): no evidence either way{skipped}")
     if a.ratio[i, best] >= tau and not a.above_null[i, best]:
         txt = (f"{names[best]} shows {a.ratio[i, best]:.0%} of it, but its lower bound {a.lo[i, best]:.0%} is not "
                f"above the null dictionary's {_null_txt(a, i, best)}: no evidence beyond chance")
+    elif a.ratio[i, best] >= tau and not a.above_lexical[i, best]:
+        txt = (f"{names[best]} shows {a.ratio[i, best]:.0%} of it, but not above what the prompts' words show "
+               f"({_lex_txt(a, i, best)}) beyond resampling: no evidence beyond the words")
     elif a.ratio[i, best] >= tau:
         txt = f"{names[best]} could stand in for it but is itself dropped or costlier"
     else:
-        txt += f" (closest: {names[best]}, {a.ratio[i, best]:.0%}; null {_null_txt(a, i, best)})"
-    return f"{txt}; {only:.0%} of it is measured by no other kept benchmark"
+        txt += (f" (closest: {names[best]}, {a.ratio[i, best]:.0%}; null {_null_txt(a, i, best)}; "
+                f"words {_lex_txt(a, i, best)})")
+    return f"{txt}; {only:.0%} of it is measured by no other kept benchmark{skipped}"
 
 
 def _distinctive(i, kept_others, a: rc.Assessment, k: int = 5) -> list[dict]:

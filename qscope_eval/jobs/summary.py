@@ -18,6 +18,7 @@ from qscope_eval.analysis import recommend as rc
 from qscope_eval.analysis import select as sel
 from qscope_eval.data.suite import COSTS
 from qscope_eval.errors import QScopeError
+from qscope_eval.jobs.lexical_encoder import LexicalSet, load_lexical
 from qscope_eval.store import EncodedSet, Store
 
 COST_KINDS = COSTS  # the suite spec owns the list
@@ -25,16 +26,20 @@ COST_KINDS = COSTS  # the suite spec owns the list
 
 @dataclass(frozen=True)
 class Loaded:
-    """One encoder's arrays, with its null twin aligned on the same samples (or None)."""
+    """One encoder's arrays, with its null twin and its lexical baseline aligned on the same samples (or None)."""
 
     real: EncodedSet
     null: EncodedSet | None
+    lexical: LexicalSet | None = None
+    """The prompts' words (jobs/lexical_encoder.py): stored, or computed from the texts for an older database."""
 
 
-def load(store: Store, encoder: str | int | None = None, benchmarks: list[str] | None = None) -> Loaded:
+def load(store: Store, encoder: str | int | None = None, benchmarks: list[str] | None = None,
+         lexical: bool = True) -> Loaded:
+    """The encoder's arrays with its baselines (`lexical=False`: without the lexical one)."""
     enc = store.encoder(encoder)
-    if enc.kind == "null":
-        raise QScopeError(f"encoder {enc.encoder_id} is a null baseline; pick the SAE encoder it rode along with")
+    if enc.kind in ("null", "lexical"):
+        raise QScopeError(f"encoder {enc.encoder_id} is a {enc.kind} baseline; pick the SAE encoder it rode along with")
     real = store.load_encoded(enc, benchmarks)
     if real.X.shape[0] == 0:
         raise QScopeError(f"encoder {enc.encoder_id} has no encoded samples for these benchmarks; run `qscope-eval encode` first")
@@ -44,16 +49,22 @@ def load(store: Store, encoder: str | int | None = None, benchmarks: list[str] |
         n = store.load_encoded(null_enc, real.benchmarks)
         if np.array_equal(n.sample_ids, real.sample_ids):
             null = n
-    return Loaded(real, null)
+    return Loaded(real, null, load_lexical(store, real) if lexical else None)
 
 
 def _null_X(ld: Loaded):
     return ld.null.X if ld.null is not None else None
 
 
+def lexical_X(ld: Loaded):
+    """The lexical baseline's fired-feature matrix (rows = ld.real's samples), or None."""
+    return ld.lexical.data.X if ld.lexical is not None else None
+
+
 def suite_metrics(ld: Loaded, threshold: float = 0.0, min_support: int = 1) -> metrics.SuiteMetrics:
     r = ld.real
-    return metrics.summarize(r.X, r.M, r.benchmarks, r.encoder.d_sae, threshold, min_support, _null_X(ld))
+    return metrics.summarize(r.X, r.M, r.benchmarks, r.encoder.d_sae, threshold, min_support, _null_X(ld),
+                             lexical_X(ld))
 
 
 def coverage_report(ld: Loaded, threshold: float = 0.0, min_support: int = 1) -> dict:
@@ -72,11 +83,16 @@ def overlap_report(ld: Loaded, kind: str = "asym", threshold: float = 0.0, min_s
         raise QScopeError(f"overlap kind {kind!r} is not one of asym, sym, jaccard")
     sm = suite_metrics(ld, threshold, min_support).to_dict()
     return {"encoder": _encoder_dict(ld), "kind": kind, "names": sm["names"], "matrix": sm["overlap"][kind],
-            "null_matrix": sm["null_overlap"][kind] if sm["null_overlap"] else None}
+            "null_matrix": sm["null_overlap"][kind] if sm["null_overlap"] else None,
+            "lexical_matrix": sm["lexical_overlap"][kind] if sm["lexical_overlap"] else None}
 
 
 def _encoder_dict(ld: Loaded) -> dict:
-    return ld.real.encoder.to_dict(ld.null.encoder.encoder_id if ld.null else None)
+    lx = ld.lexical
+    return ld.real.encoder.to_dict(ld.null.encoder.encoder_id if ld.null else None,
+                                   lexical_encoder_id=lx.encoder_id if lx else None,
+                                   lexical_source=lx.source if lx else None,
+                                   lexical_definition=lx.definition if lx else None)
 
 
 # ---- selection ---------------------------------------------------------------------
@@ -331,9 +347,22 @@ def audit_summary(store: Store, ld: Loaded, suite: str, run_id: str | None = Non
         "feature_frequency": {"n_samples_per_feature": [int(x) for x in freq[freq > 0]], "dead": int((freq == 0).sum())},
         "duplicates": duplicates_report(store, ld),
         "drift": drift(store, ld, run_id, suite, threshold, min_support) if run_id else None,
+        "warnings": template_warnings(ld, F),
     }
     out["sample_selection"].pop("chosen")  # ids live in SQL; the report needs the counts
     return out
+
+
+def template_warnings(ld: Loaded, F) -> list[str]:
+    """The audit's warning when the pooling's features are mostly what every benchmark's prompts share."""
+    from qscope_eval.analysis.template import template_share, template_warning
+
+    es = ld.real
+    if len(es.benchmarks) < 2:
+        return []
+    w = template_warning(es.benchmarks, template_share(rc.benchmark_profiles(es.M, F)),
+                         where=f" at layer {es.encoder.layer} with {es.encoder.pooling} pooling")
+    return [w] if w else []
 
 
 def layer_overview(summaries: list[dict]) -> list[dict]:

@@ -70,13 +70,18 @@ def _null_sym(ld: sm_.Loaded, sm: metrics.SuiteMetrics) -> np.ndarray | None:
     return None if sm.null_overlap is None else sm.null_overlap.sym
 
 
+def _lexical_sym(ld: sm_.Loaded, sm: metrics.SuiteMetrics) -> np.ndarray | None:
+    return None if sm.lexical_overlap is None else sm.lexical_overlap.sym
+
+
 OVERLAP_MEASURES: dict[str, Callable[[sm_.Loaded, metrics.SuiteMetrics], np.ndarray | None]] = {
     "sym": _sym,                  # the report's Eq. 11
     "freq_weighted": _freq,       # Σ_f min(p_a(f), p_b(f)): alike firing distributions
     "null_sym": _null_sym,        # Eq. 11 on the random-dictionary twin: what geometry alone gives
+    "lexical_sym": _lexical_sym,  # Eq. 11 on the prompts' words (docs/baselines.md): what the surface alone gives
 }
 LABELS = {"sym": "feature overlap (symmetric, report Eq. 11)", "freq_weighted": "frequency-weighted feature overlap",
-          "null_sym": "null-dictionary overlap (baseline)"}
+          "null_sym": "null-dictionary overlap (baseline)", "lexical_sym": "prompts' words overlap (baseline)"}
 
 
 # ----------------------------------------------------------------------------- scores per benchmark
@@ -183,7 +188,8 @@ def _feature_side(store: Store, encoder, benches: list[BenchScores]) -> tuple[di
         rows += [k] * len(pos)
         cols += pos.tolist()
     M = sp.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(len(benches), len(ld.real.sample_ids)))
-    ld = sm_.Loaded(dataclasses.replace(ld.real, M=M), ld.null and dataclasses.replace(ld.null, M=M))
+    lex = ld.lexical and ld.lexical._replace(data=dataclasses.replace(ld.lexical.data, M=M))
+    ld = sm_.Loaded(dataclasses.replace(ld.real, M=M), ld.null and dataclasses.replace(ld.null, M=M), lex)
     sm = sm_.suite_metrics(ld)
     per = {"r_hat": np.array([r.r_hat for r in sm.redundancy]), "auc": np.array([r.auc for r in sm.redundancy]),
            "n_samples": sm.coverage.n_samples.astype(np.float64)}
@@ -198,11 +204,12 @@ def _verdicts(res: V.ValidationResult, n_models: int) -> list[str]:
         a = by.get((f"{ov}~score_pearson", "spearman"))
         if a is not None:
             line = V.verdict(a, LABELS[ov], "score correlation", n_models)
-            null = by.get(("null_sym~score_pearson", "spearman"))
-            if null is not None and ov == "sym" and math.isfinite(null.value):
-                same = a.lo is not None and math.isfinite(a.lo) and null.value >= a.lo
-                line += (f"; a random dictionary does as well (ρ = {null.value:.2f}): the SAE adds nothing visible here"
-                         if same else f" (null dictionary: ρ = {null.value:.2f})")
+            for key, who in (("null_sym", "a random dictionary"), ("lexical_sym", "the prompts' words")):
+                base = by.get((f"{key}~score_pearson", "spearman"))
+                if base is not None and ov == "sym" and math.isfinite(base.value):
+                    same = a.lo is not None and math.isfinite(a.lo) and base.value >= a.lo
+                    line += (f"; {who} does as well (ρ = {base.value:.2f}): the SAE adds nothing visible over it"
+                             if same else f" ({who}: ρ = {base.value:.2f})")
             lines.append(line)
     a = by.get(("r~r_hat", "spearman"))
     line = V.verdict(a, "the feature redundancy R̂", "performance-based redundancy R", n_models)

@@ -21,7 +21,8 @@ from typing import NamedTuple
 from qscope_eval.data.suite import EncodeSpec, ModelSpec, SaeSpec, Suite
 from qscope_eval.errors import SaeError
 
-KINDS = ("sae", "null")
+KINDS = ("sae", "null", "lexical")
+"""`sae`; `null`: the random-dictionary twin; `lexical`: the prompts' own words (no model, filled from the texts)."""
 
 
 class EncoderKey(NamedTuple):
@@ -36,7 +37,7 @@ class EncoderKey(NamedTuple):
     pooling: str
     """Pooling tag with its parameters, e.g. `last` or `top(first=0,sink=8,m=32)`."""
     kind: str
-    """`sae`, or `null` for the random-dictionary twin."""
+    """`sae`, `null` for the random-dictionary twin, or `lexical` for the prompts' words."""
 
     def __str__(self) -> str:
         return f"{self.model}|{self.sae}|L{self.layer}|{self.pooling}|{self.kind}"
@@ -45,11 +46,11 @@ class EncoderKey(NamedTuple):
     def parse(cls, text: str) -> "EncoderKey":
         parts = text.split("|")
         if len(parts) != 5 or not parts[2].startswith("L") or not parts[2][1:].isdigit() or parts[4] not in KINDS:
-            raise ValueError(f"not an encoder key: {text!r} (expected model@revision|sae|L<layer>|pooling|sae|null)")
+            raise ValueError(f"not an encoder key: {text!r} (expected model@revision|sae|L<layer>|pooling|sae|null|lexical)")
         return cls(parts[0], parts[1], int(parts[2][1:]), parts[3], parts[4])
 
     def twin(self, kind: str) -> "EncoderKey":
-        """The same encoder with another kind (an SAE encoder's null twin, and back)."""
+        """The same encoder with another kind (an SAE encoder's null or lexical twin, and back)."""
         return self._replace(kind=kind)
 
 
@@ -149,7 +150,7 @@ class EncoderInfo(NamedTuple):
     layer: int
     """Layer whose residual it reads."""
     kind: str
-    """'sae' or 'null'."""
+    """'sae', 'null' or 'lexical'."""
     d_sae: int
     """Dictionary width."""
     k: int

@@ -128,15 +128,17 @@ def overlap_chart(summary: dict, kind: str = "asym"):
     names = _names(summary)
     real = m["overlap"][kind]
     null = (m.get("null_overlap") or {}).get(kind)
-    left = _heatmap(names, real, "SAE features", null)
+    lex = (m.get("lexical_overlap") or {}).get(kind)
+    panels = [_heatmap(names, real, "SAE features", null)]
     sub = ["Each cell: share of the row benchmark's features that the column benchmark also fires."]
-    if null is None:
-        chart = left
-    else:
-        chart = alt.hconcat(left, _heatmap(names, null, "null baseline (random dictionary)", real, "sae"),
-                            spacing=30).resolve_scale(color="shared")
-        sub.append("Right: the same for a random dictionary of the same shape; the SAE's value over the null "
+    if null is not None:
+        panels.append(_heatmap(names, null, "null baseline (random dictionary)", real, "sae"))
+        sub.append("Next: the same for a random dictionary of the same shape; the SAE's value over the null "
                    "is what the learned features add.")
+    if lex is not None:
+        panels.append(_heatmap(names, lex, "lexical baseline (the prompts' words)", real, "sae"))
+        sub.append("Last: the same with each prompt's words as its features (no model): what the surface alone shows.")
+    chart = panels[0] if len(panels) == 1 else alt.hconcat(*panels, spacing=30).resolve_scale(color="shared")
     return _style(chart.properties(title=alt.Title("Asymmetric overlap O(from → to)", subtitle=sub)))
 
 

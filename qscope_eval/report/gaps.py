@@ -31,6 +31,9 @@ def gaps_section(summary: dict) -> str:
     null = (f" A random dictionary of the same shape (null encoder) gives {_pct(n['covered_share'])} covered and "
             f"{_pct(n['gap_share'])} on gaps: the difference is what the SAE's features add.") if n else \
         " No null encoder was stored, so there is no baseline for these numbers."
+    lx = g.get("lexical")
+    null += (f" The prompts' own words (lexical baseline) give {_pct(lx['covered_share'])} covered and "
+             f"{_pct(lx['gap_share'])} on gaps." if lx else " No lexical baseline was computed.")
     lead = (f"<p class='lead'>Reference ({_e(', '.join(g['reference']))}; {g['n_reference_samples']} prompts): "
             f"<b>{_pct(c['covered_share'])}</b> of its characteristic firing mass is on features some benchmark "
             f"fires at a comparable rate (at least 1/{_e(g['config']['ratio'])} of the reference's), "

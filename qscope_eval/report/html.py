@@ -142,13 +142,16 @@ def warnings_for(summary: dict) -> list[str]:
     if not m.get("null_overlap"):
         out.append("No null baseline encoder: overlaps are shown without the random-dictionary reference, so part of "
                    "what they show may be residual-stream geometry rather than SAE features.")
+    if not m.get("lexical_overlap"):
+        out.append("No lexical baseline (`lexical: false`): overlaps are shown without the prompts' own words, so "
+                   "part of what they show may be surface vocabulary rather than what the model represents.")
     if "fallback" in str(s.get("status", "")) or (s.get("gap") or 0) > 1e-9:
         out.append(f"Selection status: {s.get('status')} (optimality gap {_pct(s.get('gap'))}).")
     rb = s.get("random_baseline") or {}
     all_kept = s.get("kind") == "characteristic" and len(s.get("chosen") or []) == len(s.get("table") or [])
     if all_kept:
-        out.append("Every benchmark is kept: no benchmark shows τ of another's characteristic above the null "
-                   "dictionary does, so none can be dropped on this evidence.")
+        out.append("Every benchmark is kept: no benchmark shows τ of another's characteristic above what the null "
+                   "dictionary and the prompts' words show, so none can be dropped on this evidence.")
     elif rb.get("mean") is not None and s.get("coverage") is not None and rb["mean"] >= s["coverage"] - 1e-9:
         out.append("A random benchmark subset of the same cost keeps as much coverage as the recommendation: "
                    "here the selection adds nothing over chance.")
@@ -177,9 +180,19 @@ def _headline(summary: dict) -> str:
     gc = (summary.get("gaps") or {}).get("coverage")
     if gc:  # the share of the reference corpus the suite covers, beside the null encoder's
         gn = summary["gaps"].get("null") or {}
-        cards.append(("reference covered", f"{_pct(gc['covered_share'])}<small> null {_pct(gn.get('covered_share'))}</small>"))
+        gl = summary["gaps"].get("lexical") or {}
+        cards.append(("reference covered", f"{_pct(gc['covered_share'])}<small> null {_pct(gn.get('covered_share'))}"
+                                           f", words {_pct(gl.get('covered_share'))}</small>"))
     return '<div class="cards">' + "".join(
         f'<div class="card"><div class="v">{v}</div><div class="k">{_e(k)}</div></div>' for k, v in cards) + "</div>"
+
+
+def _baselines_lead(summary: dict) -> str:
+    """The one sentence on whether the SAE beats the null dictionary and the prompts' words (report/baselines.py)."""
+    from qscope_eval.report.baselines import baseline_sentence
+
+    sent = baseline_sentence(summary)
+    return f'<p class="lead">{_e(sent)}</p>' if sent else ""
 
 
 def _layers(summary: dict) -> str:
@@ -228,15 +241,17 @@ def _recommendation(summary: dict) -> str:
 def _benchmark_table(summary: dict) -> str:
     m = summary["metrics"]
     null = any(b.get("null_n_features") is not None for b in m["benchmarks"])
+    lex = any(b.get("lexical_n_features") is not None for b in m["benchmarks"])
     head = ["benchmark", "samples", "features", "of union", "of d_sae", f"rarefied (n={_e(m.get('rarefied_n'))})",
-            "Chao1", "R̂", "AUC(c)"] + (["null features"] if null else [])
+            "Chao1", "R̂", "AUC(c)"] + (["null features"] if null else []) + (["words (lexical)"] if lex else [])
     rows = []
     for b in m["benchmarks"]:
         name = f"<b>{_e(b['name'])}</b>" + (' <span class="badge warn">saturated</span>' if b.get("saturated") else "")
         r = [name, _num(b["n_samples"]), _num(b["n_features"]), _pct(b.get("share_of_union")),
              _pct(b.get("share_of_dsae")), _num(b.get("rarefied_coverage"), 1), _num(b.get("chao1"), 1),
              _num(b.get("r_hat"), 3), _num(b.get("auc"), 3)]
-        rows.append(r + ([_num(b.get("null_n_features"))] if null else []))
+        rows.append(r + ([_num(b.get("null_n_features"))] if null else [])
+                    + ([_num(b.get("lexical_n_features"))] if lex else []))
     return _table(head, rows, "num")
 
 
@@ -367,6 +382,7 @@ def report_html(summary: dict, specs: dict[str, dict] | None = None, generated: 
 charts.</p></noscript>
 <p id="render-error"></p>
 {_headline(summary)}
+{_baselines_lead(summary)}
 {warn_html}
 {_layers(summary)}
 <h2>Recommendation: which benchmarks to keep</h2>

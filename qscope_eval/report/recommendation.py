@@ -31,9 +31,12 @@ def _evidence(r: dict) -> str:
         if r.get("contained"):
             return f"all its prompts are in <b>{_e(r['covered_by'])}</b>"
         return (f"<b>{_e(r['covered_by'])}</b> shows {_pct(r.get('ratio'))} "
-                f"[{_pct(r.get('ratio_lo'))}–{_pct(r.get('ratio_hi'))}]; null {_pct(r.get('null_ratio_scaled'))}")
+                f"[{_pct(r.get('ratio_lo'))}–{_pct(r.get('ratio_hi'))}]; null {_pct(r.get('null_ratio_scaled'))}; "
+                f"words {_pct(r.get('lexical_ratio_scaled'))}")
     covers = ", ".join(r.get("covers") or [])
     txt = f"{_pct(r.get('only_here'))} measured only here"
+    if r.get("template_dominated"):
+        txt = f"template share {_pct(r.get('template_share'))}: no evidence either way; " + txt
     txt += f"; stands in for {_e(covers)}" if covers else ""
     if r.get("only_here_prompt"):
         txt += (f"<details><summary>a prompt only it measures</summary>"
@@ -67,8 +70,11 @@ def recommendation_html(summary: dict) -> str:
                  "benchmarks neither kept nor covered.")
     if not s.get("null_checked"):
         sent += " <b>No null encoder in this database: the null check was skipped.</b>"
+    if "lexical_checked" in s and not s.get("lexical_checked"):
+        sent += " <b>No lexical baseline (`lexical: false`): the check against the prompts' words was skipped.</b>"
     method = (f"Method: {_e(s.get('method'))} set cover over benchmarks ({_e(s.get('status'))}); the null "
-              f"dictionary's values are shown on this SAE's scale (×{s.get('null_scale') or 1:.2f}). "
+              f"dictionary's values are shown on this SAE's scale (×{s.get('null_scale') or 1:.2f}), and so are "
+              f"the prompts' words' (×{s.get('lexical_scale') or 1:.2f}; docs/baselines.md). "
               "The shares are of each benchmark's split-half self-coverage, so 100% means "
               "“as much as a second half of itself shows”.")
     body = [[f"<b>{_e(r['benchmark'])}</b>", f'<span class="badge {_e(r["decision"])}">{_e(r["decision"])}</span>',

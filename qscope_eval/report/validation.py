@@ -58,13 +58,14 @@ def overlap_chart(v: dict):
     rows = []
     for p in v["pairs"]:
         for key, kind in (("overlap_sym", "SAE (Eq. 11)"), ("overlap_null_sym", "null dictionary"),
-                          ("overlap_freq_weighted", "SAE, frequency-weighted")):
+                          ("overlap_freq_weighted", "SAE, frequency-weighted"), ("overlap_lexical_sym", "prompts' words")):
             if p.get(key) is not None and p.get("score_pearson") is not None:
                 rows.append({"pair": f"{p['a']} / {p['b']}", "overlap": p[key], "kind": kind,
                              "score_corr": p["score_pearson"], "models": p["n_models"]})
     data = alt.InlineData(values=rows)
-    color = alt.Color("kind:N", title=None, scale=alt.Scale(domain=["SAE (Eq. 11)", "null dictionary", "SAE, frequency-weighted"],
-                                                            range=[BLUE, GREY, ORANGE]))
+    color = alt.Color("kind:N", title=None, scale=alt.Scale(domain=["SAE (Eq. 11)", "null dictionary", "SAE, frequency-weighted",
+                                                                    "prompts' words"],
+                                                            range=[BLUE, GREY, ORANGE, "#2ca02c"]))
     chart = alt.Chart(data).mark_circle(size=60, opacity=0.8).encode(
         x=alt.X("overlap:Q", title="feature overlap of the pair"),
         y=alt.Y("score_corr:Q", title="score correlation across models (Pearson)", scale=alt.Scale(domain=[-1, 1])),
@@ -72,6 +73,8 @@ def overlap_chart(v: dict):
                               alt.Tooltip("score_corr:Q", format=".3f"), "models:Q"])
     null = (f"; null dictionary: {_stat(v, 'null_sym~score_pearson')}" if "null_sym" in (v.get("overlap") or {})
             else "; no null encoder in this database")
+    null += (f"; prompts' words: {_stat(v, 'lexical_sym~score_pearson')}" if "lexical_sym" in (v.get("overlap") or {})
+             else "; no lexical baseline")
     sub = [f"One point per benchmark pair and measure. Symmetric overlap: {_stat(v, 'sym~score_pearson')}; "
            f"frequency-weighted: {_stat(v, 'freq_weighted~score_pearson')}{null}."]
     return chart.properties(width=520, height=300, title=alt.Title("Overlap vs score correlation", subtitle=sub))

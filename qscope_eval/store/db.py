@@ -69,10 +69,11 @@ class EncoderRow:
     def parsed_key(self) -> EncoderKey:
         return EncoderKey.parse(self.key)
 
-    def to_dict(self, null_encoder_id: int | None = None) -> dict:
-        """The `encoder` object of every JSON output (coverage --json, summary.json)."""
+    def to_dict(self, null_encoder_id: int | None = None, **baselines) -> dict:
+        """The `encoder` object of every JSON output (coverage --json, summary.json); `baselines`: the lexical
+        baseline's keys (lexical_encoder_id, lexical_source, lexical_definition)."""
         return {"encoder_id": self.encoder_id, "key": self.key, "layer": self.layer, "pooling": self.pooling,
-                "d_sae": self.d_sae, "null_encoder_id": null_encoder_id}
+                "d_sae": self.d_sae, "null_encoder_id": null_encoder_id, **baselines}
 
 
 @dataclass(frozen=True)
@@ -293,9 +294,9 @@ class Store(ValidationTables, ScoreTables, RunHistory):
     def encoders(self) -> list[EncoderRow]:
         return [self.encoder(r[0]) for r in self.con.execute("SELECT encoder_id FROM encoders ORDER BY encoder_id").fetchall()]
 
-    def null_for(self, enc: EncoderRow) -> EncoderRow | None:
-        """The null-baseline encoder that rode along with `enc`, if any."""
-        key = str(EncoderKey.parse(enc.key).twin("null"))
+    def null_for(self, enc: EncoderRow, kind: str = "null") -> EncoderRow | None:
+        """The null-baseline encoder (or, kind='lexical', the lexical one) that rode along with `enc`, if any."""
+        key = str(EncoderKey.parse(enc.key).twin(kind))
         row = self.con.execute("SELECT encoder_id FROM encoders WHERE key = ?", [key]).fetchall()
         return self.encoder(row[0][0]) if row else None
 

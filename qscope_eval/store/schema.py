@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS encoders (
     sae VARCHAR NOT NULL,
     layer INTEGER NOT NULL,
     pooling VARCHAR NOT NULL,
-    kind VARCHAR NOT NULL,             -- 'sae' or 'null' (random dictionary baseline)
+    kind VARCHAR NOT NULL,             -- 'sae', 'null' (random dictionary) or 'lexical' (the prompts' words)
     d_sae INTEGER NOT NULL,
     params JSON NOT NULL,
     created_at TIMESTAMP NOT NULL
