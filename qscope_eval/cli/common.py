@@ -34,7 +34,7 @@ def encoder_option(f):
 
 def output_options(f):
     """--json / --csv / --table (default)."""
-    @click.option("--json", "fmt", flag_value="json", help="Machine-readable JSON (stable keys, see README).")
+    @click.option("--json", "fmt", flag_value="json", help="Machine-readable JSON (stable keys: docs/cli.md).")
     @click.option("--csv", "fmt", flag_value="csv", help="CSV of the main table.")
     @click.option("--table", "fmt", flag_value="table", default=True, help="Aligned text table (default).")
     @functools.wraps(f)
