@@ -125,7 +125,8 @@ def _keep_reason(i, best, names, a: rc.Assessment, only: float) -> str:
         txt = (f"{names[best]} shows {a.ratio[i, best]:.0%} of it, but its lower bound {a.lo[i, best]:.0%} is not "
                f"above the null dictionary's {_null_txt(a, i, best)}: no evidence beyond chance")
     elif a.ratio[i, best] >= tau:
-        txt = f"{names[best]} could stand in for it but is itself dropped or costlier"
+        txt = (f"{names[best]} shows {a.ratio[i, best]:.0%} of it and could replace it, but the cheapest set that "
+               f"measures every benchmark keeps this one instead")
     else:
         txt += f" (closest: {names[best]}, {a.ratio[i, best]:.0%}; null {_null_txt(a, i, best)})"
     return f"{txt}; {only:.0%} of it is measured by no other kept benchmark"
