@@ -302,7 +302,8 @@ def null_scale(ratio: np.ndarray, null_ratio: np.ndarray) -> float:
     return float(np.exp(np.median(np.log(ratio[off] / null_ratio[off])))) if off.any() else 1.0
 
 
-def assess(M: Any, F: Any, F_null: Any = None, config: RecommendConfig | None = None) -> Assessment:
+def assess(M: Any, F: Any, F_null: Any = None, config: RecommendConfig | None = None,
+           progress: Any = None) -> Assessment:
     """Pairwise covered shares, normalised by each benchmark's noise ceiling, with bootstrap bounds and the null.
 
     Bootstrap: every benchmark's samples are resampled with replacement and the
@@ -329,7 +330,7 @@ def assess(M: Any, F: Any, F_null: Any = None, config: RecommendConfig | None = 
     reps = np.empty((cfg.replicates,) + share.shape)
     diffs = np.empty_like(reps) if Fn is not None else None
     scale = null_scale(ratio, null_ratio) if Fn is not None else 1.0
-    for r in range(cfg.replicates):
+    for r in (progress or iter)(range(cfg.replicates)):  # progress: an optional bar around the loop
         W = _resampled(M, rng, cfg.max_draws)
         reps[r] = _replicate(W, F, selfs)
         if Fn is not None:

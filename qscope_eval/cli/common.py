@@ -84,6 +84,10 @@ class Group(click.Group):
     """Turns library errors into one clear line and a non-zero exit."""
 
     def invoke(self, ctx):
+        from qscope_eval import progress
+
+        args = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        progress.set_quiet(any(a in ("--json", "--csv") for a in args))  # machine output: no bars on stderr
         try:
             return super().invoke(ctx)
         except QScopeError as e:

@@ -19,6 +19,7 @@ benchmark, the evidence:
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import numpy as np
 import scipy.sparse as sp
@@ -26,6 +27,7 @@ import scipy.sparse as sp
 from qscope_eval.analysis import metrics
 from qscope_eval.analysis import recommend as rc
 from qscope_eval.analysis import select as sel
+from qscope_eval import progress as prog
 
 _f = lambda x: None if x is None or not math.isfinite(float(x)) else round(float(x), 4)
 
@@ -38,8 +40,9 @@ def recommend_benchmarks(store, ld, costs: np.ndarray, cost_kind: str, tau: floa
     F = metrics.fired(es.X, threshold)
     Fn = metrics.fired(ld.null.X, threshold) if ld.null is not None else None
     cfg = rc.RecommendConfig(tau=tau, replicates=replicates)
-    a = rc.assess(es.M, F, Fn, cfg)
-    r = rc.recommend(a, costs, exact=exact, time_limit=time_limit)
+    a = rc.assess(es.M, F, Fn, cfg, progress=prog.wrapper("recommendation bootstrap", "replicate"))
+    with prog.stage("exact selection (HiGHS MILP)") if exact else nullcontext():
+        r = rc.recommend(a, costs, exact=exact, time_limit=time_limit)
     g = r if not exact else rc.recommend(a, costs)
     names = es.benchmarks
     inc = sp.csr_matrix(a.covers.T)
