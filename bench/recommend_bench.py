@@ -15,7 +15,7 @@ different topic groupings (SUITES below). For each suite and method it prints:
   size_gain        mean over X of s(X covered by D) - s(X covered by D10%): what 10x the samples adds
                    by size alone (want ~0)
 
-Alternatives to the default rule (not default; README "Alternatives measured"): --methods
+Alternatives to the default rule (not default; docs/recommendation.md "Alternatives measured"): --methods
 "kept-set coverage τ=0.8", "pair coverage τ=1.0", "nearest only, ratio≥0.6", "ratio_hi ≥ 1 (noise-calibrated)".
 
 Run:  qscope-eval encode bench/suites/validation.yaml --db out/validation.duckdb   (once: 3619 prompts, ~5 min on 2 cores)
@@ -144,7 +144,7 @@ def freq_overlap(M, F, Fn, costs, tau=0.6):
 
 # ----------------------------------------------------------------------------- measured alternatives (not default)
 # Each tried to keep fewer same-group duplicates than the default; none did so without dropping a group
-# somewhere (README "Validation", "Alternatives measured"). Kept here so the numbers can be re-run.
+# somewhere (docs/recommendation.md "Validation", "Alternatives measured"). Kept here so the numbers can be re-run.
 def _point(M, F, Fn):
     """Point estimates (no bootstrap): E, ratio, ceilings for the SAE and the null, and the null scale."""
     cfg = rc.RecommendConfig()

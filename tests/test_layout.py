@@ -140,7 +140,7 @@ def test_no_sql_outside_the_store():
 @pytest.mark.parametrize("name", sorted(modules()))
 def test_module_is_small(name):
     n = len(modules()[name].read_text().splitlines())
-    assert n <= MAX_LINES, f"{name} has {n} lines; split it by concept (README Layout)"
+    assert n <= MAX_LINES, f"{name} has {n} lines; split it by concept (docs/layout.md)"
 
 
 def test_readme_layout_names_every_module():

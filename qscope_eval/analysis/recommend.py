@@ -40,7 +40,7 @@ Reuse (e.g. gaps against a reference corpus): stack the corpus as one more row
 of M, ``P = benchmark_profiles(M, F)``, and ``covered_share(E[[corpus]], E[bench])``
 is how much of what characterizes the corpus each benchmark shows.
 
-Why these choices (bench/recommend_bench.py, README "Validation"): the union of
+Why these choices (bench/recommend_bench.py, docs/recommendation.md "Validation"): the union of
 fired features is dominated by one-off features and grows with benchmark size
 (a benchmark 10× larger "covers" +0.37 more of the others; frequencies: +0.05);
 the background removes what every benchmark fires; the split-half ceiling puts

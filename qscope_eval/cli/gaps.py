@@ -1,6 +1,6 @@
 """CLI commands for what no benchmark measures: `gaps` (reference corpus vs suite) and `feature` (evidence).
 
-Thin layers over jobs/gaps.py and jobs/evidence.py; the JSON they print is the contract in the README.
+Thin layers over jobs/gaps.py and jobs/evidence.py; the JSON they print is the contract in docs/cli.md.
 """
 
 from __future__ import annotations

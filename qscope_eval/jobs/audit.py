@@ -99,7 +99,7 @@ class AuditSettings:
     exact: bool = False
     """Exact MILP selection instead of lazy greedy."""
     method: str = "characteristic"
-    """Benchmark recommendation: characteristic (README "Recommendations") or union (the report's set cover)."""
+    """Benchmark recommendation: characteristic (docs/recommendation.md) or union (the report's set cover)."""
     tau: float | None = None
     """characteristic: share of a benchmark's characteristic a kept one must show (None: the library default)."""
     notes: tuple[str, ...] = ()
