@@ -183,8 +183,8 @@ def _headline(summary: dict) -> str:
     gc = (summary.get("gaps") or {}).get("coverage")
     if gc:  # the share of the reference corpus the suite covers, beside the null encoder's
         gn = summary["gaps"].get("null") or {}
-        null = "" if gn.get("covered_share") is None else f"<small> random dictionary {_pct(gn['covered_share'])}</small>"
-        cards.append(("reference covered", f"{_pct(gc['covered_share'])}{null}"))
+        null = "" if gn.get("covered_share") is None else f" (random dictionary {_pct(gn['covered_share'])})"
+        cards.append((f"reference covered{null}", _pct(gc["covered_share"])))
     return (f'<p class="headline">{_headline_sentence(summary)}</p><div class="cards">' + "".join(
         f'<div class="card"><div class="v">{v}</div><div class="k">{_e(k)}</div></div>' for k, v in cards) + "</div>"
         + _null_note(summary))
