@@ -78,8 +78,7 @@ def _row(i, names, a: rc.Assessment, r: rc.Recommendation, costs, es, F, store, 
             row["reason"] = f"every one of its {a.n_samples[i]} prompts is also a prompt of {names[j]}"
         else:
             row["reason"] = (f"{names[j]} shows {a.ratio[i, j]:.0%} of what characterizes it "
-                             f"({a.config.level:.0%} CI {a.lo[i, j]:.0%}–{a.hi[i, j]:.0%}; "
-                             f"null dictionary {_null_txt(a, i, j)})")
+                             f"({a.config.level:.0%} interval {a.lo[i, j]:.0%}–{a.hi[i, j]:.0%}; {_null_txt(a, i, j)})")
         row["contained"] = bool(a.contained[i, j])
         return row
     kept_others = [j for j in kept if j != i]
@@ -115,8 +114,8 @@ def _pair(i, j, a) -> dict:
 
 def _null_txt(a: rc.Assessment, i, j) -> str:
     if a.null_ratio is None:
-        return "not encoded"
-    return f"{a.null_ratio[i, j]:.0%}, {a.null_scale * a.null_ratio[i, j]:.0%} on this SAE's scale"
+        return "no random dictionary encoded"
+    return f"a random dictionary shows {a.null_scale * a.null_ratio[i, j]:.0%} on this SAE's scale"
 
 
 def _keep_reason(i, best, names, a: rc.Assessment, only: float) -> str:
@@ -125,13 +124,13 @@ def _keep_reason(i, best, names, a: rc.Assessment, only: float) -> str:
     tau = a.config.tau
     txt = f"no other benchmark shows {tau:.0%} of what characterizes it"
     if a.ratio[i, best] >= tau and not a.above_null[i, best]:
-        txt = (f"{names[best]} shows {a.ratio[i, best]:.0%} of it, but its lower bound {a.lo[i, best]:.0%} is not "
-               f"above the null dictionary's {_null_txt(a, i, best)}: no evidence beyond chance")
+        txt = (f"{names[best]} shows {a.ratio[i, best]:.0%} of it, but not more clearly than random directions do "
+               f"(lower bound {a.lo[i, best]:.0%}; {_null_txt(a, i, best)}): no evidence beyond chance")
     elif a.ratio[i, best] >= tau:
         txt = (f"{names[best]} shows {a.ratio[i, best]:.0%} of it and could replace it, but the cheapest set that "
                f"measures every benchmark keeps this one instead")
     else:
-        txt += f" (closest: {names[best]}, {a.ratio[i, best]:.0%}; null {_null_txt(a, i, best)})"
+        txt += f" (closest: {names[best]}, {a.ratio[i, best]:.0%}; {_null_txt(a, i, best)})"
     return f"{txt}; {only:.0%} of it is measured by no other kept benchmark"
 
 
