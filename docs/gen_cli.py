@@ -40,13 +40,20 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def _code(text) -> str:
+    """Inline code that is safe in a table cell (a `|` inside backticks would show its escape)."""
+    import html
+
+    return "<code>" + html.escape(" ".join(str(text).split())).replace("|", "&#124;") + "</code>"
+
+
 def _option_rows(cmd: click.Command, ctx: click.Context) -> list[str]:
     rows = []
     for p in cmd.get_params(ctx):
         if getattr(p, "hidden", False):
             continue
         if isinstance(p, click.Argument):
-            rows.append(f"| `{p.human_readable_name}` | argument{' (required)' if p.required else ''}"
+            rows.append(f"| {_code(p.human_readable_name)} | argument{' (required)' if p.required else ''}"
                         f"{', repeatable' if p.nargs == -1 else ''} | | see the description above |")
             continue
         record = p.get_help_record(ctx)
@@ -56,8 +63,8 @@ def _option_rows(cmd: click.Command, ctx: click.Context) -> list[str]:
         if (callable(default) or getattr(p, "is_flag", False) or default is None or default == ()
                 or type(default).__name__ == "Sentinel"):  # click 8.3+: an unset default is a sentinel
             default = ""
-        rows.append(f"| `{_cell(names)}` | {kind}{' (required)' if p.required else ''} | "
-                    f"{'`' + _cell(default) + '`' if default != '' else ''} | {_cell(p.help or '')} |")
+        rows.append(f"| {_code(names)} | {kind}{' (required)' if p.required else ''} | "
+                    f"{_code(default) if default != '' else ''} | {_cell(p.help or '')} |")
     return rows
 
 
