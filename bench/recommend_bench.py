@@ -20,7 +20,7 @@ baseline (the prompts' words: stored by `encode`, or computed from the stored te
 one bootstrap, and keeps template-dominated benchmarks (docs/baselines.md); "characteristic, null only
 (before issue 27)" is the rule before the lexical check, for comparison.
 
-Alternatives to the default rule (not default; README "Alternatives measured"): --methods
+Alternatives to the default rule (not default; docs/recommendation.md "Alternatives measured"): --methods
 "kept-set coverage τ=0.8", "pair coverage τ=1.0", "nearest only, ratio≥0.6", "ratio_hi ≥ 1 (noise-calibrated)".
 
 Run:  qscope-eval encode bench/suites/validation.yaml --db out/validation.duckdb   (once: 3619 prompts, ~5 min on 2 cores)
@@ -160,7 +160,7 @@ def freq_overlap(M, F, Fn, costs, tau=0.6):
 
 # ----------------------------------------------------------------------------- measured alternatives (not default)
 # Each tried to keep fewer same-group duplicates than the default; none did so without dropping a group
-# somewhere (README "Validation", "Alternatives measured"). Kept here so the numbers can be re-run.
+# somewhere (docs/recommendation.md "Validation", "Alternatives measured"). Kept here so the numbers can be re-run.
 def _point(M, F, Fn):
     """Point estimates (no bootstrap): E, ratio, ceilings for the SAE and the null, and the null scale."""
     cfg = rc.RecommendConfig()

@@ -42,6 +42,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from qscope_eval.model.encoders import EncoderInfo, check_encoders
 
+from qscope_eval import progress as prog
 from qscope_eval.jobs import pipeline
 from qscope_eval.jobs.audit import AuditSettings, parse_task_runner, render_layers, summarize_layers
 from qscope_eval.store import Store
@@ -153,7 +154,8 @@ def _encode(prep: pipeline.Prepared, store: Store, task_runner: str | None) -> i
     runner = make_task_runner(task_runner)
     done, error = 0, None
     prep.backfill(store)()  # lexical rows of samples the SAE stored before the lexical encoder existed
-    with _share_api(runner), runner or nullcontext():
+    bar = prog.bar(total=len(ids), desc="encode", unit="sample")  # on a terminal; off with --json
+    with _share_api(runner), runner or nullcontext(), bar:
         submit = (lambda **kw: runner.submit(encode_shard, kw)) if runner else encode_shard.submit
         futures = {submit(shard=n, suite=prep.suite, ids=ids[i:i + size],
                           texts=[prep.texts[x] for x in ids[i:i + size].tolist()]): n
@@ -165,7 +167,9 @@ def _encode(prep: pipeline.Prepared, store: Store, task_runner: str | None) -> i
             except Exception as e:  # keep storing the other shards (less to redo), fail afterwards
                 error = error or e
                 continue
-            done += write_shard(shard, store, prep.encoders, batches, prep.texts)
+            n = write_shard(shard, store, prep.encoders, batches, prep.texts)
+            done += n
+            bar.update(n)
     if error is not None:
         raise error
     return done

@@ -1,4 +1,4 @@
-"""The README's deployment path against a REAL Prefect server, bounded in time.
+"""The deployment path of docs/flows.md against a REAL Prefect server, bounded in time.
 
 server start (127.0.0.1, free port, own PREFECT_HOME) -> process work pool ->
 `prefect deploy --all` from the repo root (prefect.yaml as checked in) ->

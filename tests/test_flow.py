@@ -298,3 +298,31 @@ def test_cli_audit_input_errors_are_one_line(tmp_path):
     assert res.exit_code == 1 and res.output.startswith("Error: no suite file") and res.output.count("\n") == 1
     res = CliRunner().invoke(cli, ["audit", "demo", "--db", "x.duckdb", "--out", "r", "--task-runner", "ray"])
     assert res.exit_code == 2 and "dask" in res.output
+
+
+def test_report_keeps_the_audits_warnings(tiny, prefect_api, tmp_path):
+    """Prompts cut to model.max_length give a warning on the audit's page; `report` shows the same warnings
+    (and writes the same summary.json) from the database alone."""
+    import re
+
+    from click.testing import CliRunner
+
+    from flows.audit import audit
+    from qscope_eval.cli import cli
+
+    suite = write_tiny_suite(tmp_path / "trunc", name="trunc")
+    suite.write_text(suite.read_text().replace("device: cpu}", "device: cpu, max_length: 8}"))
+    db, out, again = tmp_path / "t.duckdb", tmp_path / "audit", tmp_path / "rerender"
+    audit(str(suite), str(db), str(out))
+    res = CliRunner().invoke(cli, ["report", "--db", str(db), "--out", str(again), "--no-png"])
+    assert res.exit_code == 0, res.output
+
+    def warnings(page: Path) -> list[str]:
+        block = re.search(r"<ul class='warnings'>(.*?)</ul>", page.read_text(), flags=re.S)
+        return re.findall(r"<li>(.*?)</li>", block.group(1)) if block else []
+
+    first, second = warnings(out / "report.html"), warnings(again / "report.html")
+    assert any("truncated" in w for w in first), first
+    assert first == second
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (out, again))
+    assert a["warnings"] == b["warnings"] and a == b

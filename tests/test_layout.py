@@ -1,4 +1,4 @@
-"""The package's layout rules (README "Layout"): no import circles inside qscope_eval, the pure
+"""The package's layout rules (docs/layout.md): no import circles inside qscope_eval, the pure
 analysis room imports no torch / DuckDB / Prefect / Altair, no SQL outside the store, small modules.
 
 Imports are read from the source (every import statement, also those inside functions: a lazy
@@ -140,13 +140,12 @@ def test_no_sql_outside_the_store():
 @pytest.mark.parametrize("name", sorted(modules()))
 def test_module_is_small(name):
     n = len(modules()[name].read_text().splitlines())
-    assert n <= MAX_LINES, f"{name} has {n} lines; split it by concept (README Layout)"
+    assert n <= MAX_LINES, f"{name} has {n} lines; split it by concept (docs/layout.md)"
 
 
 def test_readme_layout_names_every_module():
-    """The README's Layout section is the module map: a module missing from it is a room nobody can find."""
-    readme = (ROOT / "README.md").read_text()
-    layout = readme[readme.index("## Layout"):]
+    """docs/layout.md is the module map: a module missing from it is a room nobody can find."""
+    layout = (ROOT / "docs" / "layout.md").read_text()
     missing = []
     for name, path in modules().items():
         if path.name == "__init__.py":
@@ -154,7 +153,7 @@ def test_readme_layout_names_every_module():
         room = path.parent.name + "/"
         if path.name not in layout or (room != "qscope_eval/" and room not in layout):
             missing.append(name)
-    assert missing == [], "add these to README.md's Layout section: " + ", ".join(missing)
+    assert missing == [], "add these to docs/layout.md: " + ", ".join(missing)
 
 
 def _package_imports(path: Path) -> list[tuple[str, str | None, int]]:

@@ -144,7 +144,7 @@ def test_bad_inputs_raise():
 
 
 def test_one_benchmark_rule_because_a_kept_sets_joint_share_grows_with_its_size_alone():
-    # why "measured by ONE kept benchmark", not by the kept set (README "Alternatives measured"): per feature,
+    # why "measured by ONE kept benchmark", not by the kept set (docs/recommendation.md "Alternatives measured"): per feature,
     # the max over kept benchmarks picks up the covered benchmark's chance mass (its 2 random features per
     # prompt), so the joint share grows with every unrelated benchmark added, though none shares its topic
     sizes = (("c", 2, 80),) + tuple((f"o{k}", k % 2, 20) for k in range(10))

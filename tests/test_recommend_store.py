@@ -63,7 +63,7 @@ def test_evidence_that_the_null_shows_as_well_keeps_the_benchmark_and_says_so(tm
     rep, rows = decisions(tmp_path, null_same=True)
     assert rep["null_scale"] == pytest.approx(1.0)
     assert rows["alpha"]["decision"] == rows["alpha_too"]["decision"] == "keep"
-    assert "null" in rows["alpha_too"]["reason"] and not rows["alpha_too"]["above_null"]
+    assert "random dictionary" in rows["alpha_too"]["reason"] and not rows["alpha_too"]["above_null"]
     assert rows["alpha_sub"]["decision"] == "drop"  # its prompts are alpha's: no statistics needed
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
-import pandas as pd
 import pytest
 from click.testing import CliRunner
 from score_fixtures import TOPICS, build_topic_store, planted_scores, write_lmeval_runs, write_wide_csv

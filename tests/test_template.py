@@ -9,7 +9,6 @@ drops. The statistic itself is checked against a slow loop.
 from __future__ import annotations
 
 import json
-import textwrap
 
 import numpy as np
 import pytest

@@ -41,7 +41,7 @@ Reuse (e.g. gaps against a reference corpus): stack the corpus as one more row
 of M, ``P = benchmark_profiles(M, F)``, and ``covered_share(E[[corpus]], E[bench])``
 is how much of what characterizes the corpus each benchmark shows.
 
-Why these choices (bench/recommend_bench.py, README "Validation"): the union of
+Why these choices (bench/recommend_bench.py, docs/recommendation.md "Validation"): the union of
 fired features is dominated by one-off features and grows with benchmark size
 (a benchmark 10× larger "covers" +0.37 more of the others; frequencies: +0.05);
 the background removes what every benchmark fires; the split-half ceiling puts
@@ -328,7 +328,7 @@ def _baseline(M: sp.csr_matrix, F: sp.csr_matrix, F_base: Any, name: str, ratio:
 
 
 def assess(M: Any, F: Any, F_null: Any = None, config: RecommendConfig | None = None,
-           F_lexical: Any = None) -> Assessment:
+           F_lexical: Any = None, progress: Any = None) -> Assessment:
     """Pairwise covered shares, normalised by each benchmark's noise ceiling, with bootstrap bounds and baselines.
 
     Bootstrap: every benchmark's samples are resampled with replacement and the
@@ -351,7 +351,7 @@ def assess(M: Any, F: Any, F_null: Any = None, config: RecommendConfig | None = 
     rng = np.random.default_rng(cfg.seed + 1)
     reps = np.empty((cfg.replicates,) + share.shape)
     diffs = {k: np.empty_like(reps) for k in live}
-    for r in range(cfg.replicates):
+    for r in (progress or iter)(range(cfg.replicates)):  # progress: an optional bar around the loop
         W = _resampled(M, rng, cfg.max_draws)
         reps[r] = _replicate(W, F, selfs)
         for k, (Fb, selfs_b, _, scale_b) in live.items():

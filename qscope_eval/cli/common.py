@@ -34,7 +34,7 @@ def encoder_option(f):
 
 def output_options(f):
     """--json / --csv / --table (default)."""
-    @click.option("--json", "fmt", flag_value="json", help="Machine-readable JSON (stable keys, see README).")
+    @click.option("--json", "fmt", flag_value="json", help="Machine-readable JSON (stable keys: docs/cli.md).")
     @click.option("--csv", "fmt", flag_value="csv", help="CSV of the main table.")
     @click.option("--table", "fmt", flag_value="table", default=True, help="Aligned text table (default).")
     @functools.wraps(f)
@@ -84,6 +84,10 @@ class Group(click.Group):
     """Turns library errors into one clear line and a non-zero exit."""
 
     def invoke(self, ctx):
+        from qscope_eval import progress
+
+        args = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        progress.set_quiet(any(a in ("--json", "--csv") for a in args))  # machine output: no bars on stderr
         try:
             return super().invoke(ctx)
         except QScopeError as e:

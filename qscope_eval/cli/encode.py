@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from qscope_eval.cli.common import db_option, emit, output_options
@@ -43,13 +41,14 @@ def encode(suite, db, progress, noise_n, fmt):
 
     Example: qscope-eval encode demo --db out/demo.duckdb --noise-floor 64
     """
+    from qscope_eval import progress as prog
     from qscope_eval.jobs.pipeline import encode_suite
     from qscope_eval.store import Store
     from qscope_eval.data.suite import load_suite
 
     s = load_suite(suite)
     with Store(db) as store:
-        rep = encode_suite(s, store, progress=progress and sys.stderr.isatty())
+        rep = encode_suite(s, store, progress=progress and prog.enabled())
         out = dict(rep.__dict__)
         if noise_n:
             from qscope_eval.jobs.noise import record_noise_floor

@@ -1,6 +1,6 @@
 """CLI commands for what no benchmark measures: `gaps` (reference corpus vs suite) and `feature` (evidence).
 
-Thin layers over jobs/gaps.py and jobs/evidence.py; the JSON they print is the contract in the README.
+Thin layers over jobs/gaps.py and jobs/evidence.py; the JSON they print is the contract in docs/cli.md.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def gaps(db, encoder, reference, ratio, min_count, export, per_group, fmt):
 @click.option("--no-tokens", is_flag=True, help="Do not re-encode the top samples for the token view.")
 @output_options
 def feature(db, feature, encoder, top, no_tokens, fmt):
-    """Evidence for one feature: top samples with the tokens where it fires, frequency per benchmark and
+    """Evidence for one feature (FEATURE: its index in the SAE): top samples with the tokens where it fires, frequency per benchmark and
     reference, and the features it co-fires with.
 
     Only the top samples are re-encoded (through the model and SAE recorded with the encoder); when the

@@ -55,14 +55,21 @@ def _print_headline(h: dict, report: str) -> None:
     kept = ", ".join(h["kept"]) or "-"
     saved = "-" if h["cost_saved"] is None else f"{h['cost_saved']:.1%}"
     click.echo(f"report: {report}")
-    what = ("every dropped benchmark covered by a kept one" if h.get("kind") == "characteristic"
-            else f"{h['coverage']:.1%} of the suite's features")
-    click.echo(f"keep {len(h['kept'])}/{h['n_benchmarks']} benchmarks ({kept}): {what}, {saved} of the cost saved "
-               f"({h['method']})")
+    if h.get("kind") == "characteristic" and len(h["kept"]) == h["n_benchmarks"]:
+        click.echo(f"keep all {h['n_benchmarks']} benchmarks: none is measured by another clearly enough to drop it")
+    else:
+        what = ("each dropped benchmark is measured by a kept one" if h.get("kind") == "characteristic"
+                else f"{h['coverage']:.1%} of the suite's features")
+        click.echo(f"keep {len(h['kept'])}/{h['n_benchmarks']} benchmarks ({kept}): {what}, {saved} of the cost saved "
+                   f"({h['method']})")
     if h.get("reference_covered") is not None:
         null = h.get("reference_covered_null")
-        click.echo(f"reference covered: {h['reference_covered']:.1%}" + (f" (null encoder {null:.1%})" if null is not None else "")
-                   + f"; {h['n_gap_groups']} gap groups (`qscope-eval gaps --db ...` lists them)")
+        click.echo(f"reference covered: {h['reference_covered']:.1%} (exercised by some benchmark); "
+                   f"{h['n_gap_groups']} gap groups no benchmark exercises (`qscope-eval gaps --db ...` lists them)")
+        if null is not None:  # what the baseline means, said where it is shown
+            sees = "more" if null > h["reference_covered"] + 0.02 else "no more"
+            click.echo(f"  a random dictionary (null encoder) calls {null:.1%} covered: random directions fire broadly "
+                       f"and see fewer differences; the SAE sees {sees} of the gaps")
 
 
 def _check_task_runner(ctx, param, value):
@@ -94,11 +101,13 @@ def audit(suite, db, out, target, task_runner, exact, fmt):
     Example: qscope-eval audit demo --db out/demo.duckdb --out out/demo --target 0.95
     """
     from qscope_eval.data.suite import load_suite
-    from qscope_eval.jobs.audit import prefect_env
+    from qscope_eval.jobs.audit import prefect_env, quiet_prefect_logs
 
     load_suite(suite)  # a typo in the suite fails in a second, before Prefect starts
     prefect_env()
-    res = audit_flow()(suite, db, out, target=target, task_runner=task_runner, exact=exact)
+    flow = audit_flow()
+    quiet_prefect_logs(machine_output=fmt != "table")
+    res = flow(suite, db, out, target=target, task_runner=task_runner, exact=exact)
     h = headline(res["summary"])
     h.update(n_samples=res["n_samples"], n_encoded=res["n_encoded"], html=res["html"],
              summary_json=res["summary_json"], pngs=res["pngs"])

@@ -71,8 +71,9 @@ def overlap(db, encoder, kind, threshold, min_support, fmt):
                    "the null; union: the report's partial set cover of the feature union (Eq. 10/11).")
 @click.option("--tau", type=click.FloatRange(0, 1.5, min_open=True), default=None,
               help="Benchmark level, characteristic: share of a benchmark's characteristic a kept one must show "
-                   "(default 0.8, see README).")
-@click.option("--level", type=click.Choice(["benchmark", "sample"]), default="benchmark", show_default=True)
+                   "(default 0.8, see docs/recommendation.md).")
+@click.option("--level", type=click.Choice(["benchmark", "sample"]), default="benchmark", show_default=True,
+              help="Keep whole benchmarks, or single samples (prompts).")
 @click.option("--cost", type=click.Choice(COSTS), default="samples", show_default=True,
               help="Benchmark cost (benchmark level).")
 @click.option("--benchmark", default=None, help="Sample level: select within this benchmark (default: the suite).")
@@ -124,7 +125,7 @@ def select_cmd(db, encoder, target, method, tau, level, cost, benchmark, n, toke
 @click.option("--limit", "max_rows", type=int, default=None, help="At most this many rows.")
 @output_options
 def sql(db, query, timeout, max_rows, fmt):
-    """Run read-only SQL on the database (no writes, no files, no network, time-limited).
+    """Run the SQL statement QUERY on the database, read-only (no writes, no files, no network, time-limited).
 
     Example: qscope-eval sql --db out/demo.duckdb "SELECT benchmark, n_features FROM coverage ORDER BY 2 DESC"
     """

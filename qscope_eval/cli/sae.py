@@ -49,11 +49,11 @@ def read_corpus(texts_file: str | None, suite: str | None) -> tuple[list[str], s
 @click.option("--layer", type=int, required=True, help="Layer whose output residual the SAE reads.")
 @click.option("--d-sae", type=int, default=4096, show_default=True, help="Dictionary width.")
 @click.option("--k", type=int, default=32, show_default=True, help="Features kept per token (TopK).")
-@click.option("--steps", type=int, default=1800, show_default=True)
+@click.option("--steps", type=int, default=1800, show_default=True, help="Optimizer steps.")
 @click.option("--max-tokens", type=int, default=400_000, show_default=True, help="Training tokens to collect.")
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initialisation, the batch order and the text shuffle.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device for the model and the training (cpu, cuda, cuda:1).")
 @click.option("--texts", "texts_file", default=None, help="Corpus file: .txt (one per line) or .jsonl (`text`).")
 @click.option("--suite", default=None, help="Use a suite's benchmark prompts as the corpus.")
 @click.option("--demo", is_flag=True, help="Reproduce the committed demo SAE (MiniLM layer 3; corpus: MMLU "
@@ -85,7 +85,7 @@ def train_sae(model, layer, d_sae, k, steps, max_tokens, lr, seed, device, texts
 @click.option("--max-tokens", type=int, default=400_000, show_default=True, help="Reference tokens to read.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Where to write layer{N}.stats.npz.")
 def feature_stats(suite, texts_file, max_tokens, out_dir):
-    """Reference feature statistics for `top` pooling, for every layer of a suite's SAE.
+    """Reference feature statistics for `top` pooling, for every layer of SUITE's SAE (a YAML path or built-in name).
 
     Mean activation and firing frequency per feature over a reference corpus (the
     same token mask pooling uses), for the SAE and its null dictionary. Point the

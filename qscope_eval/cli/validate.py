@@ -55,10 +55,10 @@ def _agreement_rows(out: dict) -> list[dict]:
               help="Monte Carlo (n, subset) draws per benchmark for R.")
 @click.option("--replicates", type=click.IntRange(min=50), default=500, show_default=True,
               help="Bootstrap replicates (models resampled) for every interval.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Monte Carlo draws and the bootstrap.")
 @click.option("--save/--no-save", default=True, show_default=True,
               help="Store models, their scores (per sample, or per benchmark with --scores) and the result in --db.")
-@click.option("--json", "fmt", flag_value="json", help="The whole result as JSON (stable keys, see README).")
+@click.option("--json", "fmt", flag_value="json", help="The whole result as JSON (stable keys: docs/cli.md).")
 @click.option("--table", "fmt", flag_value="table", default=True, help="Verdicts and tables (default).")
 def validate(db, logdirs, scores, mapping, control, permutations, metric, filt, reference, encoder, draws, replicates,
              seed, save, fmt):

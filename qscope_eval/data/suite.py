@@ -193,7 +193,7 @@ class SelectionSpec:
     min_support: int = 1
     """A feature counts for a benchmark only if it fires in at least this many of its samples."""
     method: str = "characteristic"
-    """characteristic (every dropped benchmark covered by a kept one, README) or union (the report's set cover)."""
+    """characteristic (every dropped benchmark covered by a kept one, docs/recommendation.md) or union (the report's set cover)."""
     tau: float = 0.8
     """characteristic: share of a benchmark's characteristic a kept benchmark must show to cover it."""
 

@@ -12,6 +12,7 @@ defaults and the task-runner parser (neither imports Prefect).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,26 @@ def prefect_env(home: bool = True) -> None:
         os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+class _DropPrefectServerNotes(logging.Filter):
+    """Prefect's notes on starting and stopping its temporary local server (and the link it adds)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not (msg.startswith("Starting temporary server") or msg.startswith("Stopping temporary server"))
+
+
+def quiet_prefect_logs(machine_output: bool = False) -> None:
+    """Keep the audit's terminal readable: our flow's own lines and every warning stay; Prefect's temporary-server
+    notes and each task's "Finished in state Completed()" go. `machine_output` (--json/--csv): warnings only.
+    Call after `import prefect` (which configures its loggers)."""
+    base = logging.getLogger("prefect")
+    if not any(isinstance(f, _DropPrefectServerNotes) for f in base.filters):
+        base.addFilter(_DropPrefectServerNotes())
+    logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
+    if machine_output:
+        logging.getLogger("prefect.flow_runs").setLevel(logging.WARNING)
 
 
 def parse_task_runner(spec: str | None) -> tuple[int, str | None] | None:
@@ -78,7 +99,7 @@ class AuditSettings:
     exact: bool = False
     """Exact MILP selection instead of lazy greedy."""
     method: str = "characteristic"
-    """Benchmark recommendation: characteristic (README "Recommendations") or union (the report's set cover)."""
+    """Benchmark recommendation: characteristic (docs/recommendation.md) or union (the report's set cover)."""
     tau: float | None = None
     """characteristic: share of a benchmark's characteristic a kept one must show (None: the library default)."""
     notes: tuple[str, ...] = ()

@@ -40,7 +40,7 @@ def _all_corpora(store: Store, enc: EncoderRow) -> tuple[EncodedSet, list[str]]:
 
 def feature_evidence(store: Store, feature: int, encoder: str | int | None = None, top: int = 5, n_cofire: int = 10,
                      reencode: bool = True, inputs=None, threshold: float = 0.0) -> dict:
-    """The evidence dict for `feature` (the `feature --json` contract in the README).
+    """The evidence dict for `feature` (the `feature --json` contract in docs/cli.md).
 
     inputs: a jobs.gaps.GapInputs already loaded for this encoder (saves a second read of the store).
     """

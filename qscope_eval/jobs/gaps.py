@@ -3,7 +3,7 @@
 Glue between the store (arrays out of DuckDB) and the pure `analysis/gaps.py`: loads the suite's benchmarks and its
 reference corpora for one encoder (and its null twin and lexical baseline, on the same samples), runs `find_gaps`
 on each, and
-returns one JSON-able dict (the `gaps --json` contract in the README; `summary.json["gaps"]`). Texts of the
+returns one JSON-able dict (the `gaps --json` contract in docs/cli.md; `summary.json["gaps"]`). Texts of the
 typical prompts come from the store; `export_seeds` writes them as JSONL seeds for new eval items.
 """
 

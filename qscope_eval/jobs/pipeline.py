@@ -122,7 +122,7 @@ def encoder_params(suite: Suite, k: int) -> dict:
 
 PATH_FIELDS = ("compile", "deterministic", "packing", "sae_precision")
 """encode settings that change the arithmetic a prompt's features come from: sets computed on two paths differ by
-more than either path's batch-composition floor (README, Noise floor)."""
+more than either path's batch-composition floor (docs/performance.md, Noise floor)."""
 
 
 def path_change_warnings(suite: Suite, encoders: list[EncoderRow], n_stored: dict[int, int],

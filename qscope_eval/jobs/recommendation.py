@@ -22,6 +22,7 @@ benchmark, the evidence:
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,6 +30,7 @@ import scipy.sparse as sp
 from qscope_eval.analysis import metrics
 from qscope_eval.analysis import recommend as rc
 from qscope_eval.analysis import select as sel
+from qscope_eval import progress as prog
 
 _f = lambda x: None if x is None or not math.isfinite(float(x)) else round(float(x), 4)
 
@@ -42,8 +44,9 @@ def recommend_benchmarks(store, ld, costs: np.ndarray, cost_kind: str, tau: floa
     Fn = metrics.fired(ld.null.X, threshold) if ld.null is not None else None
     Fl = metrics.fired(ld.lexical.data.X) if ld.lexical is not None else None
     cfg = rc.RecommendConfig(tau=tau, replicates=replicates)
-    a = rc.assess(es.M, F, Fn, cfg, F_lexical=Fl)
-    r = rc.recommend(a, costs, exact=exact, time_limit=time_limit)
+    a = rc.assess(es.M, F, Fn, cfg, F_lexical=Fl, progress=prog.wrapper("recommendation bootstrap", "replicate"))
+    with prog.stage("exact selection (HiGHS MILP)") if exact else nullcontext():
+        r = rc.recommend(a, costs, exact=exact, time_limit=time_limit)
     g = r if not exact else rc.recommend(a, costs)
     names = es.benchmarks
     inc = sp.csr_matrix(a.covers.T)
@@ -98,8 +101,8 @@ def _row(i, names, a: rc.Assessment, r: rc.Recommendation, costs, es, F, store, 
             row["reason"] = f"every one of its {a.n_samples[i]} prompts is also a prompt of {names[j]}"
         else:
             row["reason"] = (f"{names[j]} shows {a.ratio[i, j]:.0%} of what characterizes it "
-                             f"({a.config.level:.0%} CI {a.lo[i, j]:.0%}–{a.hi[i, j]:.0%}; "
-                             f"null dictionary {_null_txt(a, i, j)}; prompts' words {_lex_txt(a, i, j)})"
+                             f"({a.config.level:.0%} interval {a.lo[i, j]:.0%}–{a.hi[i, j]:.0%}; "
+                             f"{_null_txt(a, i, j)}; {_lex_txt(a, i, j)})"
                              + _skipped(row["checks_skipped"]))
         row["contained"] = bool(a.contained[i, j])
         return row
@@ -139,8 +142,8 @@ def _pair(i, j, a) -> dict:
 
 def _lex_txt(a: rc.Assessment, i, j) -> str:
     if a.lexical_ratio is None:
-        return "not computed"
-    return f"{a.lexical_ratio[i, j]:.0%}, {a.lexical_scale * a.lexical_ratio[i, j]:.0%} on this SAE's scale"
+        return "no lexical baseline computed"
+    return f"the prompts' words show {a.lexical_scale * a.lexical_ratio[i, j]:.0%} on this SAE's scale"
 
 
 def _skipped(skipped: list[str]) -> str:
@@ -150,8 +153,8 @@ def _skipped(skipped: list[str]) -> str:
 
 def _null_txt(a: rc.Assessment, i, j) -> str:
     if a.null_ratio is None:
-        return "not encoded"
-    return f"{a.null_ratio[i, j]:.0%}, {a.null_scale * a.null_ratio[i, j]:.0%} on this SAE's scale"
+        return "no random dictionary encoded"
+    return f"a random dictionary shows {a.null_scale * a.null_ratio[i, j]:.0%} on this SAE's scale"
 
 
 def _keep_reason(i, best, names, a: rc.Assessment, only: float) -> str:
@@ -164,16 +167,16 @@ def _keep_reason(i, best, names, a: rc.Assessment, only: float) -> str:
         return (f"its features are mostly the prompt template shared by every benchmark (template share "
                 f"{a.template[i]:.0%} ≥ {a.config.template_max:.0%}): no evidence either way{skipped}")
     if a.ratio[i, best] >= tau and not a.above_null[i, best]:
-        txt = (f"{names[best]} shows {a.ratio[i, best]:.0%} of it, but its lower bound {a.lo[i, best]:.0%} is not "
-               f"above the null dictionary's {_null_txt(a, i, best)}: no evidence beyond chance")
+        txt = (f"{names[best]} shows {a.ratio[i, best]:.0%} of it, but not more clearly than random directions do "
+               f"(lower bound {a.lo[i, best]:.0%}; {_null_txt(a, i, best)}): no evidence beyond chance")
     elif a.ratio[i, best] >= tau and not a.above_lexical[i, best]:
-        txt = (f"{names[best]} shows {a.ratio[i, best]:.0%} of it, but not above what the prompts' words show "
-               f"({_lex_txt(a, i, best)}) beyond resampling: no evidence beyond the words")
+        txt = (f"{names[best]} shows {a.ratio[i, best]:.0%} of it, but not more clearly than the prompts' own words do "
+               f"(lower bound {a.lo[i, best]:.0%}; {_lex_txt(a, i, best)}): no evidence beyond the words")
     elif a.ratio[i, best] >= tau:
-        txt = f"{names[best]} could stand in for it but is itself dropped or costlier"
+        txt = (f"{names[best]} shows {a.ratio[i, best]:.0%} of it and could replace it, but the cheapest set that "
+               f"measures every benchmark keeps this one instead")
     else:
-        txt += (f" (closest: {names[best]}, {a.ratio[i, best]:.0%}; null {_null_txt(a, i, best)}; "
-                f"words {_lex_txt(a, i, best)})")
+        txt += f" (closest: {names[best]}, {a.ratio[i, best]:.0%}; {_null_txt(a, i, best)}; {_lex_txt(a, i, best)})"
     return f"{txt}; {only:.0%} of it is measured by no other kept benchmark{skipped}"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from contextlib import nullcontext
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,6 +20,7 @@ from qscope_eval.analysis import select as sel
 from qscope_eval.data.suite import COSTS
 from qscope_eval.errors import QScopeError
 from qscope_eval.jobs.lexical_encoder import LexicalSet, load_lexical
+from qscope_eval import progress as prog
 from qscope_eval.store import EncodedSet, Store
 
 COST_KINDS = COSTS  # the suite spec owns the list
@@ -152,7 +154,8 @@ def select_benchmarks(store: Store, ld: Loaded, target: float = 0.95, cost: str 
     B = metrics.benchmark_features(es.M, F, min_support)
     inc = sp.csr_matrix((np.ones(B.nnz, bool), B.indices, B.indptr), shape=B.shape)
     g = sel.greedy_cover(inc, costs, target)
-    s = sel.exact_cover(inc, costs, target, time_limit=time_limit) if exact else g
+    with prog.stage("exact selection (HiGHS MILP)") if exact else nullcontext():
+        s = sel.exact_cover(inc, costs, target, time_limit=time_limit) if exact else g
     base = sel.random_baseline(inc, cost=s.cost, costs=costs, seed=0)
     out = _selection_dict(s, es.benchmarks, costs, base)
     out.update(kind="union", level="benchmark", cost_kind=cost, greedy_cost=float(g.cost))
@@ -225,8 +228,9 @@ def select_samples(store: Store, ld: Loaded, target: float | None = 0.95, benchm
         base = sel.random_baseline(F, k=None if costs is not None else int(n), cost=budget if costs is not None else None,
                                    costs=costs, seed=0, weights=w)
     else:
-        s = (sel.exact_cover(F, None, target, time_limit=time_limit, weights=w) if exact
-             else sel.greedy_cover(F, None, target, weights=w))
+        with prog.stage("exact sample selection (HiGHS MILP)") if exact else nullcontext():
+            s = (sel.exact_cover(F, None, target, time_limit=time_limit, weights=w) if exact
+                 else sel.greedy_cover(F, None, target, weights=w))
         base = sel.random_baseline(F, k=len(s.rows), seed=0, weights=w)
     out = _selection_dict(s, [str(int(i)) for i in ids], tokens if token_budget is not None else np.ones(len(ids)), base)
     out.update(level="sample", kind=method, benchmark=benchmark, n_candidates=int(len(ids)),

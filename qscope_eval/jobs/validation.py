@@ -26,6 +26,7 @@ import scipy.sparse as sp
 
 from qscope_eval.analysis import metrics
 from qscope_eval.analysis import validation as V
+from qscope_eval import progress as prog
 from qscope_eval.data.lmeval_logs import LogSet, read_logs
 from qscope_eval.data.lmeval_match import SampleIndex, TaskMatch, match_tasks
 from qscope_eval.jobs import summary as sm_
@@ -281,15 +282,18 @@ def run_validation(store: Store, paths: list[str], cfg: ValidateConfig = Validat
     S = np.full((len(benches), len(models)), np.nan)
     for k, b in enumerate(benches):
         S[k, [col[m] for m in b.models]] = b.C.mean(axis=1)
-    signs = [V.draw_pair_signs(b.C, cfg.draws, cfg.seed + k) for k, b in enumerate(benches)]
+    signs = [V.draw_pair_signs(b.C, cfg.draws, cfg.seed + k)
+             for k, b in enumerate(prog.bar(benches, desc="validate: R draws", unit="benchmark"))]
     inp = V.ValidationInput(names, models, signs, [np.array([col[m] for m in b.models]) for b in benches], S,
                             per, overlaps, ref)
-    res = V.validate(inp, cfg.replicates, cfg.seed, cfg.level)
+    with prog.stage(f"validate: model bootstrap ({cfg.replicates} replicates)"):
+        res = V.validate(inp, cfg.replicates, cfg.seed, cfg.level)
     tied = [b.name for b, r in zip(benches, res.redundancy) if not math.isfinite(r.r)]
     if tied:  # e.g. lm-eval's dummy model: every generation wrong
         notes.append(f"{', '.join(tied)}: every model has the same score, so there is no ranking: R and the "
                      "correlations involving it are undefined (left out)")
-    r_null = [_null_r(b.C, max(cfg.draws // 2, 100), cfg.seed + 7919 + k) for k, b in enumerate(benches)]
+    r_null = [_null_r(b.C, max(cfg.draws // 2, 100), cfg.seed + 7919 + k)
+              for k, b in enumerate(prog.bar(benches, desc="validate: R_null", unit="benchmark"))]
     vid = str(uuid.uuid4())
     out = _result_dict(vid, cfg, enc, benches, names, models, per, overlaps, res, ref, matches, notes, r_null, stored)
     if save:

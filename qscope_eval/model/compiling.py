@@ -77,7 +77,7 @@ def compile_layers(backbone, backend: Any = "inductor", dynamic: bool | None = N
     # Qwen3s: residual elements that differ from eager 63 % -> 0.4 % (2 layers, d 64) and 79 % -> 22 % (6 layers,
     # d 256; relative L2 error 0.0085 -> 0.0031): bench/compile_fidelity.py. On the H100 the compiled path's sets
     # agree with the baseline's at Jaccard 0.924, above the baseline's own floor (0.907 with another attention
-    # kernel, 0.916 against fp32): README, Noise floor.
+    # kernel, 0.916 against fp32): docs/performance.md, Noise floor.
     options = {"emulate_precision_casts": emulate_eager} if backend == "inductor" else None
     for module in _compile_targets(backbone, scope):
         state.originals.append((module, module.forward))

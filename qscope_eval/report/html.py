@@ -29,6 +29,7 @@ from pathlib import Path
 
 from qscope_eval.report import charts as _charts
 from qscope_eval.report.behaviour import section as _behaviour_section
+from qscope_eval.report.style import CSS
 from qscope_eval.report.validation import section as _validation_section
 from qscope_eval.report.gaps import gaps_section as _gaps
 from qscope_eval.report.recommendation import recommendation_html, samples_html
@@ -123,11 +124,17 @@ def _num(x, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
 
 
+def _name(x) -> str:
+    """A benchmark name that may wrap after its underscores (long MMLU names in narrow columns)."""
+    return _e(x).replace("_", "_<wbr>")
+
+
 def _table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
     """Rows are already-escaped HTML cells (callers escape; this only assembles)."""
     th = "".join(f"<th>{h}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+    # the box scrolls sideways when the table is wider than the page; the page itself never does
+    return f'<div class="scroll"><table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 # ----------------------------------------------------------------------------- content
@@ -181,10 +188,52 @@ def _headline(summary: dict) -> str:
     if gc:  # the share of the reference corpus the suite covers, beside the null encoder's
         gn = summary["gaps"].get("null") or {}
         gl = summary["gaps"].get("lexical") or {}
-        cards.append(("reference covered", f"{_pct(gc['covered_share'])}<small> null {_pct(gn.get('covered_share'))}"
-                                           f", words {_pct(gl.get('covered_share'))}</small>"))
-    return '<div class="cards">' + "".join(
+        base = [f"{what} {_pct(g['covered_share'])}" for what, g in (("random dictionary", gn), ("prompts' words", gl))
+                if g.get("covered_share") is not None]
+        cards.append(("reference covered" + (f" ({', '.join(base)})" if base else ""), _pct(gc["covered_share"])))
+    return (f'<p class="headline">{_headline_sentence(summary)}</p><div class="cards">' + "".join(
         f'<div class="card"><div class="v">{v}</div><div class="k">{_e(k)}</div></div>' for k, v in cards) + "</div>"
+        + _null_note(summary))
+
+
+def _headline_sentence(summary: dict) -> str:
+    """What a release engineer needs from the page, in one sentence (HTML, escaped)."""
+    s, n_b = summary["selection"], len(summary["metrics"]["benchmarks"])
+    k = len(s["chosen"])
+    saved = None if s.get("cost_share") is None else 1 - s["cost_share"]
+    cost = _e(s.get("cost_kind") or "cost")
+    if s.get("kind") == "characteristic":
+        txt = (f"<b>Keep all {n_b} benchmarks</b>: none is measured by another clearly enough to drop it"
+               if k == n_b else
+               f"<b>Keep {k} of {n_b} benchmarks</b> and save {_pct(saved)} of the {cost}: each benchmark dropped is "
+               "measured by one that is kept")
+    else:
+        txt = (f"<b>Keep {k} of {n_b} benchmarks</b>: they fire {_pct(s.get('coverage'))} of the features the whole "
+               f"suite fires, for {_pct(saved)} less {cost}")
+    gc = (summary.get("gaps") or {}).get("coverage")
+    if gc:
+        txt += (f". Some benchmark exercises {_pct(gc['covered_share'])} of the reference corpus; "
+                f"{_pct(gc['gap_share'])} of it falls in {_num(gc['n_groups'])} groups no benchmark exercises "
+                "(“What no benchmark measures”, below)")
+    return txt + "."
+
+
+def _null_note(summary: dict) -> str:
+    """What the null encoder's number beside 'reference covered' means, said where it is shown."""
+    g = summary.get("gaps") or {}
+    gc, gn = g.get("coverage"), g.get("null") or {}
+    if not gc or gn.get("covered_share") is None:
+        return ""
+    diff = gn["covered_share"] - gc["covered_share"]
+    reading = ("so the SAE's features tell the reference apart from the benchmarks more sharply than random "
+               "directions do" if diff > 0.02 else
+               "so on this SAE the gaps are not clearer than random directions make them: read the gap groups "
+               "with care")
+    return ("<p class='muted'><b>Reference covered</b> is the share of the reference corpus (prompts the model will "
+            "really see) that some benchmark fires at a comparable rate. The <b>random dictionary</b> (null encoder: "
+            "random directions of the same shape, same prompts) usually calls more of it covered, because random "
+            "directions fire broadly on every kind of prompt and see fewer differences. Here it calls "
+            f"{_pct(gn['covered_share'])} covered against the SAE's {_pct(gc['covered_share'])}, {reading}.</p>")
 
 
 def _baselines_lead(summary: dict) -> str:
@@ -246,7 +295,7 @@ def _benchmark_table(summary: dict) -> str:
             "Chao1", "R̂", "AUC(c)"] + (["null features"] if null else []) + (["words (lexical)"] if lex else [])
     rows = []
     for b in m["benchmarks"]:
-        name = f"<b>{_e(b['name'])}</b>" + (' <span class="badge warn">saturated</span>' if b.get("saturated") else "")
+        name = f"<b>{_name(b['name'])}</b>" + (' <span class="badge warn">saturated</span>' if b.get("saturated") else "")
         r = [name, _num(b["n_samples"]), _num(b["n_features"]), _pct(b.get("share_of_union")),
              _pct(b.get("share_of_dsae")), _num(b.get("rarefied_coverage"), 1), _num(b.get("chao1"), 1),
              _num(b.get("r_hat"), 3), _num(b.get("auc"), 3)]
@@ -297,37 +346,7 @@ def _chart_div(name: str) -> str:
     return f'<figure class="chart" id="chart-{_e(name)}"></figure>'
 
 
-_CSS = """
-:root{--fg:#1f2328;--muted:#59636e;--line:#d1d9e0;--bg:#f6f8fa;--accent:#4e79a7;--keep:#2e7d32;--drop:#b3261e}
-*{box-sizing:border-box}
-body{margin:0;color:var(--fg);background:#fff;font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,
-"Helvetica Neue",Arial,sans-serif}
-main{max-width:1180px;margin:0 auto;padding:28px 32px 60px}
-header{border-bottom:3px solid var(--accent);margin-bottom:20px;padding-bottom:12px}
-h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;margin:36px 0 10px;padding-bottom:4px;
-border-bottom:1px solid var(--line)}
-.meta{color:var(--muted);font-size:13px}.meta code{background:var(--bg);padding:1px 5px;border-radius:4px}
-.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(160px,1fr));gap:12px;margin:16px 0}
-.card{background:var(--bg);border:1px solid var(--line);border-radius:8px;padding:12px 14px}
-.card .v{font-size:24px;font-weight:650}.card .v small{font-size:13px;font-weight:400;color:var(--muted)}
-.card .k{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
-.lead{font-size:16px}.muted{color:var(--muted);font-size:13px}
-.warnings{background:#fff8e1;border:1px solid #f0c36d;border-radius:8px;padding:10px 16px 10px 36px}
-.warnings li{margin:4px 0}
-table{border-collapse:collapse;width:100%;margin:10px 0;font-size:14px}
-th,td{border-bottom:1px solid var(--line);padding:6px 10px;text-align:left;vertical-align:top}
-th{background:var(--bg);font-weight:600}
-table.num td:not(:first-child),table.num th:not(:first-child){text-align:right;font-variant-numeric:tabular-nums}
-table.drift td:nth-child(n+3),table.drift th:nth-child(n+3){text-align:right;font-variant-numeric:tabular-nums}
-.badge{display:inline-block;padding:0 8px;border-radius:10px;font-size:12px;font-weight:600;background:#eee}
-.badge.keep{background:#e6f4ea;color:var(--keep)}.badge.drop{background:#fce8e6;color:var(--drop)}
-.badge.warn,.badge.changed,.badge.removed{background:#fff3cd;color:#7a5b00}.badge.new{background:#e8f0fe}
-.text{white-space:pre-wrap;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px;
-max-height:9em;overflow:auto;background:var(--bg);padding:4px 6px;border-radius:4px;word-break:break-word}
-.chart{margin:18px 24px 18px 0;overflow-x:auto;vertical-align:top}
-#render-error{display:none;color:var(--drop);font-weight:600}
-footer{margin-top:40px;color:var(--muted);font-size:12px;border-top:1px solid var(--line);padding-top:10px}
-"""
+_CSS = CSS  # report/style.py
 
 # Runs first: collects uncaught errors (also from the Vega bundle) so the page can report them on <body>.
 _ERRORS_JS = """window.__qscopeErrors = [];

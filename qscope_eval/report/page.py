@@ -18,6 +18,7 @@ def page_html(title: str, body: str, specs: dict[str, dict]) -> str:
            "img-src data: blob:; font-src data:")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{_e(title)}</title><style>{_CSS}</style>\n"
             f"<script>{scripts[0]}</script>\n<script>{scripts[1]}</script></head>\n<body><main>"
             f'<header><h1>{_e(title)}</h1></header><p id="render-error"></p>{body}</main>\n'

@@ -23,16 +23,16 @@ def _pct(x, digits: int = 0) -> str:
 def _table(head: list[str], rows: list[list[str]]) -> str:
     th = "".join(f"<th>{h}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _evidence(r: dict) -> str:
     if r["decision"] == "drop":
         if r.get("contained"):
             return f"all its prompts are in <b>{_e(r['covered_by'])}</b>"
-        return (f"<b>{_e(r['covered_by'])}</b> shows {_pct(r.get('ratio'))} "
-                f"[{_pct(r.get('ratio_lo'))}–{_pct(r.get('ratio_hi'))}]; null {_pct(r.get('null_ratio_scaled'))}; "
-                f"words {_pct(r.get('lexical_ratio_scaled'))}")
+        return (f"<b>{_e(r['covered_by'])}</b> shows {_pct(r.get('ratio'))} of it "
+                f"(interval {_pct(r.get('ratio_lo'))}–{_pct(r.get('ratio_hi'))}); random dictionary "
+                f"{_pct(r.get('null_ratio_scaled'))}, prompts' words {_pct(r.get('lexical_ratio_scaled'))}")
     covers = ", ".join(r.get("covers") or [])
     txt = f"{_pct(r.get('only_here'))} measured only here"
     if r.get("template_dominated"):
@@ -64,10 +64,12 @@ def recommendation_html(summary: dict) -> str:
     rb = s.get("random_baseline") or {}
     saved = None if s.get("cost_share") is None else 1 - s["cost_share"]
     sent = (f"Keep <b>{len(s['chosen'])} of {n_b}</b> benchmarks ({_pct(saved)} of the {_e(s.get('cost_kind'))} "
-            f"saved): {_e(s.get('definition'))}; τ = {_pct(s.get('tau'))}.")
+            f"saved). A benchmark is dropped only when one kept benchmark shows at least {_pct(s.get('tau'))} of what "
+            "characterizes it (100% = as much as a second half of the benchmark itself shows), more clearly than a "
+            "random dictionary does, or when all its prompts are prompts of a kept benchmark.")
     if rb.get("mean") is not None:
-        sent += (f" A random subset of the same cost leaves {_pct(1 - rb['mean'])} ± {_pct(rb.get('std'))} of the "
-                 "benchmarks neither kept nor covered.")
+        sent += (f" Dropping benchmarks at random for the same saving would leave {_pct(1 - rb['mean'])} ± "
+                 f"{_pct(rb.get('std'))} of them measured by no kept benchmark.")
     if not s.get("null_checked"):
         sent += " <b>No null encoder in this database: the null check was skipped.</b>"
     if "lexical_checked" in s and not s.get("lexical_checked"):
@@ -77,10 +79,12 @@ def recommendation_html(summary: dict) -> str:
               f"the prompts' words' (×{s.get('lexical_scale') or 1:.2f}; docs/baselines.md). "
               "The shares are of each benchmark's split-half self-coverage, so 100% means "
               "“as much as a second half of itself shows”.")
-    body = [[f"<b>{_e(r['benchmark'])}</b>", f'<span class="badge {_e(r["decision"])}">{_e(r["decision"])}</span>',
-             _e(f"{r.get('cost', 0):,.0f}"), _evidence(r), _e(r.get("reason"))]
+    rule = f"<details><summary>The rule, exactly</summary>{_e(s.get('definition'))}; τ = {_pct(s.get('tau'))}.</details>"
+    body = [[f"<b>{_e(r['benchmark']).replace('_', '_<wbr>')}</b>", f'<span class="badge {_e(r["decision"])}">{_e(r["decision"])}</span>',
+             _e(f"{r.get('cost', 0):,.0f}"), _evidence(r).replace("_", "_<wbr>"),
+             _e(r.get("reason")).replace("_", "_<wbr>")]
             for r in sorted(rows, key=lambda r: (r["decision"] != "keep", r["benchmark"]))]
-    return (f'<p class="lead">{sent}</p><p class="muted">{method}</p>'
+    return (f'<p class="lead">{sent}</p><p class="muted">{method}</p>{rule}'
             + _table(["benchmark", "decision", f"cost ({_e(s.get('cost_kind', ''))})", "evidence", "why"], body)
             + _examples(rows))
 
