@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from scipy.stats import binomtest
 
 from qscope_eval.analysis import recommend as rc
