@@ -1,0 +1,347 @@
+"""Predict dropped benchmarks' scores from kept ones, the error measured on models held out (DESIGN §5c).
+
+Redundancy as predictability: a benchmark can go when a ridge regression on the
+kept benchmarks' scores predicts its score for models that played no part in the
+fit. Scores are points 0-100; Y is (n_models × n_bench) with NaN for a missing cell.
+
+Two evaluators of the same model family (ridge with an unpenalised intercept on
+standardised kept scores, kept cells missing in a model imputed by the TRAINING
+fold's column means, the ridge penalty chosen per target inside the training
+fold only, from ``alphas``):
+
+- ``report_errors``: scikit-learn itself (``SimpleImputer`` → ``StandardScaler`` →
+  ``RidgeCV(alpha_per_target=True)``, efficient leave-one-out for the penalty),
+  each dropped benchmark fitted on exactly the training models that have it,
+  K-fold over the held-out models repeated ``repeats`` times. It gives the rows
+  a user reads: MAE and RMSE in points, an interval (bootstrap over held-out
+  models), Kendall τ between predicted and true model ranking, and the kept
+  benchmarks that carry the prediction (largest standardised coefficients).
+- ``FastCV``: the same fit in closed form from one Gram matrix per fold
+  (eigendecomposition of the kept block; penalty by generalised CV, which
+  approximates leave-one-out), so a search can try thousands of kept sets. A
+  dropped benchmark's missing training cells count as its training mean there
+  (zero in the centred cross-product): an approximation that only steers the
+  search; every figure in a row comes from ``report_errors``.
+
+Honesty: the models are split once (``split_models``) into a *selection* part,
+on which a subset is chosen by FastCV's K-fold CV, and a *report* part never
+seen by the search. Every reported error is measured on report models only
+(K-fold over them; the ridge trains on the other report folds plus the
+selection models, which is legitimate: the test models influenced neither the
+choice nor the fit). Reusing the choosing CV to report would be optimistic
+(selection bias). This is a held-out split, not nested CV.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from qscope_eval.errors import QScopeError
+
+__all__ = ["PredictError", "PredictConfig", "ModelSplit", "CVErrors", "Prediction", "split_models", "FastCV",
+           "report_errors", "kendall", "ALPHAS"]
+
+ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))  # on standardised predictors; n ~ 10..1000 models
+
+
+class PredictError(QScopeError):
+    """Score-prediction inputs are out of range or too few."""
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """How prediction errors are estimated."""
+
+    folds: int = 5
+    """K of the K-fold CV over held-out (report) models."""
+    repeats: int = 2
+    """Repeats of the reporting K-fold with different model shuffles (errors averaged)."""
+    search_folds: int = 5
+    """K of the K-fold CV over selection models that the subset search uses."""
+    search_repeats: int = 1
+    """Repeats of the search's K-fold."""
+    holdout: float = 0.5
+    """Share of models held out from the search; every reported error is measured on them."""
+    alphas: tuple[float, ...] = ALPHAS
+    """Ridge penalties tried (chosen per dropped benchmark inside each training fold)."""
+    level: float = 0.90
+    """Two-sided interval level (bootstrap over held-out models)."""
+    boot: int = 500
+    """Bootstrap replicates for the MAE interval."""
+    seed: int = 0
+    """Seed of the model split, fold shuffles and bootstrap."""
+
+    def __post_init__(self):
+        if self.folds < 2 or self.search_folds < 2:
+            raise PredictError(f"folds must be >= 2 (e.g. 5), got {self.folds} / {self.search_folds}")
+        if self.repeats < 1 or self.search_repeats < 1:
+            raise PredictError("repeats must be >= 1")
+        if not 0.1 <= self.holdout <= 0.9:
+            raise PredictError(f"holdout must be in [0.1, 0.9] (share of models kept out of the search), got {self.holdout}")
+        if not self.alphas or min(self.alphas) <= 0:
+            raise PredictError("alphas must be a non-empty list of positive ridge penalties")
+        if not 0 < self.level < 1:
+            raise PredictError(f"level must be in (0, 1), e.g. 0.9, got {self.level}")
+        if self.boot < 50:
+            raise PredictError("boot must be >= 50 bootstrap replicates")
+
+
+@dataclass(frozen=True)
+class ModelSplit:
+    """Row indices of the models that choose the subset and of those that report its error."""
+
+    select: np.ndarray  # (n_select,) sorted
+    report: np.ndarray  # (n_report,) sorted
+
+
+@dataclass(frozen=True)
+class CVErrors:
+    """Out-of-fold errors per benchmark (NaN for kept ones and those no test model has)."""
+
+    mae: np.ndarray       # (p,) mean absolute error, points
+    rmse: np.ndarray      # (p,) root mean squared error, points
+    n: np.ndarray         # (p,) test cells behind each error (models × repeats)
+    pred: np.ndarray | None  # (n_models, p) out-of-fold prediction averaged over repeats (NaN elsewhere)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One dropped benchmark's reported error, from held-out models (``report_errors``)."""
+
+    index: int            # column of Y
+    mae: float            # points
+    rmse: float           # points
+    lo: float             # interval of the MAE (bootstrap over held-out models)
+    hi: float
+    tau: float            # Kendall τ-b, predicted vs true, held-out models (NaN: fewer than 3 or constant)
+    n_models: int         # held-out models that have this benchmark
+    weights: np.ndarray   # (k,) mean |standardised coefficient| of each kept benchmark, summing to 1 (0s if none)
+
+
+def _check(Y) -> np.ndarray:
+    Y = np.asarray(Y, float)
+    if Y.ndim != 2:
+        raise PredictError("scores must be a 2-D table: one row per model, one column per benchmark")
+    if np.isinf(Y).any():
+        raise PredictError("scores contain infinite values; give points 0-100 with NaN for a missing cell")
+    return Y
+
+
+def split_models(Y, holdout: float = 0.5, seed: int = 0, min_each: int = 5) -> ModelSplit:
+    """Random split of the models into selection and report parts (report share ``holdout``)."""
+    n = _check(Y).shape[0]
+    n_rep = int(round(n * holdout))
+    if min(n_rep, n - n_rep) < min_each:
+        raise PredictError(f"{n} models are too few to choose a subset on some and measure it on others "
+                           f"(need {min_each} in each part, i.e. about {int(np.ceil(min_each / min(holdout, 1 - holdout)))} "
+                           "models); add models to the score table or let the feature evidence decide")
+    perm = np.random.default_rng(seed).permutation(n)
+    return ModelSplit(np.sort(perm[n_rep:]), np.sort(perm[:n_rep]))
+
+
+def _folds(pool: np.ndarray, folds: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return [np.sort(f) for f in np.array_split(rng.permutation(pool), min(folds, pool.size)) if f.size]
+
+
+@dataclass(frozen=True)
+class _Split:
+    test: np.ndarray   # (n_te,) rows
+    mu: np.ndarray     # (p,) training means
+    sd: np.ndarray     # (p,) training sd after mean imputation (1 where constant)
+    G: np.ndarray      # (p, p) Gram of the centred, imputed training block
+    Zte: np.ndarray    # (n_te, p) test rows centred and scaled by training stats, missing -> 0
+    Yte: np.ndarray    # (n_te, p) raw test scores, NaN missing
+    n: int             # training rows
+
+
+class FastCV:
+    """K-fold ridge CV for many kept sets at once-per-set cost O(k³ + n_te·k·p) (see module docstring).
+
+    ``test_pool``: the models whose out-of-fold predictions are scored (folds are
+    drawn among them); ``train_extra``: models that only ever train.
+    """
+
+    def __init__(self, Y, test_pool, train_extra=(), folds: int = 5, repeats: int = 1,
+                 alphas=ALPHAS, seed: int = 0):
+        self.Y = _check(Y)
+        self.p = self.Y.shape[1]
+        self.alphas = np.asarray(alphas, float)
+        self.test_pool = np.asarray(test_pool, np.int64)
+        extra = np.asarray(train_extra, np.int64)
+        rng = np.random.default_rng(seed)
+        self.repeats = repeats
+        self.splits: list[_Split] = []
+        for _ in range(repeats):
+            for te in _folds(self.test_pool, folds, rng):
+                tr = np.concatenate([np.setdiff1d(self.test_pool, te), extra])
+                self.splits.append(self._prepare(tr, te))
+
+    def _prepare(self, tr: np.ndarray, te: np.ndarray) -> _Split:
+        Ytr = self.Y[tr]
+        obs = ~np.isnan(Ytr)
+        cnt = obs.sum(axis=0)
+        mu = np.where(cnt > 0, np.nansum(Ytr, axis=0) / np.maximum(cnt, 1), 0.0)
+        Zc = np.where(obs, Ytr - mu, 0.0)
+        G = Zc.T @ Zc
+        sd = np.sqrt(np.diag(G) / len(tr))
+        sd = np.where(sd > 1e-12, sd, 1.0)
+        Yte = self.Y[te]
+        Zte = np.where(np.isnan(Yte), 0.0, (Yte - mu) / sd)
+        return _Split(te, mu, sd, G, Zte, Yte, len(tr))
+
+    def _predict(self, s: _Split, K: np.ndarray, T: np.ndarray) -> np.ndarray:
+        """(n_te, |T|) predictions of targets T from kept columns K on one split."""
+        if K.size == 0:
+            return np.broadcast_to(s.mu[T], (s.test.size, T.size))
+        sdK = s.sd[K]
+        A = s.G[np.ix_(K, K)] / np.outer(sdK, sdK)
+        C = s.G[np.ix_(K, T)] / sdK[:, None]
+        lam, V = np.linalg.eigh(A)
+        lam = np.clip(lam, 0.0, None)
+        c = V.T @ C                                   # (k, m) cross-products in eigen-coordinates
+        a = self.alphas[:, None]
+        w = 2.0 / (lam + a) - lam / (lam + a) ** 2     # (n_alpha, k): RSS(a) = yy - w @ c²
+        rss = np.clip(np.diag(s.G)[T][None, :] - w @ c ** 2, 0.0, None)
+        df = 1.0 + (lam / (lam + a)).sum(axis=1)       # intercept + effective ridge dof
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gcv = rss / np.where(df < s.n, (1 - df / s.n) ** 2, np.nan)[:, None]
+        best = np.argmin(np.nan_to_num(gcv, nan=np.inf), axis=0)
+        beta = V @ (c / (lam[:, None] + self.alphas[best][None, :]))  # (k, m) on standardised predictors
+        return s.mu[T] + s.Zte[:, K] @ beta
+
+    def errors(self, kept, with_pred: bool = False) -> CVErrors:
+        """Out-of-fold MAE/RMSE of every benchmark not in ``kept`` (NaN for kept ones)."""
+        K = np.unique(np.asarray(kept, np.int64))
+        T = np.setdiff1d(np.arange(self.p), K)
+        ab, sq, cnt = np.zeros(self.p), np.zeros(self.p), np.zeros(self.p)
+        psum = np.zeros((self.Y.shape[0], self.p)) if with_pred else None
+        pcnt = np.zeros((self.Y.shape[0], self.p)) if with_pred else None
+        for s in self.splits:
+            P = self._predict(s, K, T)
+            E = P - s.Yte[:, T]
+            ok = ~np.isnan(E)
+            E0 = np.where(ok, E, 0.0)
+            ab[T] += np.abs(E0).sum(axis=0)
+            sq[T] += (E0 ** 2).sum(axis=0)
+            cnt[T] += ok.sum(axis=0)
+            if with_pred:
+                psum[np.ix_(s.test, T)] += np.where(ok, P, 0.0)
+                pcnt[np.ix_(s.test, T)] += ok
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mae, rmse = ab / cnt, np.sqrt(sq / cnt)
+        mae[K], rmse[K] = np.nan, np.nan
+        pred = None
+        if with_pred:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                pred = np.where(pcnt > 0, psum / pcnt, np.nan)
+        return CVErrors(mae, rmse, cnt.astype(int), pred)
+
+    def taus(self, pred: np.ndarray) -> np.ndarray:
+        """(p,) Kendall τ between ``pred`` and the true scores over the test pool (NaN where undefined)."""
+        return np.array([kendall(pred[self.test_pool, j], self.Y[self.test_pool, j]) for j in range(self.p)])
+
+
+def kendall(pred: np.ndarray, true: np.ndarray) -> float:
+    """Kendall τ-b over the models where both are known; NaN with fewer than 3 or a constant side."""
+    ok = ~(np.isnan(pred) | np.isnan(true))
+    if ok.sum() < 3 or np.ptp(pred[ok]) <= 1e-12 or np.ptp(true[ok]) <= 1e-12:
+        return float("nan")
+    with warnings.catch_warnings():  # constant input is excluded above; nothing else is expected
+        warnings.simplefilter("ignore")
+        return float(stats.kendalltau(pred[ok], true[ok]).statistic)
+
+
+def _pipeline(alphas):
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler(),
+                         RidgeCV(alphas=alphas, alpha_per_target=True))
+
+
+def report_errors(Y, kept, split: ModelSplit, cfg: PredictConfig | None = None,
+                  targets=None) -> list[Prediction]:
+    """The reported error of predicting each target from ``kept``, on held-out models (scikit-learn).
+
+    For each repeat, KFold over ``split.report``; the training set is the other
+    report folds plus ``split.select``; each target is fitted on the training
+    models that have it (targets sharing a pattern of missing cells share one
+    multi-output fit). A kept cell missing in a model is imputed by the training
+    mean. Per target: MAE/RMSE over held-out models (their error averaged over
+    repeats), a bootstrap interval of the MAE over those models, Kendall τ-b of
+    the repeat-averaged prediction, and the mean |standardised coefficient|.
+    """
+    from sklearn.model_selection import KFold
+
+    cfg = cfg or PredictConfig()
+    Y = _check(Y)
+    p = Y.shape[1]
+    K = np.unique(np.asarray(kept, np.int64))
+    T = np.setdiff1d(np.arange(p), K) if targets is None else np.asarray(targets, np.int64)
+    n = Y.shape[0]
+    err_sum, err_cnt = np.zeros((n, p)), np.zeros((n, p))
+    sq_sum = np.zeros((n, p))
+    pred_sum = np.zeros((n, p))
+    wsum = np.zeros((p, K.size))
+    rep = split.report
+    for r in range(cfg.repeats):
+        kf = KFold(n_splits=min(cfg.folds, rep.size), shuffle=True, random_state=cfg.seed + r)
+        for tr_i, te_i in kf.split(rep):
+            tr, te = np.concatenate([rep[tr_i], split.select]), rep[te_i]
+            _fit_fold(Y, K, T, tr, te, cfg.alphas, err_sum, sq_sum, err_cnt, pred_sum, wsum)
+    rng = np.random.default_rng(cfg.seed + 7)
+    q = (1 - cfg.level) / 2
+    out = []
+    for j in T:
+        have = np.flatnonzero(err_cnt[:, j] > 0)
+        if have.size == 0:
+            out.append(Prediction(int(j), np.nan, np.nan, np.nan, np.nan, np.nan, 0, np.zeros(K.size)))
+            continue
+        e = err_sum[have, j] / err_cnt[have, j]            # per model: mean |error| over repeats
+        mae = float(e.mean())
+        rmse = float(np.sqrt(sq_sum[have, j].sum() / err_cnt[have, j].sum()))
+        means = e[rng.integers(0, e.size, (cfg.boot, e.size))].mean(axis=1)
+        lo, hi = np.quantile(means, [q, 1 - q])
+        tau = kendall(pred_sum[have, j] / err_cnt[have, j], Y[have, j])
+        w = wsum[j] / wsum[j].sum() if wsum[j].sum() > 0 else np.zeros(K.size)
+        out.append(Prediction(int(j), mae, rmse, float(lo), float(hi), tau, int(have.size), w))
+    return out
+
+
+def _fit_fold(Y, K, T, tr, te, alphas, err_sum, sq_sum, err_cnt, pred_sum, wsum) -> None:
+    """One training/test split: fit each group of targets with the same observed training models."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    obs = ~np.isnan(Y[np.ix_(tr, T)])
+    groups: dict[bytes, list[int]] = {}
+    for t in range(T.size):
+        groups.setdefault(np.packbits(obs[:, t]).tobytes(), []).append(t)
+    for cols in groups.values():
+        rows = tr[obs[:, cols[0]]]
+        tgt = T[cols]
+        if rows.size < 3:
+            continue  # too few training models for this target in this fold: no prediction
+        y = Y[np.ix_(rows, tgt)]
+        if K.size == 0:
+            P = np.broadcast_to(y.mean(axis=0), (te.size, tgt.size))
+        else:
+            model = _pipeline(alphas)
+            with warnings.catch_warnings():  # ill-conditioned fits are expected with near-copies; nothing to tell
+                warnings.simplefilter("ignore", (RuntimeWarning, UserWarning, ConvergenceWarning))
+                model.fit(Y[np.ix_(rows, K)], y)
+                P = model.predict(Y[np.ix_(te, K)]).reshape(te.size, tgt.size)
+            coef = np.abs(np.atleast_2d(model[-1].coef_))   # (m, k) on standardised predictors
+            wsum[tgt] += coef
+        E = P - Y[np.ix_(te, tgt)]
+        ok = ~np.isnan(E)
+        ix = np.ix_(te, tgt)
+        err_sum[ix] += np.where(ok, np.abs(E), 0.0)
+        sq_sum[ix] += np.where(ok, E ** 2, 0.0)
+        err_cnt[ix] += ok
+        pred_sum[ix] += np.where(ok, P, 0.0)
