@@ -141,6 +141,8 @@ def _emit_layers(h: dict, summary: dict, html: str, out: str, fmt: str) -> None:
         _print_headline(h, html)
         for line in (summary.get("validation") or {}).get("verdicts", []):  # the suite's validation step, if any
             click.echo(line)
+        for line in ((summary.get("score_validation") or {}).get("agreement") or {}).get("verdicts", []):
+            click.echo(f"scores: {line}")  # `validate --scores --save`, if run
         for row in (layers or [])[1:]:  # the other layers' reports (the headline is the first layer's)
             click.echo(f"layer {row['layer']}: keep {len(row['kept'])}/{row['n_benchmarks']} benchmarks, "
                        f"{row['coverage']:.1%} of its features; report: {Path(out) / row['report']}")

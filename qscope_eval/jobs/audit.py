@@ -126,6 +126,7 @@ def summarize_layers(store: Store, settings: AuditSettings, run_id: str | None,
         s["gaps"] = summary_gaps(store, encoder_id, settings.suite, tokens=tokens)
         s["warnings"] = list(warnings)
         s["validation"] = store.latest_validation(encoder_id)  # `validate` (or the suite's validation step), if run
+        s["score_validation"] = store.latest_score_validation(encoder_id)  # `validate --scores`, if saved
         if generated:
             s["generated_at"] = generated
         summaries.append(s)

@@ -13,6 +13,7 @@ import math
 import altair as alt
 import numpy as np
 
+from qscope_eval.report.behaviour import charts as _behaviour_charts
 from qscope_eval.report.validation import charts as _validation_charts
 
 __all__ = ["CHARTS", "all_charts", "coverage_chart", "overlap_chart", "redundancy_chart", "curves_chart",
@@ -274,5 +275,6 @@ CHARTS = {"selection": selection_chart, "coverage": coverage_chart, "redundancy"
 
 def all_charts(summary: dict) -> dict:
     """Every chart of the report, by name (the PNG file stem and the HTML element id)."""
-    # the validation section's charts exist only when summary["validation"] does
-    return {**{name: fn(summary) for name, fn in CHARTS.items()}, **_validation_charts(summary)}
+    # the validation sections' charts exist only when summary["validation"] / ["score_validation"] do
+    return {**{name: fn(summary) for name, fn in CHARTS.items()}, **_validation_charts(summary),
+            **_behaviour_charts(summary)}

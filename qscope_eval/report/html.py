@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qscope_eval.report import charts as _charts
+from qscope_eval.report.behaviour import section as _behaviour_section
 from qscope_eval.report.validation import section as _validation_section
 from qscope_eval.report.gaps import gaps_section as _gaps
 from qscope_eval.report.recommendation import recommendation_html, samples_html
@@ -381,6 +382,7 @@ charts.</p></noscript>
 A high value in row A, column B means B makes A largely redundant; the matrix is not symmetric.</p>
 {div("overlap")}
 {_validation_section(summary, _e, _table, div)}
+{_behaviour_section(summary, _e, _table, div)}
 <h2>Sample-level selection</h2>
 {samples_html(summary)}
 <h2>Duplicates</h2>

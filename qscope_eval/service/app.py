@@ -1,7 +1,7 @@
 """`qscope-eval serve` (qscope_eval.service.app): a read-only web service over one database, for a team (FastAPI + uvicorn).
 
 Pages: `/` (each suite's audit history: coverage and drift over time as charts,
-one row per audit with a link to its report) and `/runs/{run_id}/...` (the
+one row per audit with a link to its report; the newest score validation's verdicts) and `/runs/{run_id}/...` (the
 report folder an audit wrote, runs.report_dir). JSON: `/api/runs` and
 `/api/{key}` for the keys of `API` (coverage, overlap, selection; other
 modules add theirs with `register_api`), each built by the same library
@@ -87,6 +87,22 @@ def _validation(store, p):
     return out
 
 
+def _score_validation(store, p):
+    """The newest stored `validate --scores --json` result for the encoder (validate --scores saves it)."""
+    enc = store.encoder(p.get("encoder"))
+    out = store.latest_score_validation(enc.encoder_id)
+    if out is None:
+        raise FileNotFoundError(f"no score validation stored for encoder {enc.encoder_id}; run "
+                                "`qscope-eval validate --db DB --scores TABLE` (it saves its result)")
+    return out
+
+
+def _score_validations(store, p):
+    """Every stored score validation, newest first (?encoder=ID: of that encoder only)."""
+    enc = p.get("encoder")
+    return {"validations": store.score_validations(None if enc in (None, "") else store.encoder(enc).encoder_id)}
+
+
 def _gaps(store, p):
     """`gaps --json` (without the model-dependent token evidence)."""
     from qscope_eval.analysis.gaps import GapConfig
@@ -99,6 +115,8 @@ register_api("coverage", _coverage)
 register_api("overlap", _overlap)
 register_api("selection", _selection)
 register_api("validation", _validation)
+register_api("score_validation", _score_validation)
+register_api("score_validations", _score_validations)
 register_api("gaps", _gaps)
 
 
@@ -202,13 +220,28 @@ def _cell(v) -> str:
     return html.escape(f"{v:.1%}" if isinstance(v, float) and v <= 1 else str(v))
 
 
+def score_validation_html(db: Path) -> str:
+    """The newest score validation (`validate --scores --save`): its verdicts and proxy figures, or nothing."""
+    from qscope_eval.report.behaviour import summary_html
+    from qscope_eval.store import Store
+
+    with Store(db, read_only=True) as store:
+        done = store.score_validations()
+    if not done:
+        return ""
+    return (summary_html(done[0], html.escape) + f"<p class='meta'>{len(done)} score validation(s) stored · JSON: "
+            "<a href='api/score_validation'>api/score_validation</a>, "
+            "<a href='api/score_validations'>api/score_validations</a></p>")
+
+
 def index_html(db: Path, rows: list[dict]) -> str:
     """The index: per suite, the audit history table, charts above; self-contained (inline JS, strict CSP)."""
     from qscope_eval.report.page import page_html
 
+    scores = score_validation_html(db)
     if not rows:
         body = "<p class='lead'>No audits yet. Run <code>qscope-eval audit SUITE --db ...</code>; they appear here.</p>"
-        return page_html("qscope-eval: audits", f"<p class='meta'>{html.escape(str(db))}</p>{body}", {})
+        return page_html("qscope-eval: audits", f"<p class='meta'>{html.escape(str(db))}</p>{body}{scores}", {})
     specs = history_charts(rows)
     parts = [f"<p class='meta'>database <code>{html.escape(str(db))}</code> · {len(rows)} audits · "
              "JSON: <a href='api/runs'>api/runs</a>, <a href='api/coverage'>api/coverage</a> · SQL: <code>api/sql?q=</code></p>",
@@ -224,6 +257,7 @@ def index_html(db: Path, rows: list[dict]) -> str:
             trs.append("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in cells) + f"<td>{link}</td></tr>")
         parts.append(f"<h2>Suite {html.escape(suite)}</h2><table class='num'><tr>"
                      + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(trs) + "</table>")
+    parts.append(scores)
     return page_html("qscope-eval: audits", "".join(parts), specs)
 
 

@@ -32,6 +32,7 @@ from qscope_eval.errors import StoreError
 from qscope_eval.store import parts as P
 from qscope_eval.store.runs import RunHistory
 from qscope_eval.store.schema import MIGRATIONS, SCHEMA, SCHEMA_DIGEST, SCHEMA_VERSION, VIEWS
+from qscope_eval.store.scores import ScoreTables
 from qscope_eval.store.validation import ValidationTables
 
 
@@ -91,7 +92,7 @@ class EncodedSet:
     """Row names of M, in suite/registration order."""
 
 
-class Store(ValidationTables, RunHistory):
+class Store(ValidationTables, ScoreTables, RunHistory):
     """A qscope-eval database: a DuckDB catalog plus Parquet parts, opened for writing (one writer) or reading.
 
     The writer holds the DuckDB file only while it works and closes it once it

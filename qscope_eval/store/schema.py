@@ -101,6 +101,16 @@ CREATE TABLE IF NOT EXISTS validations (
     params JSON,
     result JSON                        -- the `validate --json` document
 );
+-- score tables (DESIGN §5a "Score tables"): one score per (model, benchmark), as `validate --scores --save` read it
+CREATE TABLE IF NOT EXISTS benchmark_scores (
+    model VARCHAR NOT NULL,
+    benchmark VARCHAR NOT NULL,        -- the stored benchmark the table's column matched
+    score DOUBLE NOT NULL,             -- points, 0-100 (a 0-1 column was multiplied by 100)
+    scale VARCHAR NOT NULL,            -- the column's scale as read: '0-1' or '0-100'
+    source VARCHAR,                    -- the file or folder it was read from
+    metric VARCHAR,                    -- lm-eval `<metric>,<filter>` where the source says, else NULL
+    PRIMARY KEY (model, benchmark)
+);
 """
 
 # Views for the common questions. A feature "fires" for a sample when its
@@ -200,5 +210,7 @@ MIGRATIONS = (
     "ALTER TABLE run_features ADD COLUMN IF NOT EXISTS encoder_id INTEGER",  # per-layer drift
     # 'benchmark' or 'reference' (a suite's `reference:` corpora); files from before references read 'benchmark'
     "ALTER TABLE benchmarks ADD COLUMN IF NOT EXISTS role VARCHAR DEFAULT 'benchmark'",
+    # 'samples' (lm-eval --log_samples, `validate LOGDIRS`) or 'scores' (a score table, `validate --scores`)
+    "ALTER TABLE validations ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'samples'",
 )
 SCHEMA_DIGEST = hashlib.sha256("\n".join((SCHEMA, *MIGRATIONS, VIEWS)).encode()).hexdigest()[:16]

@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
+from qscope_eval.store.scores import has_column
+
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
@@ -40,12 +42,15 @@ class ValidationTables:
                              "WHERE n.model = s.model AND n.benchmark = s.benchmark)")
             self.con.execute(f"INSERT INTO sample_scores SELECT {', '.join(cols)} FROM _scores")
             self.con.unregister("_scores")
-            self.con.execute("INSERT INTO validations VALUES (?, ?, ?, ?, ?)",
+            self.con.execute("INSERT INTO validations (validation_id, created_at, encoder_id, params, result, kind) "
+                             "VALUES (?, ?, ?, ?, ?, 'samples')",
                              [validation_id, _now(), encoder_id, json.dumps(params, sort_keys=True, default=str),
                               json.dumps(result, default=str)])
 
     def latest_validation(self, encoder_id: int) -> dict | None:
         """The newest stored validation result for this encoder, if any."""
-        row = self.con.execute("SELECT result FROM validations WHERE encoder_id = ? ORDER BY created_at DESC LIMIT 1",
+        kind = "AND coalesce(kind, 'samples') = 'samples' " if has_column(self.con, "validations", "kind") else ""
+        row = self.con.execute(f"SELECT result FROM validations WHERE encoder_id = ? {kind}"
+                               "ORDER BY created_at DESC LIMIT 1",
                                [encoder_id]).fetchall()
         return json.loads(row[0][0]) if row else None

@@ -1,0 +1,377 @@
+"""The Table-2 analysis: does benchmark similarity by features track benchmark similarity by scores?
+
+Input: a score table S (n models × K benchmarks, NaN = not scored) and pairwise similarity
+matrices ("proxies") among the same K benchmarks, named "<kind>:<measure>" with kind sae, null
+(the random-direction dictionary of the same shape) or lexical (the prompts' own words).
+
+What is computed, and why this way:
+- Score correlation of a benchmark pair: Pearson over the models scored on both
+  (pairwise-complete, like pandas' DataFrame.corr); a pair with fewer than `min_pair_models`
+  models is listed under too_few_models and left out, never guessed.
+- Partial correlation on the general factor: most of the score correlation between any two
+  benchmarks is "good models are good at everything". Each benchmark's scores are regressed on
+  the general factor g over the models it has, and the residuals are correlated pairwise-complete.
+  With no missing cells this is exactly the textbook partial correlation; with missing cells it
+  estimates each benchmark's dependence on g from all of its models (steadier than the formula
+  (r_ab − r_ag r_bg)/√… on three differently-sized model sets, which can leave [-1, 1]).
+  g is the mean standardised score by default (see behaviour_stats.general_factor); the Qwen-Scope
+  report's Table 2 partials on MMLU instead (control='reference'). With few benchmarks, the mean
+  contains the pair's own two benchmarks, which pulls partial correlations slightly down.
+- Agreement: Pearson and Spearman, over benchmark pairs, of proxy similarity with score
+  correlation (raw and partial). The headline is the partial Pearson.
+- Mantel p: one-sided (proxy tracks behaviour positively), permuting the benchmark labels of the
+  proxy (rows and columns together); this respects that pairs sharing a benchmark are not
+  independent. p = (1 + #perm ≥ observed) / (1 + permutations).
+- Interval: percentile bootstrap over models (rows of S resampled with replacement; every score
+  correlation, the residualisation and the agreement are recomputed). It covers "other models
+  like mine on these benchmarks", not "other benchmarks": for the latter, a leave-one-benchmark-out
+  jackknife standard error is given beside it (`*_benchmark_se`). Paired comparisons (SAE minus
+  baseline) use the same replicates for both, on the pairs both define.
+- Reliability ceiling: split the models in two random halves, correlate the pair vectors of
+  score correlation computed on each half, average over splits, Spearman-Brown correct to all
+  models. A proxy measured without error could reach at most sqrt(reliability) (attenuation).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from qscope_eval.analysis import behaviour_stats as bs
+from qscope_eval.analysis.behaviour_verdict import (comparison_list, comparisons_and_verdicts, disagreements, interval,
+                                                     jackknife_pearson, notes_for)
+from qscope_eval.errors import QScopeError
+
+KINDS = ("sae", "null", "lexical")
+CONTROLS = ("mean", "pc1", "reference", "none")
+MIN_MODELS = bs.MIN_MODELS
+
+
+class BehaviourError(QScopeError):
+    """The score table or the proxies cannot support the analysis (the message says how to fix it)."""
+
+
+@dataclass(frozen=True)
+class AgreementConfig:
+    """How the proxy-vs-behaviour agreement is computed."""
+
+    control: str = "mean"
+    """General factor partialled out: 'mean', 'pc1', 'reference' (benchmark `reference`) or 'none'."""
+    reference: int | None = None
+    """Column index of the reference benchmark when control == 'reference'."""
+    permutations: int = 1000
+    """Mantel permutations of the benchmark labels (0 = no Mantel test)."""
+    replicates: int = 500
+    """Bootstrap replicates over models (0 = no intervals)."""
+    level: float = 0.95
+    """Coverage of every interval."""
+    min_pair_models: int = 5
+    """A benchmark pair needs this many models scored on both, else it is reported as too few."""
+    seed: int = 0
+    """Seed of the bootstrap, the permutations and the splits."""
+    n_disagree: int = 10
+    """Pairs listed in each direction where the headline proxy and behaviour disagree most."""
+    splits: int = 100
+    """Random half splits of the models behind the reliability ceiling (0 = none)."""
+    headline: str | None = None
+    """Proxy whose disagreements are listed; default sae:characteristic, else sae:sym, else the first sae:*."""
+
+    def __post_init__(self):
+        if self.control not in CONTROLS:
+            raise BehaviourError(f"control must be one of {', '.join(CONTROLS)}, not {self.control!r}")
+        if (self.control == "reference") != (self.reference is not None):
+            raise BehaviourError("give a reference benchmark exactly when control is 'reference' "
+                                 "(e.g. control='reference', reference=<column of MMLU>)")
+        if self.reference is not None and self.reference < 0:
+            raise BehaviourError("reference must be a column index >= 0")
+        for name in ("permutations", "replicates", "splits", "n_disagree"):
+            if getattr(self, name) < 0:
+                raise BehaviourError(f"{name} must be >= 0")
+        if 0 < self.replicates < 20:
+            raise BehaviourError("replicates must be 0 (no intervals) or at least 20 for a percentile interval")
+        if not 0.5 <= self.level < 1:
+            raise BehaviourError("level must be in [0.5, 1), e.g. 0.95")
+        if self.min_pair_models < MIN_MODELS:
+            raise BehaviourError(f"min_pair_models must be >= {MIN_MODELS}: a correlation over fewer models is meaningless")
+
+
+class PairwiseScores(NamedTuple):
+    """Benchmark × benchmark score correlations across models."""
+
+    raw: np.ndarray
+    """(K, K) Pearson, pairwise-complete; NaN where fewer than min_pair_models models or no spread."""
+    partial: np.ndarray
+    """(K, K) partial correlation on the general factor (= raw for control 'none'); NaN where undefined."""
+    n: np.ndarray
+    """(K, K) int, models scored on both."""
+
+
+@dataclass
+class AgreementResult:
+    """Everything `score_agreement` found; `to_dict()` is the stable JSON form (docs/behaviour.md)."""
+
+    n_models: int
+    n_benchmarks: int
+    n_pairs: int
+    control: str
+    names: list[str]
+    reliability: dict
+    proxies: list[dict]
+    comparisons: list[dict]
+    pairs: pd.DataFrame
+    """One row per benchmark pair: a, b, n_models, score_corr, score_partial, then one column per proxy."""
+    disagreements: list[dict]
+    too_few_models: list[dict]
+    verdicts: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        proxy_names = [p["name"] for p in self.proxies]
+        pairs = []
+        cols = {c: self.pairs[c].to_numpy() for c in self.pairs.columns}
+        for i in range(len(self.pairs)):
+            pairs.append({"a": str(cols["a"][i]), "b": str(cols["b"][i]), "n_models": int(cols["n_models"][i]),
+                          "score_corr": _num(cols["score_corr"][i]), "score_partial": _num(cols["score_partial"][i]),
+                          "proxies": {p: _num(cols[p][i]) for p in proxy_names}})
+        return _clean({"n_models": self.n_models, "n_benchmarks": self.n_benchmarks, "n_pairs": self.n_pairs,
+                       "control": self.control, "names": list(self.names), "reliability": self.reliability,
+                       "proxies": self.proxies, "comparisons": self.comparisons, "pairs": pairs,
+                       "disagreements": self.disagreements, "too_few_models": self.too_few_models,
+                       "verdicts": list(self.verdicts), "notes": list(self.notes)})
+
+
+def _num(x):
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _clean(o):
+    """NaN -> None and numpy scalars -> Python, recursively (JSON has no NaN)."""
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, (bool, np.bool_)):
+        return bool(o)
+    if isinstance(o, (int, np.integer)):
+        return int(o)
+    if isinstance(o, (float, np.floating)):
+        return _num(o)
+    return o
+
+
+# ----------------------------------------------------------------------------- input checks
+def _label(names: list[str] | None, k: int) -> str:
+    return repr(names[k]) if names is not None else f"column {k}"
+
+
+def _check_scores(S, names: list[str] | None = None) -> tuple[np.ndarray, int]:
+    """S as float (models with no score at all removed) and how many were removed; refuses bad tables."""
+    try:
+        S = np.array(S, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise BehaviourError(f"the score table must be numeric (models × benchmarks): {e}; "
+                             "convert text cells such as '45.2%' to numbers first") from None
+    if S.ndim != 2:
+        raise BehaviourError(f"the score table must be 2-D (models × benchmarks), got shape {S.shape}")
+    if names is not None and len(names) != S.shape[1]:
+        raise BehaviourError(f"{len(names)} benchmark names for {S.shape[1]} score columns; give one name per column")
+    if np.isinf(S).any():
+        raise BehaviourError("the score table has infinite cells; replace them by the real score or leave them empty (NaN)")
+    rows = np.isfinite(S).any(axis=1)
+    S = S[rows]
+    if S.shape[0] < MIN_MODELS:
+        raise BehaviourError(f"only {S.shape[0]} models have any score; score correlations across models need "
+                             f"at least {MIN_MODELS} (and at least 5 per benchmark pair by default): add models")
+    if S.shape[1] < 3:
+        raise BehaviourError(f"{S.shape[1]} benchmarks give fewer than 3 pairs; the analysis needs at least 3 benchmarks")
+    cnt = np.isfinite(S).sum(axis=0)
+    for k in np.flatnonzero(cnt == 0):
+        raise BehaviourError(f"benchmark {_label(names, k)} has no scores; remove its column or add its scores")
+    _, _, _, sd = bs.standardise(S)
+    for k in np.flatnonzero(~np.isfinite(sd)):
+        v = S[np.isfinite(S[:, k]), k]
+        raise BehaviourError(f"benchmark {_label(names, k)} has the same score ({v[0]:g}) for all {v.size} models "
+                             "that have it, so no correlation with it exists; remove the column or check that "
+                             "the right metric was read")
+    return S, int((~rows).sum())
+
+
+def _check_proxies(proxies: dict, K: int, names: list[str]) -> tuple[list[tuple[str, str, str, np.ndarray]], list[str]]:
+    """[(name, kind, measure, symmetric (K, K) matrix)], notes."""
+    out, notes = [], []
+    for name, P in proxies.items():
+        kind, sep, measure = str(name).partition(":")
+        if not sep or kind not in KINDS or not measure:
+            raise BehaviourError(f"proxy name {name!r} must read '<kind>:<measure>' with kind one of "
+                                 f"{', '.join(KINDS)} (e.g. 'sae:sym', 'null:sym', 'lexical:tfidf')")
+        try:
+            P = np.array(P, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise BehaviourError(f"proxy {name!r} must be a numeric K × K matrix") from None
+        if P.shape != (K, K):
+            raise BehaviourError(f"proxy {name!r} has shape {P.shape} but there are {K} benchmarks; compute it on "
+                                 "the same benchmarks, in the same order as the score columns")
+        if np.isinf(P).any():
+            raise BehaviourError(f"proxy {name!r} has infinite entries; leave undefined similarities as NaN")
+        both = np.isfinite(P) & np.isfinite(P.T)
+        if (both & ~np.isclose(P, P.T, rtol=1e-9, atol=1e-12, equal_nan=True)).any():
+            notes.append(f"{name} is asymmetric; the analysis uses the mean of both directions")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            P = np.nanmean(np.stack([P, P.T]), axis=0)
+        out.append((str(name), kind, measure, P))
+    return out, notes
+
+
+# ----------------------------------------------------------------------------- score correlations
+def _prepare(S: np.ndarray, cfg: AgreementConfig):
+    if cfg.reference is not None and cfg.reference >= S.shape[1]:
+        raise BehaviourError(f"reference column {cfg.reference} does not exist (there are {S.shape[1]} benchmarks)")
+    Z, M, _, _ = bs.standardise(S)
+    g = bs.general_factor(Z, M, cfg.control, cfg.reference)
+    return Z, M, g
+
+
+def _pairwise(Z, M, g, cfg) -> PairwiseScores:
+    r, _ = bs.masked_corr(Z, M)
+    Mf = M.astype(np.float64)
+    n = np.rint(Mf.T @ Mf).astype(np.int64)
+    raw = np.where(n >= cfg.min_pair_models, r, np.nan)
+    np.fill_diagonal(raw, np.where(np.diag(n) >= cfg.min_pair_models, 1.0, np.nan))
+    if g is None:
+        return PairwiseScores(raw, raw.copy(), n)
+    E, Mg = bs.residualise(Z, M, g)
+    rp, _ = bs.masked_corr(E, Mg)
+    Mgf = Mg.astype(np.float64)
+    ng = np.rint(Mgf.T @ Mgf)
+    return PairwiseScores(raw, np.where(ng >= cfg.min_pair_models, rp, np.nan), n)
+
+
+def pairwise_scores(S: np.ndarray, cfg: AgreementConfig = AgreementConfig()) -> PairwiseScores:
+    """Score correlations of every benchmark pair across models. S: (n_models, K), NaN = missing."""
+    S, _ = _check_scores(S)
+    Z, M, g = _prepare(S, cfg)
+    return _pairwise(Z, M, g, cfg)
+
+
+def score_agreement(S: np.ndarray, proxies: dict[str, np.ndarray], names: list[str],
+                    cfg: AgreementConfig = AgreementConfig()) -> AgreementResult:
+    """Agreement of every proxy with the score correlations, with baselines, intervals and verdicts."""
+    names = [str(x) for x in names]
+    S, dropped = _check_scores(S, names)
+    n, K = S.shape
+    specs, notes = _check_proxies(proxies, K, names)
+    Z, M, g = _prepare(S, cfg)
+    with np.errstate(all="ignore"):
+        ps = _pairwise(Z, M, g, cfg)
+    iu, ju = np.triu_indices(K, 1)
+    npair = ps.n[iu, ju]
+    enough = npair >= cfg.min_pair_models
+    if enough.sum() < 3:
+        raise BehaviourError(f"only {int(enough.sum())} benchmark pairs have at least {cfg.min_pair_models} models "
+                             "scored on both; add models that cover more of the benchmarks, or lower min_pair_models")
+    headline = "raw" if g is None else "partial"
+    beh = {"raw": ps.raw[iu, ju], "partial": ps.partial[iu, ju]}
+    pv = {name: P[iu, ju] for name, _, _, P in specs}
+
+    # units: (proxy name, restrict-to-proxy) on a fixed pair mask, per behaviour side
+    comps = comparison_list(specs)
+    units: dict[str, list[tuple[str, str | None]]] = {}
+    masks: dict[tuple, np.ndarray] = {}
+    for side in ("raw", "partial"):
+        units[side] = [(nm, None) for nm, *_ in specs] + [u for a, b in comps for u in ((a, b), (b, a))]
+        for nm, other in units[side]:
+            m = enough & np.isfinite(beh[side]) & np.isfinite(pv[nm])
+            if other is not None:
+                m &= np.isfinite(pv[other])
+            masks[(side, nm, other)] = m
+    point = {key: (bs.pearson(pv[key[1]][m], beh[key[0]][m]), bs.spearman(pv[key[1]][m], beh[key[0]][m]))
+             for key, m in masks.items()}
+
+    # bootstrap over models: groups of units sharing a mask share the replicate ranks
+    reps: dict[tuple, np.ndarray] = {key: np.full((cfg.replicates, 2), np.nan) for key in masks}
+    if cfg.replicates:
+        groups: dict[tuple, list] = {}
+        for key, m in masks.items():
+            groups.setdefault((key[0], m.tobytes()), []).append(key)
+        pgroups = []
+        for (side, _), keys in groups.items():
+            m = masks[keys[0]]
+            if m.sum() >= 3:
+                idx = np.flatnonzero(m)
+                pgroups.append((side, keys, bs.PairGroup(idx, np.column_stack([pv[k[1]][idx] for k in keys]))))
+        rng = np.random.default_rng([cfg.seed, 1])
+        with np.errstate(all="ignore"):
+            for b in range(cfg.replicates):
+                w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+                rr = dict(zip(("raw", "partial"), bs.replicate(Z, M, g, w, iu, ju)))
+                for side, keys, grp in pgroups:
+                    pe, sr = grp.agree(rr[side])
+                    for u, key in enumerate(keys):
+                        reps[key][b] = (pe[u], sr[u])
+
+    # Mantel: each proxy on its own pairs, against raw and partial behaviour
+    mantel = {}
+    if cfg.permutations and specs:
+        rv = np.column_stack([np.where(enough, beh["raw"], np.nan), np.where(enough, beh["partial"], np.nan)])
+        null = bs.mantel_null(np.stack([P for *_, P in specs]), rv, cfg.permutations,
+                              np.random.default_rng([cfg.seed, 3]))
+        obs = bs.mantel_null(np.stack([P for *_, P in specs]), rv, 1, _Identity(K))[0]
+        for j, (nm, *_) in enumerate(specs):
+            mantel[nm] = [(1 + np.sum(null[:, j, v] >= obs[j, v] - 1e-12)) / (1 + cfg.permutations) for v in (0, 1)]
+
+    q = (1 - cfg.level) / 2
+    proxy_rows = []
+    for nm, kind, measure, _ in specs:
+        row = {"name": nm, "kind": kind, "measure": measure,
+               "n_pairs": int(masks[(headline, nm, None)].sum())}
+        for side, pre in (("raw", ""), ("partial", "partial_")):
+            key = (side, nm, None)
+            for s, stat in enumerate(("pearson", "spearman")):
+                lo, hi, _ = interval(reps[key][:, s], q, point[key][s])
+                row[pre + stat], row[pre + stat + "_lo"], row[pre + stat + "_hi"] = point[key][s], lo, hi
+            row[pre + "pearson_benchmark_se"] = jackknife_pearson(pv[nm], beh[side], masks[key], iu, ju, K)
+        row["mantel_p"], row["partial_mantel_p"] = mantel.get(nm, (None, None))
+        proxy_rows.append(row)
+
+    pairs = pd.DataFrame({"a": np.array(names)[iu], "b": np.array(names)[ju], "n_models": npair,
+                          "score_corr": beh["raw"], "score_partial": beh["partial"], **pv})
+    rel = bs.reliability(Z, M, g, cfg, enough, iu, ju, headline)
+    comparisons, verdicts = comparisons_and_verdicts(comps, point, reps, masks, proxy_rows, rel, headline, cfg, n,
+                                                     pv, beh, iu, ju, K)
+    head = _headline(cfg, specs)
+    dis = disagreements(head, pv, beh[headline], enough, np.array(names), iu, ju, cfg.n_disagree) if head else []
+    too_few = [{"a": names[a], "b": names[b], "n_models": int(c)}
+               for a, b, c in zip(iu[~enough], ju[~enough], npair[~enough])]
+    notes += notes_for(cfg, dropped, M, enough, beh, headline, reps)
+    return AgreementResult(n, K, int(enough.sum()), cfg.control, names, rel, proxy_rows, comparisons, pairs,
+                           dis, too_few, verdicts, notes)
+
+
+class _Identity:
+    """Stands in for a Generator in mantel_null so its one 'permutation' is the identity (the observed r)."""
+
+    def __init__(self, K):
+        self.K = K
+
+    def random(self, shape):
+        return np.tile(np.arange(self.K, dtype=np.float64), (shape[0], 1))
+
+
+def _headline(cfg, specs) -> str | None:
+    have = [nm for nm, *_ in specs]
+    if cfg.headline is not None:
+        if cfg.headline not in have:
+            raise BehaviourError(f"headline proxy {cfg.headline!r} is not among the proxies ({', '.join(have)})")
+        return cfg.headline
+    for nm in ("sae:characteristic", "sae:sym"):
+        if nm in have:
+            return nm
+    sae = [nm for nm, kind, *_ in specs if kind == "sae"]
+    return sae[0] if sae else (have[0] if have else None)
