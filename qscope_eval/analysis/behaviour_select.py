@@ -319,6 +319,8 @@ def frontier(ev_select: FastCV, ev_report: FastCV, costs, cfg: SelectConfig, rng
                 spent += costs[c]
         if b >= 1:
             K = list(range(costs.size))
+        if out and np.array_equal(out[-1].kept, np.sort(K)):
+            continue  # a budget too small to add anything repeats the previous point
         mean_c, max_c, _ = set_errors(ev_report, K)
         base = baseline(ev_report, costs, spent, cfg, rng, forced) if b < 1 and K else None
         if base is None:  # everything kept (error 0) or nothing affordable (the empty set either way)
