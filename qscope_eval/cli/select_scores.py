@@ -71,11 +71,13 @@ def print_result(rep: dict) -> None:
 def run_select_scores(db, encoder, scores, *, cost, max_error, min_tau, metric, mapping, folds, min_models, tau,
                       fmt) -> None:
     """Load the encoded suite, decide, print (a ScoreTableError / QScopeError becomes one `Error:` line)."""
-    from qscope_eval.cli.metrics import _loaded
     from qscope_eval.jobs.behaviour_select import select_with_scores
+    from qscope_eval.jobs.summary import load
+    from qscope_eval.store import Store
 
-    store, ld = _loaded(db, encoder)
+    store = Store(db, read_only=True)
     with store:
+        ld = load(store, encoder)
         rep = select_with_scores(store, ld, scores, cost=cost, max_error=max_error, min_tau=min_tau, metric=metric,
                                  mapping=mapping, folds=folds, min_models=min_models, tau=tau)
     if fmt == "json":

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from qscope_eval.report import charts as _charts
 from qscope_eval.report.behaviour import section as _behaviour_section
+from qscope_eval.report.behaviour_select import section as _behaviour_select_section
 from qscope_eval.report.validation import section as _validation_section
 from qscope_eval.report.gaps import gaps_section as _gaps
 from qscope_eval.report.recommendation import recommendation_html, samples_html
@@ -372,6 +373,7 @@ charts.</p></noscript>
 <h2>Recommendation: which benchmarks to keep</h2>
 {_recommendation(summary)}
 {div("selection")}
+{_behaviour_select_section(summary, _e, _table, div)}
 <h2>Coverage and redundancy per benchmark</h2>
 {_benchmark_table(summary)}
 {div("coverage")}
