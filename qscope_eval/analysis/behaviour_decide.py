@@ -117,7 +117,7 @@ def decide(Y, costs, cfg: bsel.SelectConfig | None = None, stand_in: np.ndarray 
             srch = bsel.search(ev_sel, costs[S], cfg, list(forced), Ys[sp0.select])
             base = bsel.baseline(ev_rep, costs[S], srch.cost, cfg, rng, list(forced))
             chosen = bsel.set_errors(ev_rep, srch.kept)[:2]
-            front = bsel.frontier(ev_sel, ev_rep, costs[S], cfg, rng, list(forced))
+            front = bsel.frontier(ev_sel, ev_rep, costs[S], cfg, rng, list(forced), order=srch.order)
             kept_err = _kept_errors(ev_sel, srch, cfg)
         preds = {int(S[p.index]): p for p in pr.report_errors(Ys, srch.kept, sp0, pc)}
         fpoint = None

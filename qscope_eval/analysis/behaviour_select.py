@@ -25,7 +25,7 @@ models (see ``predict``), never the ones that chose.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -48,7 +48,9 @@ class SelectConfig:
     cluster_start: bool = True
     """Also start from the cheapest member of each cluster of correlated benchmarks; keep the cheaper result."""
     trials: int = 30
-    """Random kept sets of equal cost per baseline."""
+    """Random kept sets of equal cost at the chosen cost."""
+    frontier_trials: int = 10
+    """Random kept sets per frontier budget (the band)."""
     tolerance: float = 0.05
     """Random sets' cost within ±this share of the chosen cost."""
     budgets: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
@@ -63,7 +65,7 @@ class SelectConfig:
             raise PredictError(f"max_error must be > 0 points, got {self.max_error}")
         if self.min_tau is not None and not -1 < self.min_tau <= 1:
             raise PredictError(f"min_tau must be in (-1, 1], got {self.min_tau}")
-        if self.trials < 2 or not 0 < self.tolerance < 1:
+        if min(self.trials, self.frontier_trials) < 2 or not 0 < self.tolerance < 1:
             raise PredictError("trials must be >= 2 and tolerance in (0, 1)")
         if not self.budgets or not all(0 < b <= 1 for b in self.budgets):
             raise PredictError("budgets must be cost shares in (0, 1]")
@@ -180,8 +182,8 @@ def _greedy(obj: _Objective, costs: np.ndarray, start, budget: float = np.inf, l
                 if not rest or stale[c] >= max(rest):
                     pick = c
                     break
-        if phi - obj(K + [pick]) < min_gain:
-            break
+        if min_gain > 0 and phi - obj(K + [pick]) < min_gain:
+            break  # (the constraint search never stops here: it adds the best pick even at a loss)
         K.append(int(pick))
         spent += costs[pick]
         phi = obj(K)
@@ -294,19 +296,23 @@ def baseline(ev: FastCV, costs, budget: float, cfg: SelectConfig, rng: np.random
 
 
 def frontier(ev_select: FastCV, ev_report: FastCV, costs, cfg: SelectConfig, rng: np.random.Generator,
-             forced=()) -> list[FrontierPoint]:
-    """Cost-vs-error curve: for each budget share, a greedy set (summed dropped error on the selection CV,
-    picked in one greedy run, its prefix within the budget then any later pick that still fits) against
-    random sets of that cost, both measured on ``ev_report``. Random band: the (1 − level)/2 quantiles."""
+             forced=(), order: list[int] | None = None) -> list[FrontierPoint]:
+    """Cost-vs-error curve: for each budget share, the longest prefix of a greedy order that fits (then any
+    later pick that still fits) against random sets of that cost, both measured on ``ev_report``.
+
+    ``order``: the default search's picks (``Search.order``: the path it took), else a greedy run on the
+    summed dropped error (selection CV) that stops once a pick removes under 0.5 % of the starting sum.
+    Either way the order continues with the benchmarks its set predicts worst, worst first. Random band:
+    the (1 − level)/2 quantiles of ``frontier_trials`` draws per budget."""
     costs = np.asarray(costs, float)
     total = costs.sum()
-    obj = _Objective(ev_select, cfg, "sum")
     inner = [b for b in cfg.budgets if b < 1]
     start = sorted(set(int(f) for f in forced))
-    # the greedy stops once a pick removes under 0.5 % of the starting summed error (noise from there on);
-    # later budgets are filled with the benchmarks that set predicts worst, worst first
-    order = _greedy(obj, costs, start, budget=max(inner, default=0) * total, lazy=cfg.lazy, stop=1e-9,
-                    min_gain=0.005 * obj(start))
+    if order is None:
+        obj = _Objective(ev_select, cfg, "sum")
+        order = _greedy(obj, costs, start, budget=max(inner, default=0) * total, lazy=cfg.lazy, stop=1e-9,
+                        min_gain=0.005 * obj(start))
+    order = list(dict.fromkeys(start + [int(o) for o in order]))
     worst = ev_select.errors(order).mae
     order += [int(j) for j in np.argsort(-np.nan_to_num(worst, nan=-np.inf), kind="stable") if j not in order]
     q = (1 - cfg.predict.level) / 2
@@ -322,7 +328,8 @@ def frontier(ev_select: FastCV, ev_report: FastCV, costs, cfg: SelectConfig, rng
         if out and np.array_equal(out[-1].kept, np.sort(K)):
             continue  # a budget too small to add anything repeats the previous point
         mean_c, max_c, _ = set_errors(ev_report, K)
-        base = baseline(ev_report, costs, spent, cfg, rng, forced) if b < 1 and K else None
+        base = baseline(ev_report, costs, spent, replace(cfg, trials=cfg.frontier_trials), rng, forced) \
+            if b < 1 and K else None
         if base is None:  # everything kept (error 0) or nothing affordable (the empty set either way)
             rm, rmax = np.array([mean_c]), np.array([max_c])
         else:

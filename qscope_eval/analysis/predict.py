@@ -156,6 +156,12 @@ class _Split:
     Zte: np.ndarray    # (n_te, p) test rows centred and scaled by training stats, missing -> 0
     Yte: np.ndarray    # (n_te, p) raw test scores, NaN missing
     n: int             # training rows
+    yy: np.ndarray     # (p,) diag(G): centred training sum of squares per column
+    Y0: np.ndarray     # (n_te, p) test scores with 0 where missing
+    obs: np.ndarray    # (n_te, p) 1.0 where the test score is known
+    nobs: np.ndarray   # (p,) training rows that have each column
+    Xtr: np.ndarray    # (n, p) training block centred, scaled by sd, missing -> 0
+    obs_tr: np.ndarray  # (n, p) bool: the training cell is known
 
 
 class FastCV:
@@ -191,7 +197,9 @@ class FastCV:
         sd = np.where(sd > 1e-12, sd, 1.0)
         Yte = self.Y[te]
         Zte = np.where(np.isnan(Yte), 0.0, (Yte - mu) / sd)
-        return _Split(te, mu, sd, G, Zte, Yte, len(tr))
+        obs_te = ~np.isnan(Yte)
+        return _Split(te, mu, sd, G, Zte, Yte, len(tr), np.diag(G).copy(), np.where(obs_te, Yte, 0.0),
+                      obs_te.astype(float), cnt.astype(float), Zc / sd, obs)
 
     def _predict(self, s: _Split, K: np.ndarray, T: np.ndarray) -> np.ndarray:
         """(n_te, |T|) predictions of targets T from kept columns K on one split."""
@@ -203,15 +211,46 @@ class FastCV:
         lam, V = np.linalg.eigh(A)
         lam = np.clip(lam, 0.0, None)
         c = V.T @ C                                   # (k, m) cross-products in eigen-coordinates
+        if np.any(s.nobs[T] < s.n):
+            return s.mu[T] + s.Zte[:, K] @ self._beta_missing(s, K, lam, V, c, T)
         a = self.alphas[:, None]
         w = 2.0 / (lam + a) - lam / (lam + a) ** 2     # (n_alpha, k): RSS(a) = yy - w @ c²
-        rss = np.clip(np.diag(s.G)[T][None, :] - w @ c ** 2, 0.0, None)
+        rss = np.clip(s.yy[T][None, :] - w @ c ** 2, 0.0, None)
         df = 1.0 + (lam / (lam + a)).sum(axis=1)       # intercept + effective ridge dof
-        with np.errstate(divide="ignore", invalid="ignore"):
-            gcv = rss / np.where(df < s.n, (1 - df / s.n) ** 2, np.nan)[:, None]
-        best = np.argmin(np.nan_to_num(gcv, nan=np.inf), axis=0)
+        den = np.where(df < s.n - 0.5, (1 - df / s.n) ** 2, 0.0)
+        gcv = np.where(den[:, None] > 0, rss / np.where(den > 0, den, 1.0)[:, None], np.inf)
+        best = np.argmin(gcv, axis=0)
         beta = V @ (c / (lam[:, None] + self.alphas[best][None, :]))  # (k, m) on standardised predictors
         return s.mu[T] + s.Zte[:, K] @ beta
+
+    def _beta_missing(self, s: _Split, K, lam, V, c, T, iters: int = 4) -> np.ndarray:
+        """(k, m) coefficients when targets miss training cells: the ridge on the rows that have each target.
+
+        The penalty is chosen by GCV with the kept block's Gram over those rows taken as f·A (f: their
+        share, as if missing at random). The coefficients then come from a few EM steps: fill each
+        target's missing training cells with the current prediction and refit on every row; the
+        fixed point is exactly the ridge fit on the rows that have the target (filled rows have zero
+        residual), and the gap shrinks by about the missing share per step.
+        """
+        nT = s.nobs[T]
+        lamT = lam[:, None] * (nT / s.n)[None, :]      # (k, m)
+        c2, yy = c ** 2, s.yy[T]
+        best, best_a = np.full(T.size, np.inf), np.full(T.size, self.alphas[-1])
+        for a in self.alphas:
+            den = lamT + a
+            rss = np.clip(yy - (c2 * (2.0 / den - lamT / den ** 2)).sum(axis=0), 0.0, None)
+            df = 1.0 + (lamT / den).sum(axis=0)
+            gden = np.where(df < nT - 0.5, (1 - df / np.maximum(nT, 1)) ** 2, 0.0)
+            g = np.where(gden > 0, rss / np.where(gden > 0, gden, 1.0), np.inf)
+            upd = g < best
+            best[upd], best_a[upd] = g[upd], a
+        beta = V @ (c / (lamT + best_a[None, :]))
+        Xk, obs = s.Xtr[:, K], s.obs_tr[:, T]
+        y0 = s.Xtr[:, T] * s.sd[T]                    # centred targets, 0 where missing
+        for _ in range(iters):
+            y = np.where(obs, y0, Xk @ beta)
+            beta = V @ ((V.T @ (Xk.T @ y)) / (lam[:, None] + best_a[None, :]))
+        return beta
 
     def errors(self, kept, with_pred: bool = False) -> CVErrors:
         """Out-of-fold MAE/RMSE of every benchmark not in ``kept`` (NaN for kept ones)."""
@@ -222,14 +261,13 @@ class FastCV:
         pcnt = np.zeros((self.Y.shape[0], self.p)) if with_pred else None
         for s in self.splits:
             P = self._predict(s, K, T)
-            E = P - s.Yte[:, T]
-            ok = ~np.isnan(E)
-            E0 = np.where(ok, E, 0.0)
+            ok = s.obs[:, T]
+            E0 = (P - s.Y0[:, T]) * ok                  # 0 where the test score is missing
             ab[T] += np.abs(E0).sum(axis=0)
-            sq[T] += (E0 ** 2).sum(axis=0)
+            sq[T] += np.einsum("ij,ij->j", E0, E0)
             cnt[T] += ok.sum(axis=0)
             if with_pred:
-                psum[np.ix_(s.test, T)] += np.where(ok, P, 0.0)
+                psum[np.ix_(s.test, T)] += P * ok
                 pcnt[np.ix_(s.test, T)] += ok
         with np.errstate(invalid="ignore", divide="ignore"):
             mae, rmse = ab / cnt, np.sqrt(sq / cnt)
