@@ -43,6 +43,9 @@ class SelectConfig:
     """Largest cross-validated MAE (points) of a dropped benchmark; None: no error bound."""
     min_tau: float | None = None
     """Smallest held-out Kendall τ between predicted and true model ranking of a dropped benchmark; None: no bound."""
+    margin: float = 1.0
+    """Standard errors added to a benchmark's search-CV MAE before it is compared with max_error, so that
+    estimation noise alone does not drop it (the chosen errors are re-measured on held-out models)."""
     lazy: bool = True
     """Lazy re-evaluation of greedy gains (False: every candidate at every step)."""
     cluster_start: bool = True
@@ -61,6 +64,8 @@ class SelectConfig:
     def __post_init__(self):
         if self.max_error is None and self.min_tau is None:
             raise PredictError("give a tolerance: max_error (points, e.g. 2.0) and/or min_tau (e.g. 0.8)")
+        if self.margin < 0:
+            raise PredictError(f"margin must be >= 0 standard errors, got {self.margin}")
         if self.max_error is not None and not self.max_error > 0:
             raise PredictError(f"max_error must be > 0 points, got {self.max_error}")
         if self.min_tau is not None and not -1 < self.min_tau <= 1:
@@ -115,14 +120,15 @@ class FrontierPoint:
 def violations(err: CVErrors, taus: np.ndarray | None, cfg: SelectConfig, kept) -> np.ndarray:
     """(p,) how far each non-kept benchmark is from the tolerance (0: within it; kept ones 0).
 
-    MAE part: max(0, mae − max_error) / max_error; τ part: max(0, min_tau − τ) / (1 − min_tau)
+    MAE part: max(0, mae + margin·se − max_error) / max_error; τ part: max(0, min_tau − τ) / (1 − min_tau)
     (at least 0.05 below). A benchmark no test model has (NaN) counts 1: it cannot be shown predicted.
     """
     v = np.zeros(err.mae.shape)
     dropped = np.ones(err.mae.shape, bool)
     dropped[np.asarray(kept, np.int64)] = False
     if cfg.max_error is not None:
-        v += np.where(np.isnan(err.mae), 1.0, np.maximum(0.0, err.mae - cfg.max_error) / cfg.max_error)
+        e = err.mae + cfg.margin * np.nan_to_num(err.se)
+        v += np.where(np.isnan(err.mae), 1.0, np.maximum(0.0, e - cfg.max_error) / cfg.max_error)
     if cfg.min_tau is not None and taus is not None:
         v += np.where(np.isnan(taus), 1.0, np.maximum(0.0, cfg.min_tau - taus) / max(1 - cfg.min_tau, 0.05))
     return np.where(dropped, v, 0.0)

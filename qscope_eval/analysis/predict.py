@@ -23,6 +23,11 @@ fold only, from ``alphas``):
   (zero in the centred cross-product): an approximation that only steers the
   search; every figure in a row comes from ``report_errors``.
 
+Scoring: a dropped benchmark's error is measured on the held-out models that have every kept
+benchmark (a model that runs the kept set has them) when at least MIN_SCORED do; otherwise on every
+held-out model that has it, missing kept cells at the training mean (conservative). Models lacking
+kept cells always help fit, those cells mean-imputed.
+
 Honesty: the models are split once (``split_models``) into a *selection* part,
 on which a subset is chosen by FastCV's K-fold CV, and a *report* part never
 seen by the search. Every reported error is measured on report models only
@@ -45,6 +50,7 @@ from qscope_eval.errors import QScopeError
 __all__ = ["PredictError", "PredictConfig", "ModelSplit", "CVErrors", "Prediction", "split_models", "FastCV",
            "report_errors", "kendall", "ALPHAS"]
 
+MIN_SCORED = 8  # held-out models with every kept benchmark needed to score only those (see module docstring)
 ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))  # on standardised predictors; n ~ 10..1000 models
 
 
@@ -105,6 +111,7 @@ class CVErrors:
     mae: np.ndarray       # (p,) mean absolute error, points
     rmse: np.ndarray      # (p,) root mean squared error, points
     n: np.ndarray         # (p,) test cells behind each error (models × repeats)
+    se: np.ndarray        # (p,) standard error of the MAE: sd of |error| over the test cells / sqrt(n)
     pred: np.ndarray | None  # (n_models, p) out-of-fold prediction averaged over repeats (NaN elsewhere)
 
 
@@ -256,27 +263,33 @@ class FastCV:
         """Out-of-fold MAE/RMSE of every benchmark not in ``kept`` (NaN for kept ones)."""
         K = np.unique(np.asarray(kept, np.int64))
         T = np.setdiff1d(np.arange(self.p), K)
-        ab, sq, cnt = np.zeros(self.p), np.zeros(self.p), np.zeros(self.p)
+        acc = np.zeros((2, 3, self.p))  # [all rows | complete rows] x [|e|, e², cells]
         psum = np.zeros((self.Y.shape[0], self.p)) if with_pred else None
         pcnt = np.zeros((self.Y.shape[0], self.p)) if with_pred else None
         for s in self.splits:
             P = self._predict(s, K, T)
             ok = s.obs[:, T]
             E0 = (P - s.Y0[:, T]) * ok                  # 0 where the test score is missing
-            ab[T] += np.abs(E0).sum(axis=0)
-            sq[T] += np.einsum("ij,ij->j", E0, E0)
-            cnt[T] += ok.sum(axis=0)
+            full = s.obs[:, K].min(axis=1) if K.size else np.ones(s.test.size)  # has every kept benchmark
+            for r, w in ((0, ok), (1, ok * full[:, None])):
+                Ew = E0 * (w > 0)
+                acc[r, 0, T] += np.abs(Ew).sum(axis=0)
+                acc[r, 1, T] += np.einsum("ij,ij->j", Ew, Ew)
+                acc[r, 2, T] += w.sum(axis=0)
             if with_pred:
                 psum[np.ix_(s.test, T)] += P * ok
                 pcnt[np.ix_(s.test, T)] += ok
+        use = acc[1, 2] >= MIN_SCORED * self.repeats  # enough complete models: score only those
+        ab, sq, cnt = (np.where(use, acc[1, i], acc[0, i]) for i in range(3))
         with np.errstate(invalid="ignore", divide="ignore"):
             mae, rmse = ab / cnt, np.sqrt(sq / cnt)
-        mae[K], rmse[K] = np.nan, np.nan
+            se = np.sqrt(np.clip(sq / cnt - mae ** 2, 0.0, None) / cnt)
+        mae[K], rmse[K], se[K] = np.nan, np.nan, np.nan
         pred = None
         if with_pred:
             with np.errstate(invalid="ignore", divide="ignore"):
                 pred = np.where(pcnt > 0, psum / pcnt, np.nan)
-        return CVErrors(mae, rmse, cnt.astype(int), pred)
+        return CVErrors(mae, rmse, cnt.astype(int), se, pred)
 
     def taus(self, pred: np.ndarray) -> np.ndarray:
         """(p,) Kendall τ between ``pred`` and the true scores over the test pool (NaN where undefined)."""
@@ -313,7 +326,10 @@ def report_errors(Y, kept, split: ModelSplit, cfg: PredictConfig | None = None,
     multi-output fit). A kept cell missing in a model is imputed by the training
     mean. Per target: MAE/RMSE over held-out models (their error averaged over
     repeats), a bootstrap interval of the MAE over those models, Kendall τ-b of
-    the repeat-averaged prediction, and the mean |standardised coefficient|.
+    the repeat-averaged prediction, and the mean |standardised coefficient|. Scored: the held-out
+    models that have every kept benchmark, when at least MIN_SCORED do (a model that runs the kept set
+    has them all; a missing kept cell would charge the prediction for a gap of the table); otherwise
+    every held-out model with the target, its missing kept cells at the training mean (conservative).
     """
     from sklearn.model_selection import KFold
 
@@ -336,8 +352,11 @@ def report_errors(Y, kept, split: ModelSplit, cfg: PredictConfig | None = None,
     rng = np.random.default_rng(cfg.seed + 7)
     q = (1 - cfg.level) / 2
     out = []
+    full = ~np.isnan(Y[:, K]).any(axis=1)  # models with every kept benchmark
     for j in T:
         have = np.flatnonzero(err_cnt[:, j] > 0)
+        if np.sum(full[have]) >= MIN_SCORED:
+            have = have[full[have]]
         if have.size == 0:
             out.append(Prediction(int(j), np.nan, np.nan, np.nan, np.nan, np.nan, 0, np.zeros(K.size)))
             continue
