@@ -128,13 +128,16 @@ def run_suite(s: Suite, cfg: bsel.SelectConfig, out):
     pr_ = lambda *x: print(*x, file=out)  # noqa: E731
     pr_(f"\n== {s.name}: {s.models} models x {p} benchmarks, noise sd {s.noise}, missing {s.missing:.0%}, "
         f"costs {s.costs}  ({cpu:.1f} s CPU)")
-    pr_(f"  default   keep {len(kept):2d}/{p}  cost {costs[d.kept].sum() / total:6.1%}  "
-        f"dropped error mean {np.mean(maes) if maes else 0:.2f}  worst {max(maes) if maes else 0:.2f} points "
-        f"(held-out models: {d.split.report.size})")
-    pr_(f"  random    same cost ({b.cost_mean / total:.1%}, {b.max_error.size} draws): mean {b.mean_error.mean():.2f} "
-        f"± {b.mean_error.std(ddof=1):.2f}  worst {b.max_error.mean():.2f} ± {b.max_error.std(ddof=1):.2f}  "
-        f"[chosen on this evaluator: {d.chosen_errors[0]:.2f} / {d.chosen_errors[1]:.2f}; random sets with a "
-        f"lower worst error: {np.mean(b.max_error <= d.chosen_errors[1]):.0%}]")
+    err = (f"dropped error mean {np.mean(maes):.2f}  worst {max(maes):.2f} points (held-out models: "
+           f"{d.split.report.size})") if maes else "nothing dropped: no benchmark predicted within the tolerance"
+    pr_(f"  default   keep {len(kept):2d}/{p}  cost {costs[d.kept].sum() / total:6.1%}  {err}")
+    if not maes:
+        pr_("  random    - (the default keeps everything)")
+    else:
+        pr_(f"  random    same cost ({b.cost_mean / total:.1%}, {b.max_error.size} draws): mean {b.mean_error.mean():.2f} "
+            f"± {b.mean_error.std(ddof=1):.2f}  worst {b.max_error.mean():.2f} ± {b.max_error.std(ddof=1):.2f}  "
+            f"[chosen on this evaluator: {d.chosen_errors[0]:.2f} / {d.chosen_errors[1]:.2f}; random sets with a "
+            f"lower worst error: {np.mean(b.max_error <= d.chosen_errors[1]):.0%}]")
     pr_(f"  features  keep {len(fk):2d}/{p}  cost {costs[fk].sum() / total:6.1%}  dropped error mean "
         f"{fp['error']:.2f}  worst {fp['max_error']:.2f} points; groups dropped {f_groups}")
     pr_(f"  checks    groups dropped {groups_dropped}; near copy dropped: {p - 1 not in kept}; uniques kept: "

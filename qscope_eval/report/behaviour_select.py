@@ -48,8 +48,10 @@ def frontier_chart(b: dict):
         layers.append(alt.Chart(alt.InlineData(values=pts)).mark_point(size=160, filled=True, shape="diamond").encode(
             x="cost:Q", y="error:Q", color=colour,
             tooltip=["what:N", alt.Tooltip("cost:Q", format=".1%"), alt.Tooltip("error:Q", format=".2f")]))
-    sub = ["Blue: greedy kept sets at each budget; grey: random kept sets of the same cost (dashed: mean; band: "
-           f"{b['cv']['level']:.0%} of draws). Errors on the {b['cv']['report_models']} models held out from the choice."]
+    sub = [f"Blue: the search's kept sets at each budget; grey: random kept sets of the same cost (dashed: mean; "
+           f"band: {b['cv']['level']:.0%} of draws).",
+           f"Errors on the {b['cv']['report_models']} models held out from the choice; diamonds: the chosen set and "
+           "the feature-only recommendation."]
     return alt.layer(*layers).properties(width=560, height=300, title=alt.Title(
         "Cost kept vs prediction error of the dropped benchmarks", subtitle=sub))
 
