@@ -42,8 +42,10 @@ def planted_scores(n_models: int = 100, seed: int = 0, topics: dict[str, str] = 
     return pd.DataFrame(np.clip(S, 1, 99).round(2), index=[f"org/model-{i:03d}" for i in range(n_models)], columns=names)
 
 
-def build_topic_store(path, topics: dict[str, str] = TOPICS, n: int = 30, d: int = 512, seed: int = 0):
-    """A Store with `topics`' benchmarks (spec task = name), SAE features by topic, null and texts topic-free."""
+def build_topic_store(path, topics: dict[str, str] = TOPICS, n: int = 30, d: int = 512, seed: int = 0,
+                      topical_words: bool = False):
+    """A Store with `topics`' benchmarks (spec task = name), SAE features by topic, null and texts topic-free
+    (topical_words: each topic's prompts draw from a vocabulary of their own, so the words carry the topics too)."""
     from qscope_eval.store import Store
 
     rng = np.random.default_rng(seed)
@@ -53,7 +55,8 @@ def build_topic_store(path, topics: dict[str, str] = TOPICS, n: int = 30, d: int
     e = s.register_encoder("toy@main|sae|L1|top|sae", "toy", "main", "sae", 1, "top", "sae", d, {})
     en = s.register_encoder("toy@main|sae|L1|top|null", "toy", "main", "sae", 1, "top", "null", d, {})
     for b, topic in topics.items():
-        texts = [f"{b} item {i}: " + " ".join(rng.choice(vocab, 12)) for i in range(n)]
+        words = [f"{topic}{i}" for i in range(40)] if topical_words else vocab
+        texts = [f"{b} item {i}: " + " ".join(rng.choice(words, 12)) for i in range(n)]
         ids = s.register_benchmark(b, "demo", {"task": b}, texts)
         block = kinds.index(topic) * 60
         for enc in (e, en):

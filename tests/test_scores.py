@@ -9,7 +9,6 @@ message. The proxies are checked against slow, obvious set arithmetic.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -212,3 +211,31 @@ def test_proxies_against_obvious_set_arithmetic():
     C = characteristic_similarity(M, F)
     np.testing.assert_allclose(C, C.T)
     np.testing.assert_allclose(P["characteristic"][~np.eye(K, dtype=bool)], C[~np.eye(K, dtype=bool)])
+
+
+def test_long_table_with_a_metric_column(S, tmp_path):
+    long = S.rename_axis("model").reset_index().melt(id_vars="model", var_name="task", value_name="value")
+    both = pd.concat([long.assign(metric="acc"), long.assign(metric="acc_norm", value=long.value / 2)])
+    p = tmp_path / "m.csv"
+    both.to_csv(p, index=False)
+    first, norm = _read([p]), _read([p], metric="acc_norm")
+    np.testing.assert_allclose(first.matched().loc[S.index, NAMES], S, atol=1e-9)
+    np.testing.assert_allclose(norm.matched().loc[S.index, NAMES], S / 2, atol=1e-9)
+    assert {m.column: m.how for m in first.matching}["metric"] == "ignored"
+
+
+def test_json_object_and_tsv_wide_shapes_and_folder_errors(S, tmp_path):
+    (tmp_path / "obj.json").write_text(json.dumps({m: row.to_dict() for m, row in S.iterrows()}))
+    S.rename_axis("Model").reset_index().to_csv(tmp_path / "w.tsv", sep="\t", index=False)
+    for name in ("obj.json", "w.tsv"):
+        np.testing.assert_allclose(_read([tmp_path / name]).matched().loc[S.index, NAMES], S, atol=1e-9)
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(ScoreTableError, match="holds no results_\\*.json, CSV"):
+        _read([tmp_path / "empty_dir"])
+    with pytest.raises(ScoreTableError, match="no model column.*name the column of model names 'model'"):
+        _read([_csv(tmp_path, "a,gsm8k\n1,2\n3,4\n")])
+
+
+def test_records_named_results_json_are_a_table(S, tmp_path):
+    p = write_json_records(S, tmp_path / "results.json")
+    np.testing.assert_allclose(_read([p]).matched().loc[S.index, NAMES], S, atol=1e-9)

@@ -170,8 +170,10 @@ def test_service_serves_score_validations(base, db):
     assert client.get("/api/score_validation").json() == json.loads(json.dumps(out))
     listed = client.get("/api/score_validations").json()
     assert [v["validation_id"] for v in listed["validations"]] == [out["validation_id"]]
-    page = client.get("/").text
-    assert "Score validation" in page and out["agreement"]["verdicts"][0].split()[0] in page
+    from qscope_eval.service.app import score_validation_html  # the index page's section (the page itself: test_serve)
+
+    part = score_validation_html(db)
+    assert "Score validation" in part and "sae:sym" in part and "api/score_validations" in part
 
 
 def test_report_shows_the_saved_score_validation(base, db, tmp_path):
@@ -190,3 +192,32 @@ def test_report_shows_the_saved_score_validation(base, db, tmp_path):
     kinds = {p["kind"] for p in pts}
     assert kinds == {"SAE", "null dictionary", "prompts' words"}
     assert len(pts) == len(out["agreement"]["pairs"]) * 10  # every pair under every proxy
+
+
+def test_lexical_baseline_tracks_topics_when_the_words_carry_them(base, tmp_path):
+    """Same scores, but each topic's prompts now use words of their own: the words alone must find the topics."""
+    db = tmp_path / "words.duckdb"
+    build_topic_store(db, topical_words=True).close()
+    out = json.loads(run("--db", db, "--scores", base[2], "--no-save", "--json", *FAST).output)
+    part = {x["name"]: x["partial_pearson"] for x in out["agreement"]["proxies"]}
+    assert part["lexical:tfidf"] > 0.7 and part["lexical:sym"] > 0.7 and part["sae:sym"] > 0.7
+    assert max(abs(part[n]) for n in part if n.startswith("null:")) < 0.5
+    vs_words = [c for c in out["agreement"]["comparisons"]
+                if c["proxy"] == "sae:sym" and c["baseline"] == "lexical:tfidf" and c["statistic"] == "partial_pearson"]
+    assert vs_words and vs_words[0]["lo"] < 0.1  # the SAE is not shown to beat words that carry the same topics
+
+
+def test_missing_cells_pairs_with_too_few_models_are_reported(base, db, tmp_path):
+    S = planted_scores(30)
+    S.loc[S.index[4:], "humaneval"] = np.nan  # humaneval: 4 models, under min_pair_models (5)
+    p = tmp_path / "holes.csv"
+    S.rename_axis("model").reset_index().to_csv(p, index=False)
+    res = run("--db", db, "--scores", p, "--no-save", *FAST)
+    assert res.exit_code == 0, res.output
+    assert "pairs with too few models" in res.output
+    out = json.loads(run("--db", db, "--scores", p, "--no-save", "--json", *FAST).output)
+    few = out["agreement"]["too_few_models"]
+    assert sorted((f["a"], f["b"]) for f in few) == sorted(tuple(sorted((a, "humaneval"), key=list(TOPICS).index))
+                                                           for a in TOPICS if a != "humaneval")
+    assert all(f["n_models"] == 4 for f in few)
+    assert {b["name"]: b["n_models"] for b in out["benchmarks"]}["humaneval"] == 4

@@ -152,6 +152,26 @@ def test_validation_api_serves_the_stored_result(url, audited):
         assert get(url + "/api/validation").json() == s.latest_validation(1) == result
 
 
+def test_score_validation_api_serves_the_stored_result(url, audited):
+    import pandas as pd
+
+    from qscope_eval.store import Store
+
+    r = get(url + "/api/score_validation")
+    assert r.status_code == 404 and "validate --db DB --scores" in r.json()["error"]
+    assert get(url + "/api/score_validations").json() == {"validations": []}
+    result = {"kind": "scores", "validation_id": "s-1", "n_models": 3, "benchmarks": [],
+              "agreement": {"verdicts": ["sae:sym tracks the scores"], "proxies": [{"name": "sae:sym", "partial_pearson": 0.5}]}}
+    scores = pd.DataFrame({"model": ["m1", "m2", "m3"], "benchmark": "bench_0", "score": [10.0, 20.0, 30.0],
+                           "scale": "0-100", "source": "t.csv", "metric": None})
+    with Store(audited) as s:  # written while the server runs: the next request sees it
+        s.save_score_validation("s-1", 1, {"paths": ["t.csv"]}, result, scores[["model", "source"]], scores)
+    assert get(url + "/api/score_validation").json() == result
+    assert get(url + "/api/score_validations?encoder=1").json() == {"validations": [result]}
+    page = get(url + "/").text
+    assert "sae:sym tracks the scores" in page and "api/score_validations" in page
+
+
 def test_gaps_api_equals_cli(url, audited):
     r = get(url + "/api/gaps")
     res = CliRunner().invoke(cli, ["gaps", "--db", str(audited), "--json"])

@@ -23,7 +23,9 @@ What is computed, and why this way:
   proxy (rows and columns together); this respects that pairs sharing a benchmark are not
   independent. p = (1 + #perm ≥ observed) / (1 + permutations).
 - Interval: percentile bootstrap over models (rows of S resampled with replacement; every score
-  correlation, the residualisation and the agreement are recomputed). It covers "other models
+  correlation, the residualisation and the agreement are recomputed; each model's general-factor
+  score is computed once and travels with it). Resampling adds noise that pulls every replicate's
+  agreement down, so the percentiles are re-centred on the point estimate. It covers "other models
   like mine on these benchmarks", not "other benchmarks": for the latter, a leave-one-benchmark-out
   jackknife standard error is given beside it (`*_benchmark_se`). Paired comparisons (SAE minus
   baseline) use the same replicates for both, on the pairs both define.
@@ -76,7 +78,7 @@ class AgreementConfig:
     """Seed of the bootstrap, the permutations and the splits."""
     n_disagree: int = 10
     """Pairs listed in each direction where the headline proxy and behaviour disagree most."""
-    splits: int = 100
+    splits: int = 50
     """Random half splits of the models behind the reliability ceiling (0 = none)."""
     headline: str | None = None
     """Proxy whose disagreements are listed; default sae:characteristic, else sae:sym, else the first sae:*."""
@@ -132,17 +134,24 @@ class AgreementResult:
 
     def to_dict(self) -> dict:
         proxy_names = [p["name"] for p in self.proxies]
-        pairs = []
-        cols = {c: self.pairs[c].to_numpy() for c in self.pairs.columns}
-        for i in range(len(self.pairs)):
-            pairs.append({"a": str(cols["a"][i]), "b": str(cols["b"][i]), "n_models": int(cols["n_models"][i]),
-                          "score_corr": _num(cols["score_corr"][i]), "score_partial": _num(cols["score_partial"][i]),
-                          "proxies": {p: _num(cols[p][i]) for p in proxy_names}})
-        return _clean({"n_models": self.n_models, "n_benchmarks": self.n_benchmarks, "n_pairs": self.n_pairs,
-                       "control": self.control, "names": list(self.names), "reliability": self.reliability,
-                       "proxies": self.proxies, "comparisons": self.comparisons, "pairs": pairs,
-                       "disagreements": self.disagreements, "too_few_models": self.too_few_models,
-                       "verdicts": list(self.verdicts), "notes": list(self.notes)})
+
+        def col(c):                                   # NaN -> None, numpy -> Python, in one pass per column
+            return [x if x == x else None for x in self.pairs[c].to_numpy(dtype=np.float64).tolist()]
+
+        prox = [col(p) for p in proxy_names]
+        pairs = [{"a": a, "b": b, "n_models": int(nm), "score_corr": r, "score_partial": rp,
+                  "proxies": dict(zip(proxy_names, vals))}
+                 for a, b, nm, r, rp, *vals in zip(self.pairs["a"].astype(str).tolist(),
+                                                   self.pairs["b"].astype(str).tolist(),
+                                                   self.pairs["n_models"].tolist(), col("score_corr"),
+                                                   col("score_partial"), *prox)]
+        out = _clean({"n_models": self.n_models, "n_benchmarks": self.n_benchmarks, "n_pairs": self.n_pairs,
+                      "control": self.control, "names": list(self.names), "reliability": self.reliability,
+                      "proxies": self.proxies, "comparisons": self.comparisons, "pairs": [],
+                      "disagreements": self.disagreements, "too_few_models": self.too_few_models,
+                      "verdicts": list(self.verdicts), "notes": list(self.notes)})
+        out["pairs"] = pairs                          # already clean; _clean over 10^5 dicts would cost seconds
+        return out
 
 
 def _num(x):
@@ -267,6 +276,7 @@ def score_agreement(S: np.ndarray, proxies: dict[str, np.ndarray], names: list[s
     S, dropped = _check_scores(S, names)
     n, K = S.shape
     specs, notes = _check_proxies(proxies, K, names)
+    head = _headline(cfg, specs)
     Z, M, g = _prepare(S, cfg)
     with np.errstate(all="ignore"):
         ps = _pairwise(Z, M, g, cfg)
@@ -280,51 +290,11 @@ def score_agreement(S: np.ndarray, proxies: dict[str, np.ndarray], names: list[s
     beh = {"raw": ps.raw[iu, ju], "partial": ps.partial[iu, ju]}
     pv = {name: P[iu, ju] for name, _, _, P in specs}
 
-    # units: (proxy name, restrict-to-proxy) on a fixed pair mask, per behaviour side
     comps = comparison_list(specs)
-    units: dict[str, list[tuple[str, str | None]]] = {}
-    masks: dict[tuple, np.ndarray] = {}
-    for side in ("raw", "partial"):
-        units[side] = [(nm, None) for nm, *_ in specs] + [u for a, b in comps for u in ((a, b), (b, a))]
-        for nm, other in units[side]:
-            m = enough & np.isfinite(beh[side]) & np.isfinite(pv[nm])
-            if other is not None:
-                m &= np.isfinite(pv[other])
-            masks[(side, nm, other)] = m
-    point = {key: (bs.pearson(pv[key[1]][m], beh[key[0]][m]), bs.spearman(pv[key[1]][m], beh[key[0]][m]))
-             for key, m in masks.items()}
-
-    # bootstrap over models: groups of units sharing a mask share the replicate ranks
-    reps: dict[tuple, np.ndarray] = {key: np.full((cfg.replicates, 2), np.nan) for key in masks}
-    if cfg.replicates:
-        groups: dict[tuple, list] = {}
-        for key, m in masks.items():
-            groups.setdefault((key[0], m.tobytes()), []).append(key)
-        pgroups = []
-        for (side, _), keys in groups.items():
-            m = masks[keys[0]]
-            if m.sum() >= 3:
-                idx = np.flatnonzero(m)
-                pgroups.append((side, keys, bs.PairGroup(idx, np.column_stack([pv[k[1]][idx] for k in keys]))))
-        rng = np.random.default_rng([cfg.seed, 1])
-        with np.errstate(all="ignore"):
-            for b in range(cfg.replicates):
-                w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
-                rr = dict(zip(("raw", "partial"), bs.replicate(Z, M, g, w, iu, ju)))
-                for side, keys, grp in pgroups:
-                    pe, sr = grp.agree(rr[side])
-                    for u, key in enumerate(keys):
-                        reps[key][b] = (pe[u], sr[u])
-
-    # Mantel: each proxy on its own pairs, against raw and partial behaviour
-    mantel = {}
-    if cfg.permutations and specs:
-        rv = np.column_stack([np.where(enough, beh["raw"], np.nan), np.where(enough, beh["partial"], np.nan)])
-        null = bs.mantel_null(np.stack([P for *_, P in specs]), rv, cfg.permutations,
-                              np.random.default_rng([cfg.seed, 3]))
-        obs = bs.mantel_null(np.stack([P for *_, P in specs]), rv, 1, _Identity(K))[0]
-        for j, (nm, *_) in enumerate(specs):
-            mantel[nm] = [(1 + np.sum(null[:, j, v] >= obs[j, v] - 1e-12)) / (1 + cfg.permutations) for v in (0, 1)]
+    masks = _unit_masks(specs, comps, enough, beh, pv)
+    rep = bs.Replicator(Z, M, g)
+    point, reps = _bootstrap(masks, pv, beh, rep, n, iu, ju, cfg)
+    mantel = _mantel(specs, pv, beh, enough, iu, ju, K, cfg)
 
     q = (1 - cfg.level) / 2
     proxy_rows = []
@@ -342,10 +312,9 @@ def score_agreement(S: np.ndarray, proxies: dict[str, np.ndarray], names: list[s
 
     pairs = pd.DataFrame({"a": np.array(names)[iu], "b": np.array(names)[ju], "n_models": npair,
                           "score_corr": beh["raw"], "score_partial": beh["partial"], **pv})
-    rel = bs.reliability(Z, M, g, cfg, enough, iu, ju, headline)
+    rel = bs.reliability(rep, n, cfg, enough, iu, ju, headline)
     comparisons, verdicts = comparisons_and_verdicts(comps, point, reps, masks, proxy_rows, rel, headline, cfg, n,
-                                                     pv, beh, iu, ju, K)
-    head = _headline(cfg, specs)
+                                                     pv, beh, iu, ju, K, head)
     dis = disagreements(head, pv, beh[headline], enough, np.array(names), iu, ju, cfg.n_disagree) if head else []
     too_few = [{"a": names[a], "b": names[b], "n_models": int(c)}
                for a, b, c in zip(iu[~enough], ju[~enough], npair[~enough])]
@@ -375,3 +344,71 @@ def _headline(cfg, specs) -> str | None:
             return nm
     sae = [nm for nm, kind, *_ in specs if kind == "sae"]
     return sae[0] if sae else (have[0] if have else None)
+
+
+def _unit_masks(specs, comps, enough, beh, pv) -> dict[tuple, np.ndarray]:
+    """(side, proxy, restricted-to-baseline or None) -> the pairs it is computed on."""
+    masks = {}
+    for side in ("raw", "partial"):
+        units = [(nm, None) for nm, *_ in specs] + [u for a, b in comps for u in ((a, b), (b, a))]
+        for nm, other in units:
+            m = enough & np.isfinite(beh[side]) & np.isfinite(pv[nm])
+            if other is not None:
+                m &= np.isfinite(pv[other])
+            masks[(side, nm, other)] = m
+    return masks
+
+
+def _bootstrap(masks, pv, beh, rep, n, iu, ju, cfg):
+    """Point (Pearson, Spearman) of every unit and its (replicates, 2) bootstrap values over models.
+
+    Units on the same pairs form one group: one ranking of a replicate's behaviour serves them all.
+    """
+    groups: dict[tuple, list[str]] = {}
+    gmask: dict[tuple, np.ndarray] = {}
+    where: dict[tuple, tuple[tuple, int]] = {}
+    for key, m in masks.items():
+        gkey = (key[0], m.tobytes())
+        cols = groups.setdefault(gkey, [])
+        gmask[gkey] = m
+        if key[1] not in cols:
+            cols.append(key[1])
+        where[key] = (gkey, cols.index(key[1]))
+    pgroups = {}
+    for gkey, cols in groups.items():
+        idx = np.flatnonzero(gmask[gkey])
+        if idx.size >= 3:
+            pgroups[gkey] = bs.PairGroup(idx, np.column_stack([pv[c][idx] for c in cols]))
+    gpoint = {gkey: grp.exact(beh[gkey[0]]) for gkey, grp in pgroups.items()}
+    greps = {gkey: np.full((cfg.replicates, 2, len(cols)), np.nan) for gkey, cols in groups.items()}
+    if cfg.replicates and pgroups:
+        rng = np.random.default_rng([cfg.seed, 1])
+        with np.errstate(all="ignore"):
+            for b in range(cfg.replicates):
+                w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+                rr = dict(zip(("raw", "partial"), rep(w, iu, ju)))
+                for gkey, grp in pgroups.items():
+                    greps[gkey][b] = grp.agree(rr[gkey[0]])
+    nan2 = (math.nan, math.nan)
+    point = {key: (tuple(gpoint[gk][:, u]) if gk in gpoint else nan2) for key, (gk, u) in where.items()}
+    reps = {key: greps[gk][:, :, u] for key, (gk, u) in where.items()}
+    return point, reps
+
+
+def _mantel(specs, pv, beh, enough, iu, ju, K, cfg) -> dict[str, list]:
+    """Mantel p of every proxy against raw and partial behaviour.
+
+    The behaviour matrices are relabelled (2 gathers per permutation, however many proxies); the
+    null distribution is the same as relabelling each proxy.
+    """
+    if not cfg.permutations or not specs:
+        return {}
+    B = np.full((2, K, K), np.nan)
+    for v, side in enumerate(("raw", "partial")):
+        B[v, iu, ju] = B[v, ju, iu] = np.where(enough, beh[side], np.nan)
+    pmat = np.column_stack([pv[nm] for nm, *_ in specs])
+    null = bs.mantel_null(B, pmat, cfg.permutations, np.random.default_rng([cfg.seed, 3]))   # (perm, 2, J)
+    obs = bs.mantel_null(B, pmat, 1, _Identity(K))[0]
+    return {nm: [(1 + np.sum(null[:, v, j] >= obs[v, j] - 1e-12)) / (1 + cfg.permutations)
+                 if np.isfinite(obs[v, j]) else None for v in (0, 1)]
+            for j, (nm, *_) in enumerate(specs)}

@@ -7,12 +7,13 @@ result objects and the verdicts live in `behaviour.py`.
 Shapes: n models, K benchmarks, P = K(K-1)/2 benchmark pairs (upper triangle, row-major),
 Z (n, K) standardised scores with 0.0 in missing cells, M (n, K) bool "scored".
 
-Why it is fast. A pairwise-complete correlation needs, for every pair (a, b), the sums over the
-models scored on both: N_ab = Σ w m_a m_b, Sx_ab = Σ w x_a m_b, Sxx_ab = Σ w x_a² m_b and
-Sxy_ab = Σ w x_a x_b (x is 0 where missing). Each is a matrix product; the bootstrap weight w
-(resample counts) enters as sqrt(w) on both factors, and models drawn zero times are dropped
-(about 37 % of them). Only Sxy needs a dense product: with few missing cells the others are
-"column total minus the missing cells' share", a product with the sparse missing-cell matrix U.
+Why it is fast. A pairwise-complete correlation needs, for every pair (a, b), sums over the
+models scored on both, and each such sum is a matrix product over the models. A bootstrap
+replicate enters as weights (resample counts, sqrt(w) on both factors; models drawn zero times
+are dropped, about 37 % of them), so a replicate's whole K × K correlation matrix is one product
+AᵀA (plus one for the common-model counts when cells are missing; see fast_corr for the one
+approximation this takes then), the residualisation on the general factor one (3K × n) @ (n × 3)
+product, and a Mantel permutation an index gather.
 """
 
 from __future__ import annotations
@@ -21,11 +22,8 @@ import math
 import warnings
 
 import numpy as np
-import scipy.sparse as sp
 from scipy import stats
 
-DENSE_MISSING = 0.3
-"""Above this share of missing cells the corrections are done as dense products (sparse no longer pays)."""
 MIN_MODELS = 3
 """A correlation across fewer models is meaningless."""
 RANK_STEPS = 32768
@@ -37,7 +35,8 @@ def standardise(S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
     Correlations do not change under a per-benchmark shift and scale; standardising first keeps the
     sums of squares small (float32 products stay exact enough) and puts 0-1 and 0-100 columns alike.
-    Columns with fewer than 2 cells or no spread get sd = NaN (the caller refuses them).
+    Columns with two or more cells but no spread get sd = NaN (the caller refuses them); a column
+    with one cell gets z = 0 there (every pair with it has too few models anyway).
     """
     M = np.isfinite(S)
     cnt = M.sum(axis=0)
@@ -47,7 +46,7 @@ def standardise(S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
         dev = np.where(M, S - mean, 0.0)
         sd = np.sqrt((dev * dev).sum(axis=0) / np.maximum(cnt - 1, 1))
     scale = np.maximum(np.abs(mean), 1.0)
-    sd = np.where((cnt >= 2) & (sd > 1e-12 * scale), sd, np.nan)
+    sd = np.where(cnt < 2, 1.0, np.where(sd > 1e-12 * scale, sd, np.nan))   # one cell: z = 0, no pair uses it
     Z = np.where(M, dev / np.where(np.isfinite(sd), sd, 1.0), 0.0)
     return Z, M, mean, sd
 
@@ -87,79 +86,49 @@ def general_factor(Z: np.ndarray, M: np.ndarray, control: str, reference: int | 
 def residualise(Z: np.ndarray, M: np.ndarray, g: np.ndarray, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Residuals of each benchmark's scores on g by (weighted) least squares over the models it has.
 
-    Returns (E, Mg): E (n, K) residuals, 0 outside Mg = M & g finite; a column whose residuals
-    are (numerically) all zero, i.e. g explains it exactly (the reference benchmark itself), is
-    removed from Mg so its correlations come out undefined instead of as float noise.
+    Returns (E, Mg): E (n, K) residuals, 0 outside Mg = M & g finite. A column that g explains
+    exactly (the reference benchmark itself) gets NaN residuals, so its correlations come out
+    undefined instead of as float noise. All sums are matrix-vector products over the models.
     """
-    Mg = M & np.isfinite(g)[:, None]
-    W = Mg * (np.ones(len(g)) if w is None else w)[:, None]
-    g0 = np.where(np.isfinite(g), g, 0.0)
-    sw = W.sum(axis=0)
+    fin = np.isfinite(g)
+    Mg = M & fin[:, None]
+    g0 = np.where(fin, g, 0.0)
+    w = np.ones(len(g)) if w is None else w
+    Zg = Z if fin.all() else np.where(Mg, Z, 0.0)
+    Mf = Mg.astype(np.float64)
+    wg = w * g0
+    sw, sg, sgg = w @ Mf, wg @ Mf, (wg * g0) @ Mf
+    sz, sgz, szz = w @ Zg, wg @ Zg, w @ (Zg * Zg)
     with np.errstate(invalid="ignore", divide="ignore"):
-        gbar = (g0 @ W) / sw
-        zbar = (W * Z).sum(axis=0) / sw
-        gc = g0[:, None] - gbar
-        zc = Z - zbar
-        sgg = (W * gc * gc).sum(axis=0)
-        beta = (W * gc * zc).sum(axis=0) / sgg
-    beta = np.where(sgg > 1e-12 * np.maximum(sw, 1.0), beta, 0.0)
-    E = np.where(Mg, zc - gc * beta, 0.0)
-    szz = (W * zc * zc).sum(axis=0)
-    see = (W * E * E).sum(axis=0)
-    exact = see <= 1e-9 * np.maximum(szz, 1e-300)
-    Mg = Mg & ~exact
-    return np.where(Mg, E, 0.0), Mg
+        gbar, zbar = sg / sw, sz / sw
+        vgg = sgg - sg * gbar                 # Σ w (g − ḡ)² over the column's models
+        vzz = szz - sz * zbar
+        beta = np.where(vgg > 1e-12 * np.maximum(sw, 1.0), (sgz - sg * zbar) / vgg, 0.0)
+        see = vzz - beta * beta * vgg
+    exact = ~(see > 1e-9 * np.maximum(vzz, 1e-300))
+    E = np.where(Mg, Zg - zbar - (g0[:, None] - gbar) * beta, 0.0)
+    E[:, exact] = np.nan
+    return E, Mg
 
 
-def masked_corr(X: np.ndarray, M: np.ndarray, w: np.ndarray | None = None,
-                dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
-    """Pairwise-complete (weighted) Pearson correlation of the columns of X -> (r (K, K), N (K, K)).
+def masked_corr(X: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairwise-complete Pearson correlation of the columns of X -> (r (K, K), N (K, K)), float64.
 
-    X (n, K) with 0.0 in missing cells, M (n, K) bool, w (n,) bootstrap counts or None for all 1.
-    N is the weight of the models scored on both (their count when w is None). r is NaN where a
-    column has no spread over the common models; the diagonal is 1 where defined.
+    X (n, K) with 0.0 in missing cells (NaN in a column makes all its pairs undefined), M (n, K)
+    bool. N counts the models scored on both. r is NaN where a column has no spread over the
+    common models; the diagonal is 1 where defined. Exactly pandas' DataFrame.corr on the same cells.
     """
-    if w is not None:
-        keep = w > 0
-        X, M, w = X[keep], M[keep], w[keep].astype(dtype)
-    Xd = X.astype(dtype)
-    if w is not None:
-        s = np.sqrt(w)[:, None]
-        Xw = Xd * s
-    else:
-        s, Xw = None, Xd
-    Sxy = Xw.T @ Xw
-    missing = ~M
-    share = missing.mean() if missing.size else 0.0
-    wt = np.ones(len(X), dtype) if w is None else w
-    if share == 0:
-        tot = wt.sum()
-        sx = wt @ Xd
-        sxx = wt @ (Xd * Xd)
-        N = np.full(Sxy.shape, tot, dtype)
-        Sx = np.broadcast_to(sx[:, None], Sxy.shape)
-        Sxx = np.broadcast_to(sxx[:, None], Sxy.shape)
-    elif share > DENSE_MISSING or dtype == np.float64:
-        Mw = M.astype(dtype) if s is None else M.astype(dtype) * s
-        N = Mw.T @ Mw
-        Sx = Xw.T @ Mw
-        Sxx = (Xw * Xd).T @ Mw
-    else:
-        # totals over each column's own models minus the part that falls on b's missing cells
-        U = sp.csr_matrix(missing.astype(dtype))
-        UtW = (U.T.multiply(wt[None, :])).tocsr()                      # (K, n)
-        tot, sx, sxx = wt @ M.astype(dtype), wt @ Xd, wt @ (Xd * Xd)
-        C = UtW @ np.hstack([Xd, Xd * Xd])                              # (K, 2K): row b = Σ over b's missing
-        N = tot[:, None] + tot[None, :] - wt.sum() + (UtW @ U).toarray()   # inclusion-exclusion
-        K = X.shape[1]
-        Sx = sx[:, None] - C[:, :K].T
-        Sxx = sxx[:, None] - C[:, K:].T
+    Mf = M.astype(np.float64)
+    N = Mf.T @ Mf
+    Sx = X.T @ Mf                        # Sx[a, b] = Σ x_a over the models that have b
+    Sxx = (X * X).T @ Mf
+    Sxy = X.T @ X
     with np.errstate(invalid="ignore", divide="ignore"):
         cov = Sxy - Sx * Sx.T / N
-        va = Sxx - Sx * Sx / N
+        va = Sxx - Sx * Sx / N           # var of a over the common models (times N)
         vb = va.T
-        tol = (1e-9 if dtype == np.float64 else 1e-4) * np.maximum(Sxx, 1e-30)
-        bad = (va <= tol) | (vb <= tol.T) | (N <= 0)
+        tol = 1e-9 * np.maximum(Sxx, 1e-30)
+        bad = ~(va > tol) | ~(vb > tol.T) | (N <= 0)
         r = cov / np.sqrt(np.where(bad, 1.0, va * vb))
     r = np.where(bad, np.nan, np.clip(r, -1.0, 1.0))
     d = np.diag(r).copy()
@@ -185,25 +154,6 @@ def exact_ranks(x: np.ndarray) -> np.ndarray:
     return stats.rankdata(x)
 
 
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson r over the entries finite in both; NaN with fewer than 3 or no spread (no warning)."""
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(stats.pearsonr(x[ok], y[ok]).statistic)
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(stats.spearmanr(x[ok], y[ok]).statistic)
-
-
 def _unit(v: np.ndarray) -> np.ndarray:
     """Centre and scale to unit length (columns of a 2-D array); zero-spread columns become NaN."""
     c = v - v.mean(axis=0)
@@ -225,68 +175,188 @@ class PairGroup:
         self.Pu = _unit(P)
         self.Ru = _unit(np.column_stack([exact_ranks(P[:, u]) for u in range(P.shape[1])]))
 
-    def agree(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(pearson (U,), spearman (U,)) of each proxy column with r (full pair vector, NaN allowed)."""
+    def exact(self, r: np.ndarray) -> np.ndarray:
+        """(2, U): Pearson and Spearman (exact ranks) of each proxy column with r on the group's pairs."""
+        x = r[self.idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.stack([self.Pu.T @ _unit(x), self.Ru.T @ _unit(exact_ranks(x))])
+
+    def agree(self, r: np.ndarray) -> np.ndarray:
+        """(2, U): Pearson and Spearman (counting-sort ranks) with a replicate's r (NaN allowed)."""
         x = r[self.idx]
         ok = np.isfinite(x)
         if ok.all():
-            xu, ru = _unit(x), _unit(quick_ranks(x))
-            return self.Pu.T @ xu, self.Ru.T @ ru
-        # rare (a resample leaves a pair undefined): the slow exact way on what is left
-        pe = np.array([pearson(self.P[ok, u], x[ok]) for u in range(self.P.shape[1])])
-        rs = np.array([spearman(self.P[ok, u], x[ok]) for u in range(self.P.shape[1])])
-        return pe, rs
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.stack([self.Pu.T @ _unit(x), self.Ru.T @ _unit(quick_ranks(x))])
+        # a resample left some pairs undefined (a benchmark with few models lost its spread): drop them;
+        # Pearson is exact on the rest, Spearman keeps the proxies' ranks over the group's pairs
+        # (a monotone stand-in for re-ranking them on the subset; the dropped pairs are few)
+        if ok.sum() < 3:
+            return np.full((2, self.P.shape[1]), np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pe = _unit(self.P[ok]).T @ _unit(x[ok])
+            sr = _unit(self.Ru[ok]).T @ _unit(quick_ranks(x[ok]))
+        return np.stack([pe, sr])
 
 
-def mantel_null(Pmats: np.ndarray, rvecs: np.ndarray, permutations: int, rng: np.random.Generator,
-                batch: int = 64) -> np.ndarray:
-    """Pearson r of permuted proxies with behaviour vectors -> (permutations, J, V).
+def mantel_null(Pmats: np.ndarray, rvecs: np.ndarray, permutations: int, rng, batch: int = 32) -> np.ndarray:
+    """Pearson r of permuted matrices with fixed pair vectors -> (permutations, J, V).
 
-    Pmats (J, K, K) proxy matrices (NaN allowed), rvecs (P, V) behaviour pair vectors (NaN
-    allowed). A permutation relabels the benchmarks of every proxy at once (rows and columns
-    together): its pair values are an index gather on the upper triangle. The sums behind r over
-    the pairs finite on both sides are one product of [I; p; p²] with [m, r, r²] per batch.
+    Pmats (J, K, K) symmetric matrices to relabel (NaN allowed), rvecs (P, V) fixed pair vectors
+    (NaN allowed). A permutation relabels the benchmarks of every matrix at once (rows and
+    columns together): its pair values are one index gather on the upper triangle, and the sums
+    behind r are products of the gathered (J·b, P) block with the fixed columns (float32).
+    With every entry defined on both sides (the usual case) only Σp·r changes.
     """
     J, K, _ = Pmats.shape
     iu, ju = np.triu_indices(K, 1)
-    flat = Pmats.reshape(J, K * K)
-    shift = np.nanmean(flat[:, iu * K + ju], axis=1)[:, None] if iu.size else np.zeros((J, 1))
-    flat = flat - shift                              # centring first keeps the sums well conditioned
+    V = rvecs.shape[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        shift = np.nanmean(Pmats[:, iu, ju], axis=1)
+    flat = (Pmats - np.nan_to_num(shift)[:, None, None]).reshape(J, K * K).astype(np.float32)
+    full = bool(np.isfinite(Pmats[:, iu, ju]).all())
     m = np.isfinite(rvecs)
     r0 = np.where(m, rvecs, 0.0)
-    r0 = r0 - np.where(m, r0, 0.0).sum(axis=0) / np.maximum(m.sum(axis=0), 1)
-    r0 = np.where(m, r0, 0.0)
-    R = np.hstack([m.astype(np.float64), r0, r0 * r0])  # (P, 3V)
-    V = rvecs.shape[1]
+    r0 = np.where(m, r0 - r0.sum(axis=0) / np.maximum(m.sum(axis=0), 1), 0.0)   # centred on its own pairs
+    mf, r0f, r2f = m.astype(np.float32), r0.astype(np.float32), (r0 * r0).astype(np.float32)
+    P = iu.size
+    allm = bool(m.all())
+    if full and allm:                                      # Σp, Σp² do not change under relabelling
+        base = flat[:, iu * K + ju]
+        sp_c, spp_c = base.sum(axis=1, dtype=np.float64), (base.astype(np.float64) ** 2).sum(axis=1)
     out = np.empty((permutations, J, V))
+    X = np.empty((J, batch, P), np.float32)
     for start in range(0, permutations, batch):
         b = min(batch, permutations - start)
         pi = np.argsort(rng.random((b, K)), axis=1).astype(np.int32)
-        idx = (pi * K)[:, iu] + pi[:, ju]            # (b, P) flat index of each permuted pair
+        idx = (pi * K)[:, iu] + pi[:, ju]                  # (b, P) flat index of each permuted pair
         for j in range(J):
-            pv = flat[j][idx]
-            fin = np.isfinite(pv)
-            p0 = np.where(fin, pv, 0.0)
-            A = np.vstack([fin.astype(np.float64), p0, p0 * p0])    # (3b, P)
-            T = (A @ R).reshape(3, b, 3, V)           # T[x, perm, y, v] = Σ x·y over pairs
-            n, sr, srr = T[0, :, 0], T[0, :, 1], T[0, :, 2]
-            sp_, spr, spp = T[1, :, 0], T[1, :, 1], T[2, :, 0]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                cov = spr - sp_ * sr / n
-                vp = spp - sp_ * sp_ / n
-                vr = srr - sr * sr / n
-                out[start:start + b, j] = cov / np.sqrt(vp * vr)
+            np.take(flat[j], idx, out=X[j, :b])
+        Xb = X[:, :b].reshape(J * b, P)
+        if full:
+            n, sr, srr = mf.sum(axis=0), r0f.sum(axis=0), r2f.sum(axis=0)
+            spr = (Xb @ r0f).astype(np.float64)
+            if allm:
+                sp_ = np.repeat(sp_c, b)[:, None]
+                spp = np.repeat(spp_c, b)[:, None]
+            else:
+                sp_, spp = Xb @ mf, (Xb * Xb) @ mf
+        else:
+            fin = np.isfinite(Xb)
+            Xb = np.where(fin, Xb, 0.0).astype(np.float32)
+            F = fin.astype(np.float32)
+            n, sr, srr = F @ mf, F @ r0f, F @ r2f
+            sp_, spr, spp = Xb @ mf, Xb @ r0f, (Xb * Xb) @ mf
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cov = spr - sp_ * sr / n
+            vp = spp - sp_ * sp_ / n
+            vr = srr - sr * sr / n
+            r = cov / np.sqrt(vp * vr)
+        out[start:start + b] = r.reshape(J, b, V).transpose(1, 0, 2)
     return out
 
 
 # ----------------------------------------------------------------------------- replicates and reliability
-def replicate(Z, M, g, w, iu, ju) -> tuple[np.ndarray, np.ndarray]:
-    """Raw and partial pair vectors (P,) for one weighting of the models (float32 products)."""
-    raw = masked_corr(Z, M, w, np.float32)[0][iu, ju].astype(np.float64)
-    if g is None:
-        return raw, raw
-    E, Mg = residualise(Z, M, g, w)
-    return raw, masked_corr(E, Mg, w, np.float32)[0][iu, ju].astype(np.float64)
+def fast_corr(X: np.ndarray, Ms: np.ndarray | None, w: np.ndarray, N=None):
+    """Weighted available-case correlation (float32) for bootstrap replicates -> (r (K, K), N, co-moments).
+
+    X (n', K) float32, w (n',) > 0 float32 (rows drawn zero times already dropped), Ms (n', K)
+    = mask · sqrt(w) or None when no cell is missing. Each column is centred and scaled by its own
+    models' weighted mean and SD; the covariance is averaged over the models scored on both.
+    With no missing cell this is exactly the pairwise-complete Pearson; with missing cells it
+    differs from it only by the gap between a benchmark's mean/SD over its own models and over the
+    pair's common models, and it needs one product (Σ w x_a x_b) where the exact form needs
+    four (plus N = Σ w m_a m_b, shared by raw and partial). Pass N to reuse it.
+    """
+    if Ms is None:
+        sw = np.float32(w.sum())
+        A = X - (w @ X) / sw
+        A *= np.sqrt(w)[:, None]
+    else:
+        Mw = Ms * np.sqrt(w)[:, None]                                  # w · m
+        sw = Mw.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            A = X - np.einsum("ij,ij->j", Mw, X) / sw
+        A *= Ms                                                        # sqrt(w) · m: 0 where missing
+    Sxy = A.T @ A
+    if N is None:
+        N = np.float32(w.sum()) if Ms is None else Ms.T @ Ms
+    return _normalise(Sxy, N, sw), N, Sxy
+
+
+def _normalise(C: np.ndarray, N, sw) -> np.ndarray:
+    """Correlation from weighted co-moments C (K, K), common weights N and each column's weight sw."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.diag(C) / sw
+        inv = np.where(var > 1e-6, 1.0 / np.sqrt(var), np.nan).astype(np.float32)
+        r = C / N
+        r *= inv[:, None]
+        r *= inv[None, :]
+    return np.clip(r, -1.0, 1.0, out=r)
+
+
+class Replicator:
+    """Raw and partial pair vectors for any weighting of the models (bootstrap counts, half splits).
+
+    Holds what does not change between replicates: float32 scores and masks, the general factor,
+    the benchmarks it explains exactly (their partial pairs stay undefined), and one (3K, n) block
+    [m | z | z²]ᵀ whose weighted row sums give every residualisation sum in one product. Only
+    models with weight > 0 enter the correlation products.
+    """
+
+    def __init__(self, Z: np.ndarray, M: np.ndarray, g: np.ndarray | None):
+        self.K = Z.shape[1]
+        self.complete = bool(M.all())
+        self.Mf = M.astype(np.float32)
+        self.Z32 = Z.astype(np.float32)
+        self.g = g
+        if g is not None:
+            fin = np.isfinite(g)
+            self.same = bool(fin.all())
+            Mg = M & fin[:, None]
+            self.Mgf = Mg.astype(np.float32)
+            self.g0 = np.where(fin, g, 0.0)
+            Zg = Z if self.same else np.where(Mg, Z, 0.0)
+            self.Zg32 = Zg.astype(np.float32)
+            self.blockT = np.ascontiguousarray(np.hstack([Mg, Zg, Zg * Zg]).T, dtype=np.float32)  # (3K, n)
+            self.exact = np.isnan(residualise(Z, M, g)[0]).any(axis=0)
+
+    def __call__(self, w: np.ndarray, iu: np.ndarray, ju: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keep = np.flatnonzero(w > 0)
+        wk = w[keep].astype(np.float32)
+        s = np.sqrt(wk)[:, None]
+        Ms = None if self.complete else self.Mf[keep] * s
+        X = self.Z32[keep]
+        r, N, C = fast_corr(X, Ms, wk)
+        raw = r[iu, ju]
+        if self.g is None:
+            return raw, raw
+        if self.complete and self.same:
+            # no missing cell: the partial co-moments follow from the raw ones, C - c cᵀ / c_gg
+            gk = self.g0[keep].astype(np.float32)
+            gc = gk - (wk @ gk) / wk.sum()
+            c = (wk * gc) @ X                                           # Σ w (g − ḡ) x per benchmark
+            Cp = C - np.outer(c, c) / (wk @ (gc * gc))
+            Cp[:, self.exact] = np.nan
+            Cp[self.exact, :] = np.nan
+            return raw, _normalise(Cp, N, np.float32(wk.sum()))[iu, ju]
+        K, g0 = self.K, self.g0
+        wg = w * g0
+        T = (self.blockT @ np.stack([w, wg, wg * g0], axis=1).astype(np.float32)).T.astype(np.float64)  # (3, 3K) sums
+        sw, sg, sgg = T[0, :K], T[1, :K], T[2, :K]
+        sz, sgz = T[0, K:2 * K], T[1, K:2 * K]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gbar, zbar = sg / sw, sz / sw
+            vgg = sgg - sg * gbar
+            beta = np.where(vgg > 1e-12 * np.maximum(sw, 1.0), (sgz - sg * zbar) / vgg, 0.0)
+        E = self.Zg32[keep] - g0[keep, None].astype(np.float32) * beta.astype(np.float32)   # intercepts cancel
+        E[:, self.exact] = np.nan
+        if self.same:
+            rp = fast_corr(E, Ms, wk, N)[0]
+        else:
+            rp = fast_corr(E, self.Mgf[keep] * s, wk)[0]
+        return raw, rp[iu, ju]
 
 
 def _fast_corr(x: np.ndarray, y: np.ndarray) -> float:
@@ -297,9 +367,8 @@ def _fast_corr(x: np.ndarray, y: np.ndarray) -> float:
     return float(a @ b)
 
 
-def reliability(Z, M, g, cfg, enough, iu, ju, headline: str) -> dict:
+def reliability(rep: Replicator, n: int, cfg, enough, iu, ju, headline: str) -> dict:
     """Split-half reliability of the pair vector of score correlations (raw and partial)."""
-    n = Z.shape[0]
     out = {"statistic": headline, "splits": cfg.splits}
     if cfg.splits == 0 or n < 2 * MIN_MODELS:
         return {**out, "split_half": None, "spearman_brown": None, "lo": None, "hi": None,
@@ -312,7 +381,7 @@ def reliability(Z, M, g, cfg, enough, iu, ju, headline: str) -> dict:
         for part in (perm[: n // 2], perm[n // 2: 2 * (n // 2)]):
             w = np.zeros(n)
             w[part] = 1.0
-            raw, par = replicate(Z, M, g, w, iu, ju)
+            raw, par = rep(w, iu, ju)
             halves.append((np.where(enough, raw, np.nan), np.where(enough, par, np.nan)))
         vals[s, 0] = _fast_corr(halves[0][0], halves[1][0])
         vals[s, 1] = _fast_corr(halves[0][1], halves[1][1])

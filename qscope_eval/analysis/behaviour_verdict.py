@@ -47,18 +47,19 @@ def jackknife_pearson(p, r, m, iu, ju, K) -> float:
 
 
 # ----------------------------------------------------------------------------- comparisons and verdicts
-def interval(v: np.ndarray, q: float, point: float) -> tuple[float, float, np.ndarray]:
+def interval(v: np.ndarray, q: float, point: float, bound: float = 1.0) -> tuple[float, float, np.ndarray]:
     """Percentile interval of bootstrap values v, re-centred so their median sits on the point estimate.
 
     Resampling models adds sampling noise to every score correlation, and noise attenuates an
     agreement, so replicates sit systematically below the point estimate (often entirely, with
-    many benchmark pairs). The shift removes that, the spread is kept. Returns (lo, hi, shifted v).
+    many benchmark pairs). The shift removes that, the spread is kept; the ends are clipped to
+    [-bound, bound] (1 for a correlation, 2 for a difference of two). Returns (lo, hi, shifted v).
     """
     v = v[np.isfinite(v)]
     if v.size < 20 or not math.isfinite(point):
         return math.nan, math.nan, v
     v = v + (point - float(np.median(v)))
-    lo, hi = np.quantile(v, [q, 1 - q])
+    lo, hi = np.clip(np.quantile(v, [q, 1 - q]), -bound, bound)
     return float(lo), float(hi), v
 
 
@@ -66,7 +67,8 @@ def _fmt(x: float) -> str:
     return f"{x:+.2f}" if x is not None and math.isfinite(x) else "n/a"
 
 
-def comparisons_and_verdicts(comps, point, reps, masks, proxy_rows, rel, headline, cfg, n_models, pv, beh, iu, ju, K):
+def comparisons_and_verdicts(comps, point, reps, masks, proxy_rows, rel, headline, cfg, n_models, pv, beh, iu, ju, K,
+                             head: str | None = None):
     """Paired SAE-minus-baseline differences (same bootstrap replicates) and the verdict sentences."""
     q = (1 - cfg.level) / 2
     stats_ = [("partial_pearson", "partial"), ("pearson", "raw")] if headline == "partial" else [("pearson", "raw")]
@@ -75,7 +77,7 @@ def comparisons_and_verdicts(comps, point, reps, masks, proxy_rows, rel, headlin
         for stat, side in stats_:
             ka, kb = (side, a, base), (side, base, a)
             va, vb = point[ka][0], point[kb][0]
-            lo, hi, d = interval(reps[ka][:, 0] - reps[kb][:, 0], q, va - vb)
+            lo, hi, d = interval(reps[ka][:, 0] - reps[kb][:, 0], q, va - vb, bound=2.0)
             m = masks[ka]
             jk = jackknife_values(pv[a], beh[side], m, iu, ju, K) - jackknife_values(pv[base], beh[side], m, iu, ju, K)
             comparisons.append({
@@ -84,12 +86,14 @@ def comparisons_and_verdicts(comps, point, reps, masks, proxy_rows, rel, headlin
                 "p_better": (1 + int((d <= 0).sum())) / (1 + d.size) if d.size else math.nan,
                 "share_better": float((d > 0).mean()) if d.size else math.nan,
                 "n_pairs": int(m.sum()), "benchmark_se": jackknife_se(jk)})
-    return comparisons, _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models)
+    return comparisons, _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models, head)
 
 
-def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models) -> list[str]:
+def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models, head=None) -> list[str]:
     pre = "partial_" if headline == "partial" else ""
-    what = "partial score correlation (general factor removed)" if headline == "partial" else "score correlation"
+    removed = {"mean": "each model's mean score", "pc1": "the first principal component of the scores",
+               "reference": "the reference benchmark's score"}.get(cfg.control, "the general factor")
+    what = f"partial score correlation ({removed} partialled out)" if headline == "partial" else "score correlation"
     level = f"{cfg.level:.0%}"
     out = []
     rows = [r for r in proxy_rows if r["kind"] == "sae"] or proxy_rows
@@ -107,7 +111,9 @@ def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models) -> list[str
         else:
             how = "relates to (no interval)"
         p = r["partial_mantel_p" if headline == "partial" else "mantel_p"]
-        ptxt = f", Mantel p = {p:.3g}" if p is not None else ""
+        floor = 1 / (cfg.permutations + 1) if cfg.permutations else 0.0
+        ptxt = "" if p is None else (f", Mantel p = {p:.2g} (the smallest {cfg.permutations} permutations can give)"
+                                     if p <= floor * (1 + 1e-9) else f", Mantel p = {p:.2g}")
         ci = f" [{lo:+.2f}, {hi:+.2f}]" if math.isfinite(lo) else ""
         out.append(f"On these {n_models} models, {r['name']} {how} the benchmarks' {what}: "
                    f"Pearson r = {v:+.2f}{ci}{ptxt}, over {r['n_pairs']} benchmark pairs.")
@@ -121,6 +127,12 @@ def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models) -> list[str
         if math.isfinite(c["lo"]):
             vals += (f" ({level} interval {_fmt(c['lo'])} to {_fmt(c['hi'])}, bootstrap over models; "
                      f"p = {c['p_better']:.3g} that it does not beat it)")
+        se = c["benchmark_se"]
+        if math.isfinite(se):
+            z = float(stats.norm.ppf(1 - (1 - cfg.level) / 2))
+            beyond = "beyond" if abs(c["diff"]) > z * se else "not beyond"
+            vals += (f"; with other benchmarks like these the difference could move by about ±{z * se:.2f} "
+                     f"(leave-one-benchmark-out jackknife), so it is {beyond} benchmark-to-benchmark variation")
         if math.isfinite(c["lo"]) and c["lo"] > 0:
             out.append(f"{c['proxy']} beats {base} on these models: {vals}.")
         elif math.isfinite(c["hi"]) and c["hi"] < 0:
@@ -131,9 +143,10 @@ def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models) -> list[str
     if sb is not None and math.isfinite(sb):
         txt = (f"The {what} is itself only so reliable: split-half over models, Spearman-Brown corrected, "
                f"{sb:.2f}")
-        if ceil is not None and math.isfinite(ceil) and rows and math.isfinite(rows[0][pre + "pearson"]):
-            v = rows[0][pre + "pearson"]
-            txt += (f", so a perfect proxy would reach about r = {ceil:.2f}; {rows[0]['name']} reaches {v:+.2f} "
+        top = next((r for r in proxy_rows if r["name"] == head), rows[0] if rows else None)
+        if ceil is not None and math.isfinite(ceil) and top is not None and math.isfinite(top[pre + "pearson"]):
+            v = top[pre + "pearson"]
+            txt += (f", so a perfect proxy would reach about r = {ceil:.2f}; {top['name']} reaches {v:+.2f} "
                     f"({v / ceil:.0%} of that ceiling)")
         out.append(txt + ".")
     if not any(r["kind"] == "sae" for r in proxy_rows):
@@ -145,7 +158,7 @@ def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models) -> list[str
 def disagreements(head, pv, bvec, enough, names, iu, ju, n_dis) -> list[dict]:
     """Pairs where the headline proxy's rank and the behaviour's rank differ most, in each direction.
 
-    Ranks run over the pairs both define, 1 = most alike. rank_gap = behaviour_rank − proxy_rank:
+    Ranks run over the pairs both define, 1 = most alike (ties share their mid-rank). rank_gap = behaviour_rank − proxy_rank:
     large and positive = 'features alike, scores not'; large and negative = 'scores alike, features not'.
     """
     p = pv[head]
@@ -153,8 +166,8 @@ def disagreements(head, pv, bvec, enough, names, iu, ju, n_dis) -> list[dict]:
     idx = np.flatnonzero(m)
     if idx.size < 3 or n_dis == 0:
         return []
-    pr = stats.rankdata(-p[idx], method="min")
-    br = stats.rankdata(-bvec[idx], method="min")
+    pr = stats.rankdata(-p[idx])               # mid-ranks: a tie of many pairs sits in its middle
+    br = stats.rankdata(-bvec[idx])
     gap = br - pr
     order = np.argsort(-gap, kind="stable")
     pos = [t for t in order[:n_dis] if gap[t] > 0]
@@ -163,7 +176,7 @@ def disagreements(head, pv, bvec, enough, names, iu, ju, n_dis) -> list[dict]:
     for t in pos + neg:
         k = idx[t]
         out.append({"a": str(names[iu[k]]), "b": str(names[ju[k]]), "proxy": head,
-                    "proxy_rank": int(pr[t]), "behaviour_rank": int(br[t]), "rank_gap": int(gap[t]),
+                    "proxy_rank": float(pr[t]), "behaviour_rank": float(br[t]), "rank_gap": float(gap[t]),
                     "proxy_value": float(p[k]), "score_partial": float(bvec[k]),
                     "direction": "features alike, scores not" if gap[t] > 0 else "scores alike, features not"})
     return out
@@ -202,8 +215,10 @@ def notes_for(cfg, dropped, M, enough, beh, headline, reps) -> list[str]:
         bad = sum(int((~np.isfinite(v[:, 0])).sum()) for v in reps.values())
         if bad:
             notes.append(f"{bad} bootstrap statistics were undefined (a resample without spread) and were left out")
-        notes.append("intervals: percentile bootstrap over models (benchmarks fixed); *_benchmark_se is a "
-                     "leave-one-benchmark-out jackknife for how the figure would move with other benchmarks")
+        notes.append("intervals: percentile bootstrap over models (benchmarks fixed), re-centred on the point estimate "
+                     "(resampling adds noise that pulls every replicate down); replicates use each benchmark's mean and "
+                     "SD over its own models (exact when no cell is missing); *_benchmark_se is a leave-one-benchmark-out "
+                     "jackknife for how the figure would move with other benchmarks")
     if cfg.control == "mean":
         notes.append("general factor: each model's mean standardised score over the benchmarks it has")
     elif cfg.control == "pc1":

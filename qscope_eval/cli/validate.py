@@ -45,7 +45,8 @@ def _agreement_rows(out: dict) -> list[dict]:
                    "reference when --reference is given).")
 @click.option("--permutations", type=click.IntRange(min=99), default=1000, show_default=True,
               help="With --scores: Mantel permutations of benchmark labels for each proxy's p-value.")
-@click.option("--metric", default=None, help="Per-sample metric (default: each task's first, e.g. acc, exact_match).")
+@click.option("--metric", default=None, help="Metric to read: per sample from logs, or with --scores from lm-eval "
+              "results / a long table's metric column (default: each task's first, e.g. acc, exact_match).")
 @click.option("--filter", "filt", default=None, help="lm-eval filter when a task logs several (default: the first).")
 @click.option("--reference", default=None,
               help="Benchmark (stored name or lm-eval task) to control for in partial correlations, e.g. an MMLU task.")

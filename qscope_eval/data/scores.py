@@ -88,6 +88,8 @@ class _Column:
     column: str
     cells: pd.Series
     metric: str | None = None
+    skip: str | None = None
+    """Why the column is left out before any matching (metadata of the source, a group aggregate), or None."""
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -146,21 +148,34 @@ def _read_table(path: Path) -> pd.DataFrame:
                               "(model, benchmark, score) or lm-eval results_*.json files") from None
 
 
-def _number(cell) -> float | None:
-    """A cell as a float; NaN when missing; None when it is not a number."""
-    if cell is None or (isinstance(cell, float) and np.isnan(cell)):
-        return np.nan
-    if isinstance(cell, (bool, np.bool_)):
-        return None
-    if isinstance(cell, (int, float, np.integer, np.floating)):
-        return float(cell)
-    s = str(cell).strip()
-    if s.lower() in MISSING:
+def _cell(v) -> float | None:
+    """One cell as a float; NaN when missing; None when it is not a number."""
+    if v is None or isinstance(v, (bool, np.bool_)):
+        return np.nan if v is None else None
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return float(v)
+    t = str(v).strip()
+    if t.lower() in MISSING:
         return np.nan
     try:
-        return float(s[:-1]) if s.endswith("%") else float(s)
+        return float(t[:-1]) if t.endswith("%") else float(t)
     except ValueError:
         return None
+
+
+def _parse(cells: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(values as floats, NaN where missing or not a number; bool mask of the cells that are not numbers).
+
+    Missing: None, NaN, '', 'nan', 'n/a', '-', ... (MISSING); '45.3%' reads as 45.3. A column of plain
+    numbers converts in one numpy call; others cell by cell (a 1000 × 500 table in about a second)."""
+    vals = cells.to_numpy(dtype=object)
+    bad = np.fromiter((isinstance(v, (bool, np.bool_)) for v in vals), bool, len(vals))
+    num = pd.to_numeric(pd.Series(np.where(bad, None, vals), dtype=object), errors="coerce").to_numpy(float, copy=True)
+    for i in np.flatnonzero(np.isnan(num) & ~bad):  # missing tokens, '45%', or not a number: cell by cell
+        x = _cell(vals[i])
+        bad[i] = x is None
+        num[i] = np.nan if x is None else x
+    return num, bad
 
 
 def _model_column(df: pd.DataFrame, path: Path) -> str:
@@ -169,8 +184,8 @@ def _model_column(df: pd.DataFrame, path: Path) -> str:
         if name in lower:
             return lower[name]
     for c in df.columns:  # the first column whose cells are mostly not numbers
-        vals = [v for v in df[c].tolist() if _number(v) is None or not np.isnan(_number(v))]
-        if vals and sum(_number(v) is None for v in vals) > len(vals) / 2:
+        num, bad = _parse(df[c])
+        if bad.sum() > (bad | ~np.isnan(num)).sum() / 2:
             return c
     raise ScoreTableError(f"{path}: no model column (none is named {', '.join(MODEL_COLUMNS[:5])}, ... and every "
                           "column holds numbers); name the column of model names 'model'")
@@ -181,8 +196,13 @@ def _clean_model(v) -> str:
     return s
 
 
-def _table_columns(path: Path, metric: str | None, ignored: list[tuple[str, str]]) -> list[_Column]:
-    """A wide or long table's source columns (raw cells by model); metadata columns go to `ignored`."""
+def _skipped(source: str, column: str, why: str) -> _Column:
+    return _Column(source, column, pd.Series([], dtype=object), skip=why)
+
+
+def _table_columns(path: Path, metric: str | None) -> list[_Column]:
+    """A wide or long table's source columns (raw cells by model), in file order; columns the layout
+    itself rules out (another model-name column, a long table's extra columns) carry their `skip` reason."""
     df = _read_table(path)
     if df.shape[0] == 0 or df.shape[1] < 2:
         raise ScoreTableError(f"{path} has {df.shape[0]} rows and {df.shape[1]} columns; a score table needs a model "
@@ -195,6 +215,7 @@ def _table_columns(path: Path, metric: str | None, ignored: list[tuple[str, str]
     scol = next((lower[n] for n in SCORE_COLUMNS if n in lower), None)
     src = str(path)
     if bcol is not None and scol is not None:  # long: (model, benchmark, score[, n, metric])
+        out = []
         part = pd.DataFrame({"model": models, "bench": [str(b) for b in df[bcol]], "cell": list(df[scol])})
         mc = lower.get("metric")
         if mc is not None:
@@ -205,38 +226,40 @@ def _table_columns(path: Path, metric: str | None, ignored: list[tuple[str, str]
                 chosen[b] = metric if metric in ms else ms[0]
             part = part[[m == chosen[b] for b, m in zip(part["bench"], part["metric"])]]
         for c in df.columns:
-            if c not in (mcol, bcol, scol):
-                ignored.append((c, "a long table's extra column (the scores are in " + repr(scol) + ")"))
-        out = []
+            if c == mc:
+                out.append(_skipped(src, c, "the metric column (one metric per benchmark: --metric, else the first listed)"))
+            elif c not in (mcol, bcol, scol):
+                out.append(_skipped(src, c, f"a long table's extra column (the scores are in {scol!r})"))
         for b, g in part.groupby("bench", sort=False):
             out.append(_Column(src, b, _cells_series(g["model"], g["cell"]), g["metric"].iloc[0] if "metric" in g else None))
         return out
-    out = []
+    out, index = [], pd.Index([str(m) for m in models], name="model")
     for c in df.columns:
         if c == mcol:
             continue
         if c.lower().strip() in MODEL_COLUMNS:
-            ignored.append((c, f"another model-name column (models are named by {mcol!r})"))
+            out.append(_skipped(src, c, f"another model-name column (models are named by {mcol!r})"))
             continue
-        out.append(_Column(src, c, _cells_series(models, df[c])))
+        out.append(_Column(src, c, _cells_series(index, df[c])))
     return out
 
 
 def _cells_series(models, cells) -> pd.Series:
-    return pd.Series(list(cells), index=pd.Index([str(m) for m in models], name="model"), dtype=object)
+    cells = cells.to_numpy(dtype=object) if isinstance(cells, pd.Series) else np.asarray(list(cells), dtype=object)
+    index = models if isinstance(models, pd.Index) else pd.Index([str(m) for m in models], name="model")
+    return pd.Series(cells, index=index, dtype=object)
 
 
-def _lmeval_columns(files: list[Path], metric: str | None, filt: str | None, ignored: list, notes: list) -> list[_Column]:
+def _lmeval_columns(files: list[Path], metric: str | None, filt: str | None, notes: list) -> list[_Column]:
     res = read_results(files, metric, filt)
     notes += res.notes
-    for task, why in sorted(res.skipped.items()):
-        ignored.append((task, why))
     src = str(files[0].parent) if len({f.parent for f in files}) == 1 else str(Path(*_common(files)))
+    skipped = [_skipped(src, task, why) for task, why in sorted(res.skipped.items())]
     by_task: dict[str, list] = {}
     for s in res.scores:
         by_task.setdefault(s.task, []).append(s)
-    return [_Column(src, t, _cells_series([s.model for s in ss], [s.value for s in ss]), ss[0].metric)
-            for t, ss in by_task.items()]
+    return skipped + [_Column(src, t, _cells_series([s.model for s in ss], [s.value for s in ss]), ss[0].metric)
+                      for t, ss in by_task.items()]
 
 
 def _common(files: list[Path]) -> tuple[str, ...]:
@@ -250,17 +273,16 @@ def _common(files: list[Path]) -> tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------- one column -> points
-def _numbers(col: _Column, strict: bool) -> np.ndarray | None:
+def _numbers(col: _Column, num: np.ndarray, bad: np.ndarray, strict: bool) -> np.ndarray | None:
     """Cells as floats; None when none is a number and not strict; a ScoreTableError on a stray non-number."""
-    vals = [_number(v) for v in col.cells.tolist()]
-    bad = [(m, v) for m, v, x in zip(col.cells.index, col.cells.tolist(), vals) if x is None]
-    if bad:
-        if not strict and len(bad) == sum(1 for x in vals if x is None or not np.isnan(x)):
+    if bad.any():
+        if not strict and np.isnan(num).all():
             return None
-        m, v = bad[0]
-        raise ScoreTableError(f"{col.source}: column {col.column!r} has {len(bad)} non-numeric cell(s), e.g. {str(v)[:40]!r} "
+        k = int(np.flatnonzero(bad)[0])
+        m, v = col.cells.index[k], col.cells.iloc[k]
+        raise ScoreTableError(f"{col.source}: column {col.column!r} has {int(bad.sum())} non-numeric cell(s), e.g. {str(v)[:40]!r} "
                               f"for model {m!r}; put a number there, or leave it empty / 'NaN' / '-' for a missing score")
-    return np.array(vals, dtype=float)
+    return num
 
 
 def _scale(col: _Column, x: np.ndarray) -> tuple[np.ndarray, str]:
@@ -271,6 +293,29 @@ def _scale(col: _Column, x: np.ndarray) -> tuple[np.ndarray, str]:
                               "be shares (0-1) or points (0-100): fix the cell, or map the column to null with --map "
                               "if it is not a score")
     return (x * 100.0, "0-1") if live.max() <= 1.0 else (x, "0-100")
+
+
+def _use(col: _Column, target: str | None, how: str, reason: str, strict: bool, notes: list[str]):
+    """(ColumnMatch, row of points or None): a matched column's cells checked, scaled, or why it is left out."""
+    num, bad = _parse(col.cells)
+    n_live = int((bad | ~np.isnan(num)).sum())
+    if how not in MATCHED and not (not strict and how == "unmatched"):
+        return ColumnMatch(col.source, col.column, target, how, reason, "", n_live), None
+    x = _numbers(col, num, bad, strict)
+    if x is None:
+        example = str(col.cells.dropna().iloc[0])[:30]
+        return ColumnMatch(col.source, col.column, None, "ignored", f"not numeric (e.g. {example!r})", "", n_live), None
+    live = x[~np.isnan(x)]
+    if live.size == 0:
+        return ColumnMatch(col.source, col.column, target, "ignored", f"empty: no model has a score ({reason})", "", 0), None
+    pts, scale = _scale(col, x)
+    if live.size >= 2 and np.nanmax(pts) - np.nanmin(pts) == 0:
+        notes.append(f"{col.column}: every model has the same score; left out (a constant has no correlation)")
+        return ColumnMatch(col.source, col.column, target, "ignored", f"constant: every model scores "
+                           f"{np.nanmax(pts):g} points, so it correlates with nothing", scale, int(live.size)), None
+    ok = ~np.isnan(pts)
+    row = (col.cells.index.to_numpy(object)[ok], target, pts[ok], scale, col.source, col.metric, col.column)
+    return ColumnMatch(col.source, col.column, target, how, reason, scale, int(live.size)), row
 
 
 # ----------------------------------------------------------------------------- the whole table
@@ -285,63 +330,39 @@ def read_scores(paths: Sequence[str | Path], *, benchmarks: Sequence[str] | None
     """
     files = _files(paths)
     notes: list[str] = []
-    cols: list[_Column] = []
-    ignored: list[tuple[str, str, str]] = []
-    lm = [f for f in files if is_results_file(f)]
-    for f in files:
-        if f in lm:
-            continue
-        ig: list[tuple[str, str]] = []
-        cols += _table_columns(f, metric, ig)
-        ignored += [(str(f), c, why) for c, why in ig]
-    if lm:
-        ig = []
-        cols += _lmeval_columns(lm, metric, filter, ig, notes)
-        src = str(Path(*_common(lm)))
-        ignored += [(src, c, why) for c, why in ig]
-    mapping = read_mapping(mapping) if isinstance(mapping, (str, Path)) else mapping
+    # a JSON list named results*.json is a table of records, not lm-eval's (an object with 'results')
+    lm = [f for f in files if is_results_file(f) and f.read_bytes()[:64].lstrip()[:1] != b"["]
+    cols = [c for f in files if f not in lm for c in _table_columns(f, metric)]
+    cols += _lmeval_columns(lm, metric, filter, notes) if lm else []
+    mapping = read_mapping(mapping) if isinstance(mapping, (str, Path)) else (mapping or {})
     matcher = Matcher(benchmarks, tasks, mapping) if benchmarks is not None else None
-    matching = [ColumnMatch(s, c, None, "ignored", why, "", 0) for s, c, why in ignored]
-    rows = []
+    matching, rows = [], []
     for col in cols:
+        if col.skip:
+            matching.append(ColumnMatch(col.source, col.column, None, "ignored", col.skip, "", 0))
+            continue
         if matcher is not None:
             nm = matcher.match(col.column)
             target, how, reason = nm.benchmark, nm.how, nm.reason
-        else:
-            why = (mapping or {}).get(col.column, "") is None and "--map maps it to null" or meta_reason(col.column)
+        else:  # no matching: every score column under its own name
+            why = "--map maps it to null" if col.column in mapping and mapping[col.column] is None else meta_reason(col.column)
             target, how, reason = (None, "ignored", why) if why else (col.column, "unmatched",
                                                                        "kept under its own name (no matching asked)")
-        n_live = int(sum(1 for v in col.cells.tolist() if not (_number(v) is not None and np.isnan(_number(v)))))
-        if how not in MATCHED and not (matcher is None and how == "unmatched"):
-            matching.append(ColumnMatch(col.source, col.column, target, how, reason, "", n_live))
-            continue
-        x = _numbers(col, strict=matcher is not None)
-        if x is None:
-            matching.append(ColumnMatch(col.source, col.column, None, "ignored",
-                                        f"not numeric (e.g. {str(col.cells.dropna().iloc[0])[:30]!r})", "", n_live))
-            continue
-        live = x[~np.isnan(x)]
-        if live.size == 0:
-            matching.append(ColumnMatch(col.source, col.column, target, "ignored",
-                                        f"empty: no model has a score ({reason})", "", 0))
-            continue
-        pts, scale = _scale(col, x)
-        if live.size >= 2 and np.nanmax(pts) - np.nanmin(pts) == 0:
-            matching.append(ColumnMatch(col.source, col.column, target, "ignored",
-                                        f"constant: every model scores {np.nanmax(pts):g} points, so it correlates with "
-                                        "nothing", scale, int(live.size)))
-            notes.append(f"{col.column}: every model has the same score; left out (a constant has no correlation)")
-            continue
-        matching.append(ColumnMatch(col.source, col.column, target, how, reason, scale, int(live.size)))
-        ok = ~np.isnan(pts)
-        rows.append(pd.DataFrame({"model": col.cells.index[ok], "benchmark": target, "score": pts[ok], "scale": scale,
-                                  "source": col.source, "metric": col.metric, "column": col.column}))
+        m, row = _use(col, target, how, reason, strict=matcher is not None, notes=notes)
+        matching.append(m)
+        rows += [row] if row is not None else []
     return _assemble(rows, matching, notes, matcher is not None)
 
 
-def _assemble(rows: list[pd.DataFrame], matching: list[ColumnMatch], notes: list[str], matched: bool) -> ScoreTable:
+def _assemble(rows: list[tuple], matching: list[ColumnMatch], notes: list[str], matched: bool) -> ScoreTable:
+    """rows: per used column (models, benchmark, points, scale, source, metric, column) -> the ScoreTable."""
     cols = ["model", "benchmark", "score", "scale", "source", "metric", "column"]
-    long = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
+    n = [len(r[0]) for r in rows]
+    long = pd.DataFrame({"model": np.concatenate([r[0] for r in rows]) if rows else [],
+                         "score": np.concatenate([r[2] for r in rows]) if rows else [],
+                         **{c: np.repeat(np.array([r[k] for r in rows], dtype=object), n) if rows else []
+                            for k, c in ((1, "benchmark"), (3, "scale"), (4, "source"), (5, "metric"), (6, "column"))}},
+                        columns=cols)
     if matched and long.empty:
         unmatched = [m.column for m in matching if m.how == "unmatched"][:8]
         raise ScoreTableError("no score column matches a stored benchmark"
@@ -355,13 +376,14 @@ def _assemble(rows: list[pd.DataFrame], matching: list[ColumnMatch], notes: list
         g = long[(long.model == m) & (long.benchmark == b)]
         where = "; ".join(f"{r.source} column {r.column!r}: {r.score:g}" for r in g.itertuples())
         raise ScoreTableError(f"model {m!r} has different scores for {b!r} ({where}); keep one row per model and "
-                              "benchmark (or map one of two columns to null with --map)")
+                              "benchmark (rows of one model run twice, e.g. at two precisions: drop one or give them "
+                              "distinct names; two columns of one benchmark: map one to null with --map)")
     n_dup = int((dup.size() > 1).sum())
     if n_dup:
         notes.append(f"{n_dup} (model, benchmark) scores appeared more than once with the same value; merged")
     long = long.drop_duplicates(["model", "benchmark"]).reset_index(drop=True)
     wide = long.pivot(index="model", columns="benchmark", values="score") if not long.empty else pd.DataFrame()
-    order = list(dict.fromkeys(long["benchmark"]))
+    order = [str(b) for b in pd.unique(long["benchmark"].to_numpy(object))]
     wide = wide.reindex(columns=order).astype(float)
     wide.index = wide.index.astype(str)
     wide.columns = [str(c) for c in wide.columns]

@@ -111,8 +111,8 @@ def section(summary: dict, e, table, chart_div) -> str:
     ag = v.get("agreement") or {}
     match = [[e(m["column"]), e(m["benchmark"] or "–"), e(m["how"]), e(m.get("scale") or "–"), str(m["n_models"]),
               e(m["reason"])] for m in v.get("matching") or []]
-    dis = [[e(p.get("a")), e(p.get("b")), str(p.get("n_models", "–")), _fmt(p.get("score_partial")),
-            e(", ".join(f"{k} {_fmt(x)}" for k, x in (p.get("proxies") or {}).items() if k.startswith("sae:")))]
+    dis = [[e(p.get("a")), e(p.get("b")), e(p.get("proxy", "–")), _fmt(p.get("proxy_value")),
+            _fmt(p.get("score_partial")), e(str(p.get("rank_gap", "–"))), e(p.get("direction", ""))]
            for p in ag.get("disagreements") or []]
     notes = "".join(f"<li>{e(n)}</li>" for n in v.get("notes") or [])
     return f"""
@@ -124,6 +124,7 @@ measure) for the SAE, the null dictionary (same shape, random directions) and th
 Table 2 found Pearson 0.68 raw / 0.76 partial on its models. Intervals resample models; p-values permute
 benchmark labels (Mantel).</p>
 {chart_div("score_validation")}
-{table(["pair a", "pair b", "models", "partial score corr.", "SAE similarity"], dis, "num") if dis else ""}
+<p class="muted">Pairs where the proxy's rank and the behaviour's rank differ most (rank gap over the pairs).</p>
+{table(["pair a", "pair b", "proxy", "similarity", "partial score corr.", "rank gap", "direction"], dis, "num") if dis else ""}
 {table(["column", "benchmark", "how", "scale", "models", "reason"], match, "")}
 {f'<ul class="muted">{notes}</ul>' if notes else ''}"""
