@@ -5,8 +5,9 @@ kept benchmarks' scores predicts its score for models that played no part in the
 fit. Scores are points 0-100; Y is (n_models × n_bench) with NaN for a missing cell.
 
 Two evaluators of the same model family (ridge with an unpenalised intercept on
-standardised kept scores, kept cells missing in a model imputed by the TRAINING
-fold's column means, the ridge penalty chosen per target inside the training
+standardised kept scores; a kept cell missing in a training model filled by a
+low-rank fit of the TRAINING fold's known cells (``lowrank_fill``), one missing
+in a test model by the training mean; the ridge penalty chosen per target inside the training
 fold only, from ``alphas``):
 
 - ``report_errors``: scikit-learn itself (``SimpleImputer`` → ``StandardScaler`` →
@@ -19,9 +20,9 @@ fold only, from ``alphas``):
 - ``FastCV``: the same fit in closed form from one Gram matrix per fold
   (eigendecomposition of the kept block; penalty by generalised CV, which
   approximates leave-one-out), so a search can try thousands of kept sets. A
-  dropped benchmark's missing training cells count as its training mean there
-  (zero in the centred cross-product): an approximation that only steers the
-  search; every figure in a row comes from ``report_errors``.
+  dropped benchmark with missing training cells is fitted on the models that
+  have it by a few EM steps (``_beta_missing``). Every figure in a row comes
+  from ``report_errors``.
 
 Scoring: a dropped benchmark's error is measured on the held-out models that have every kept
 benchmark (a model that runs the kept set has them) when at least MIN_SCORED do; otherwise on every
@@ -167,8 +168,10 @@ class _Split:
     Y0: np.ndarray     # (n_te, p) test scores with 0 where missing
     obs: np.ndarray    # (n_te, p) 1.0 where the test score is known
     nobs: np.ndarray   # (p,) training rows that have each column
-    Xtr: np.ndarray    # (n, p) training block centred, scaled by sd, missing -> 0
+    Xtr: np.ndarray    # (n, p) training block (missing cells filled, lowrank_fill) centred, scaled by sd
     obs_tr: np.ndarray  # (n, p) bool: the training cell is known
+    Gxy: np.ndarray    # (p, p) filled-and-centred training block (rows) x centred known cells (0 elsewhere)
+    Ztr: np.ndarray    # (n, p) centred known training cells, 0 where missing (targets)
 
 
 class FastCV:
@@ -198,15 +201,16 @@ class FastCV:
         obs = ~np.isnan(Ytr)
         cnt = obs.sum(axis=0)
         mu = np.where(cnt > 0, np.nansum(Ytr, axis=0) / np.maximum(cnt, 1), 0.0)
-        Zc = np.where(obs, Ytr - mu, 0.0)
-        G = Zc.T @ Zc
+        Zc = np.where(obs, Ytr - mu, 0.0)             # targets: known cells only
+        Zx = lowrank_fill(Ytr) - mu                    # predictors: missing training cells filled (low rank)
+        G = Zx.T @ Zx
         sd = np.sqrt(np.diag(G) / len(tr))
         sd = np.where(sd > 1e-12, sd, 1.0)
         Yte = self.Y[te]
         Zte = np.where(np.isnan(Yte), 0.0, (Yte - mu) / sd)
         obs_te = ~np.isnan(Yte)
-        return _Split(te, mu, sd, G, Zte, Yte, len(tr), np.diag(G).copy(), np.where(obs_te, Yte, 0.0),
-                      obs_te.astype(float), cnt.astype(float), Zc / sd, obs)
+        return _Split(te, mu, sd, G, Zte, Yte, len(tr), (Zc ** 2).sum(axis=0), np.where(obs_te, Yte, 0.0),
+                      obs_te.astype(float), cnt.astype(float), Zx / sd, obs, Zx.T @ Zc, Zc)
 
     def _predict(self, s: _Split, K: np.ndarray, T: np.ndarray) -> np.ndarray:
         """(n_te, |T|) predictions of targets T from kept columns K on one split."""
@@ -214,7 +218,7 @@ class FastCV:
             return np.broadcast_to(s.mu[T], (s.test.size, T.size))
         sdK = s.sd[K]
         A = s.G[np.ix_(K, K)] / np.outer(sdK, sdK)
-        C = s.G[np.ix_(K, T)] / sdK[:, None]
+        C = s.Gxy[np.ix_(K, T)] / sdK[:, None]
         lam, V = np.linalg.eigh(A)
         lam = np.clip(lam, 0.0, None)
         c = V.T @ C                                   # (k, m) cross-products in eigen-coordinates
@@ -253,7 +257,7 @@ class FastCV:
             best[upd], best_a[upd] = g[upd], a
         beta = V @ (c / (lamT + best_a[None, :]))
         Xk, obs = s.Xtr[:, K], s.obs_tr[:, T]
-        y0 = s.Xtr[:, T] * s.sd[T]                    # centred targets, 0 where missing
+        y0 = s.Ztr[:, T]                              # centred targets, 0 where missing
         for _ in range(iters):
             y = np.where(obs, y0, Xk @ beta)
             beta = V @ ((V.T @ (Xk.T @ y)) / (lam[:, None] + best_a[None, :]))
@@ -294,6 +298,30 @@ class FastCV:
     def taus(self, pred: np.ndarray) -> np.ndarray:
         """(p,) Kendall τ between ``pred`` and the true scores over the test pool (NaN where undefined)."""
         return np.array([kendall(pred[self.test_pool, j], self.Y[self.test_pool, j]) for j in range(self.p)])
+
+
+def lowrank_fill(Y, rank: int | None = None, iters: int = 15) -> np.ndarray:
+    """Y with its missing cells filled from a low-rank fit of the known ones (iterative SVD, "hard impute").
+
+    Columns standardised on their known cells; start from the column means; each step replaces the
+    missing cells by the rank-r reconstruction (r default min(10, min(n, p) // 4), at least 1). Used
+    on TRAINING models only, so a missing kept score does not blur the fit the way a mean does.
+    """
+    Y = np.asarray(Y, float)
+    obs = ~np.isnan(Y)
+    if obs.all():
+        return Y.copy()
+    cnt = obs.sum(axis=0)
+    mu = np.where(cnt > 0, np.nansum(Y, axis=0) / np.maximum(cnt, 1), 0.0)
+    sd = np.sqrt(np.where(obs, Y - mu, 0.0).__pow__(2).sum(axis=0) / np.maximum(cnt, 1))
+    sd = np.where(sd > 1e-12, sd, 1.0)
+    known = np.where(obs, (Y - mu) / sd, 0.0)
+    r = rank or max(1, min(10, min(Y.shape) // 4))
+    Z = known
+    for _ in range(iters):
+        U, sv, Vt = np.linalg.svd(Z, full_matrices=False)
+        Z = np.where(obs, known, (U[:, :r] * sv[:r]) @ Vt[:r])
+    return np.where(obs, Y, mu + sd * Z)
 
 
 def kendall(pred: np.ndarray, true: np.ndarray) -> float:
@@ -376,6 +404,7 @@ def _fit_fold(Y, K, T, tr, te, alphas, err_sum, sq_sum, err_cnt, pred_sum, wsum)
     from sklearn.exceptions import ConvergenceWarning
 
     obs = ~np.isnan(Y[np.ix_(tr, T)])
+    Xf = lowrank_fill(Y[tr])[:, K]  # predictors: missing training cells filled from the training block only
     groups: dict[bytes, list[int]] = {}
     for t in range(T.size):
         groups.setdefault(np.packbits(obs[:, t]).tobytes(), []).append(t)
@@ -391,7 +420,7 @@ def _fit_fold(Y, K, T, tr, te, alphas, err_sum, sq_sum, err_cnt, pred_sum, wsum)
             model = _pipeline(alphas)
             with warnings.catch_warnings():  # ill-conditioned fits are expected with near-copies; nothing to tell
                 warnings.simplefilter("ignore", (RuntimeWarning, UserWarning, ConvergenceWarning))
-                model.fit(Y[np.ix_(rows, K)], y)
+                model.fit(Xf[obs[:, cols[0]]], y)
                 P = model.predict(Y[np.ix_(te, K)]).reshape(te.size, tgt.size)
             coef = np.abs(np.atleast_2d(model[-1].coef_))   # (m, k) on standardised predictors
             wsum[tgt] += coef
