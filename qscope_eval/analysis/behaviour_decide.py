@@ -79,6 +79,12 @@ def decide(Y, costs, cfg: bsel.SelectConfig | None = None, stand_in: np.ndarray 
     """Keep/drop every benchmark: by scores where at least ``min_models`` models have one, else by features."""
     from threadpoolctl import threadpool_limits
 
+    # thousands of small eigh/svd/solve calls: BLAS threads only contend (measured 10-30x slower under load)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _decide(Y, costs, cfg, stand_in, ratio, feature_kept, min_models)
+
+
+def _decide(Y, costs, cfg, stand_in, ratio, feature_kept, min_models) -> Decision:
     cfg = cfg or bsel.SelectConfig()
     Y = pr._check(Y)
     costs = np.asarray(costs, float)
@@ -113,12 +119,11 @@ def decide(Y, costs, cfg: bsel.SelectConfig | None = None, stand_in: np.ndarray 
         ev_sel = pr.FastCV(Ys, sp0.select, (), pc.search_folds, pc.search_repeats, pc.alphas, pc.seed)
         ev_rep = pr.FastCV(Ys, sp0.report, sp0.select, pc.folds, pc.repeats, pc.alphas, pc.seed + 1)
         rng = np.random.default_rng(pc.seed + 2)
-        with threadpool_limits(limits=1, user_api="blas"):  # many small eigh: threads only contend
-            srch = bsel.search(ev_sel, costs[S], cfg, list(forced), Ys[sp0.select])
-            base = bsel.baseline(ev_rep, costs[S], srch.cost, cfg, rng, list(forced))
-            chosen = bsel.set_errors(ev_rep, srch.kept)[:2]
-            front = bsel.frontier(ev_sel, ev_rep, costs[S], cfg, rng, list(forced), order=srch.order)
-            kept_err = _kept_errors(ev_sel, srch, cfg)
+        srch = bsel.search(ev_sel, costs[S], cfg, list(forced), Ys[sp0.select])
+        base = bsel.baseline(ev_rep, costs[S], srch.cost, cfg, rng, list(forced))
+        chosen = bsel.set_errors(ev_rep, srch.kept)[:2]
+        front = bsel.frontier(ev_sel, ev_rep, costs[S], cfg, rng, list(forced), order=srch.order)
+        kept_err = _kept_errors(ev_sel, srch, cfg)
         preds = {int(S[p.index]): p for p in pr.report_errors(Ys, srch.kept, sp0, pc)}
         fpoint = None
         if feature_kept is not None:

@@ -222,8 +222,12 @@ class FastCV:
         lam, V = np.linalg.eigh(A)
         lam = np.clip(lam, 0.0, None)
         c = V.T @ C                                   # (k, m) cross-products in eigen-coordinates
+        Zk = s.Zte[:, K]
+        hole = s.obs[:, K] == 0
+        if hole.any():  # a test model's missing kept scores: conditional mean from its known kept scores
+            Zk = conditional_fill(np.where(hole, np.nan, Zk), np.zeros(K.size), A / s.n)
         if np.any(s.nobs[T] < s.n):
-            return s.mu[T] + s.Zte[:, K] @ self._beta_missing(s, K, lam, V, c, T)
+            return s.mu[T] + Zk @ self._beta_missing(s, K, lam, V, c, T)
         a = self.alphas[:, None]
         w = 2.0 / (lam + a) - lam / (lam + a) ** 2     # (n_alpha, k): RSS(a) = yy - w @ c²
         rss = np.clip(s.yy[T][None, :] - w @ c ** 2, 0.0, None)
@@ -232,7 +236,7 @@ class FastCV:
         gcv = np.where(den[:, None] > 0, rss / np.where(den > 0, den, 1.0)[:, None], np.inf)
         best = np.argmin(gcv, axis=0)
         beta = V @ (c / (lam[:, None] + self.alphas[best][None, :]))  # (k, m) on standardised predictors
-        return s.mu[T] + s.Zte[:, K] @ beta
+        return s.mu[T] + Zk @ beta
 
     def _beta_missing(self, s: _Split, K, lam, V, c, T, iters: int = 4) -> np.ndarray:
         """(k, m) coefficients when targets miss training cells: the ridge on the rows that have each target.
@@ -324,6 +328,26 @@ def lowrank_fill(Y, rank: int | None = None, iters: int = 15) -> np.ndarray:
     return np.where(obs, Y, mu + sd * Z)
 
 
+def conditional_fill(X, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """X (rows × k kept scores, NaN missing) with each row's missing cells at their conditional mean given its
+    known ones under a Gaussian with ``mean``/``cov`` fitted on TRAINING models: a test model's missing kept
+    score guessed from the kept scores it has, never from a benchmark being predicted."""
+    X = np.array(X, float)
+    miss = np.isnan(X)
+    pats: dict[bytes, list[int]] = {}
+    for i in np.flatnonzero(miss.any(axis=1)):
+        pats.setdefault(np.packbits(miss[i]).tobytes(), []).append(i)
+    ridge = 1e-6 * max(float(np.trace(cov)) / max(cov.shape[0], 1), 1e-12)
+    for rows in pats.values():
+        m = miss[rows[0]]
+        o = ~m
+        X[np.ix_(rows, np.flatnonzero(m))] = mean[m]
+        if o.any():
+            W = np.linalg.solve(cov[np.ix_(o, o)] + ridge * np.eye(int(o.sum())), cov[np.ix_(o, m)])  # (k_o, k_m)
+            X[np.ix_(rows, np.flatnonzero(m))] += (X[np.ix_(rows, np.flatnonzero(o))] - mean[o]) @ W
+    return X
+
+
 def kendall(pred: np.ndarray, true: np.ndarray) -> float:
     """Kendall τ-b over the models where both are known; NaN with fewer than 3 or a constant side."""
     ok = ~(np.isnan(pred) | np.isnan(true))
@@ -405,6 +429,8 @@ def _fit_fold(Y, K, T, tr, te, alphas, err_sum, sq_sum, err_cnt, pred_sum, wsum)
 
     obs = ~np.isnan(Y[np.ix_(tr, T)])
     Xf = lowrank_fill(Y[tr])[:, K]  # predictors: missing training cells filled from the training block only
+    Xte = conditional_fill(Y[np.ix_(te, K)], Xf.mean(axis=0), np.cov(Xf.T, bias=True).reshape(K.size, K.size)) \
+        if K.size else None
     groups: dict[bytes, list[int]] = {}
     for t in range(T.size):
         groups.setdefault(np.packbits(obs[:, t]).tobytes(), []).append(t)
@@ -421,7 +447,7 @@ def _fit_fold(Y, K, T, tr, te, alphas, err_sum, sq_sum, err_cnt, pred_sum, wsum)
             with warnings.catch_warnings():  # ill-conditioned fits are expected with near-copies; nothing to tell
                 warnings.simplefilter("ignore", (RuntimeWarning, UserWarning, ConvergenceWarning))
                 model.fit(Xf[obs[:, cols[0]]], y)
-                P = model.predict(Y[np.ix_(te, K)]).reshape(te.size, tgt.size)
+                P = model.predict(Xte).reshape(te.size, tgt.size)
             coef = np.abs(np.atleast_2d(model[-1].coef_))   # (m, k) on standardised predictors
             wsum[tgt] += coef
         E = P - Y[np.ix_(te, tgt)]
