@@ -46,10 +46,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from qscope_eval.analysis.impute import conditional_fill, lowrank_fill
 from qscope_eval.errors import QScopeError
 
 __all__ = ["PredictError", "PredictConfig", "ModelSplit", "CVErrors", "Prediction", "split_models", "FastCV",
-           "report_errors", "kendall", "ALPHAS"]
+           "report_errors", "kendall", "ALPHAS", "lowrank_fill", "conditional_fill"]
 
 MIN_SCORED = 8  # held-out models with every kept benchmark needed to score only those (see module docstring)
 ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))  # on standardised predictors; n ~ 10..1000 models
@@ -302,50 +303,6 @@ class FastCV:
     def taus(self, pred: np.ndarray) -> np.ndarray:
         """(p,) Kendall τ between ``pred`` and the true scores over the test pool (NaN where undefined)."""
         return np.array([kendall(pred[self.test_pool, j], self.Y[self.test_pool, j]) for j in range(self.p)])
-
-
-def lowrank_fill(Y, rank: int | None = None, iters: int = 15) -> np.ndarray:
-    """Y with its missing cells filled from a low-rank fit of the known ones (iterative SVD, "hard impute").
-
-    Columns standardised on their known cells; start from the column means; each step replaces the
-    missing cells by the rank-r reconstruction (r default min(10, min(n, p) // 4), at least 1). Used
-    on TRAINING models only, so a missing kept score does not blur the fit the way a mean does.
-    """
-    Y = np.asarray(Y, float)
-    obs = ~np.isnan(Y)
-    if obs.all():
-        return Y.copy()
-    cnt = obs.sum(axis=0)
-    mu = np.where(cnt > 0, np.nansum(Y, axis=0) / np.maximum(cnt, 1), 0.0)
-    sd = np.sqrt(np.where(obs, Y - mu, 0.0).__pow__(2).sum(axis=0) / np.maximum(cnt, 1))
-    sd = np.where(sd > 1e-12, sd, 1.0)
-    known = np.where(obs, (Y - mu) / sd, 0.0)
-    r = rank or max(1, min(10, min(Y.shape) // 4))
-    Z = known
-    for _ in range(iters):
-        U, sv, Vt = np.linalg.svd(Z, full_matrices=False)
-        Z = np.where(obs, known, (U[:, :r] * sv[:r]) @ Vt[:r])
-    return np.where(obs, Y, mu + sd * Z)
-
-
-def conditional_fill(X, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
-    """X (rows × k kept scores, NaN missing) with each row's missing cells at their conditional mean given its
-    known ones under a Gaussian with ``mean``/``cov`` fitted on TRAINING models: a test model's missing kept
-    score guessed from the kept scores it has, never from a benchmark being predicted."""
-    X = np.array(X, float)
-    miss = np.isnan(X)
-    pats: dict[bytes, list[int]] = {}
-    for i in np.flatnonzero(miss.any(axis=1)):
-        pats.setdefault(np.packbits(miss[i]).tobytes(), []).append(i)
-    ridge = 1e-6 * max(float(np.trace(cov)) / max(cov.shape[0], 1), 1e-12)
-    for rows in pats.values():
-        m = miss[rows[0]]
-        o = ~m
-        X[np.ix_(rows, np.flatnonzero(m))] = mean[m]
-        if o.any():
-            W = np.linalg.solve(cov[np.ix_(o, o)] + ridge * np.eye(int(o.sum())), cov[np.ix_(o, m)])  # (k_o, k_m)
-            X[np.ix_(rows, np.flatnonzero(m))] += (X[np.ix_(rows, np.flatnonzero(o))] - mean[o]) @ W
-    return X
 
 
 def kendall(pred: np.ndarray, true: np.ndarray) -> float:
