@@ -27,7 +27,7 @@ def lowrank_fill(Y, rank: int | None = None, iters: int = 15) -> np.ndarray:
         return Y.copy()
     cnt = obs.sum(axis=0)
     mu = np.where(cnt > 0, np.nansum(Y, axis=0) / np.maximum(cnt, 1), 0.0)
-    sd = np.sqrt(np.where(obs, Y - mu, 0.0).__pow__(2).sum(axis=0) / np.maximum(cnt, 1))
+    sd = np.sqrt((np.where(obs, Y - mu, 0.0) ** 2).sum(axis=0) / np.maximum(cnt, 1))
     sd = np.where(sd > 1e-12, sd, 1.0)
     known = np.where(obs, (Y - mu) / sd, 0.0)
     r = rank or max(1, min(10, min(Y.shape) // 4))

@@ -6,11 +6,12 @@ fit. Scores are points 0-100; Y is (n_models × n_bench) with NaN for a missing 
 
 Two evaluators of the same model family (ridge with an unpenalised intercept on
 standardised kept scores; a kept cell missing in a training model filled by a
-low-rank fit of the TRAINING fold's known cells (``lowrank_fill``), one missing
-in a test model by the training mean; the ridge penalty chosen per target inside the training
+low-rank fit of the TRAINING fold's known cells (``impute.lowrank_fill``), one
+missing in a held-out model at its conditional mean given that model's known kept
+scores (``impute.conditional_fill``); the ridge penalty chosen per target inside the training
 fold only, from ``alphas``):
 
-- ``report_errors``: scikit-learn itself (``SimpleImputer`` → ``StandardScaler`` →
+- ``report_errors``: scikit-learn itself (``StandardScaler`` →
   ``RidgeCV(alpha_per_target=True)``, efficient leave-one-out for the penalty),
   each dropped benchmark fitted on exactly the training models that have it,
   K-fold over the held-out models repeated ``repeats`` times. It gives the rows
@@ -26,8 +27,8 @@ fold only, from ``alphas``):
 
 Scoring: a dropped benchmark's error is measured on the held-out models that have every kept
 benchmark (a model that runs the kept set has them) when at least MIN_SCORED do; otherwise on every
-held-out model that has it, missing kept cells at the training mean (conservative). Models lacking
-kept cells always help fit, those cells mean-imputed.
+held-out model that has it, missing kept cells filled as above (conservative). Models lacking
+kept cells always help fit, those cells filled from the training block.
 
 Honesty: the models are split once (``split_models``) into a *selection* part,
 on which a subset is chosen by FastCV's K-fold CV, and a *report* part never
@@ -332,13 +333,13 @@ def report_errors(Y, kept, split: ModelSplit, cfg: PredictConfig | None = None,
     For each repeat, KFold over ``split.report``; the training set is the other
     report folds plus ``split.select``; each target is fitted on the training
     models that have it (targets sharing a pattern of missing cells share one
-    multi-output fit). A kept cell missing in a model is imputed by the training
-    mean. Per target: MAE/RMSE over held-out models (their error averaged over
+    multi-output fit). Missing kept cells: training models' filled by
+    ``lowrank_fill``, held-out models' by ``conditional_fill``. Per target: MAE/RMSE over held-out models (their error averaged over
     repeats), a bootstrap interval of the MAE over those models, Kendall τ-b of
     the repeat-averaged prediction, and the mean |standardised coefficient|. Scored: the held-out
     models that have every kept benchmark, when at least MIN_SCORED do (a model that runs the kept set
     has them all; a missing kept cell would charge the prediction for a gap of the table); otherwise
-    every held-out model with the target, its missing kept cells at the training mean (conservative).
+    every held-out model with the target, its missing kept cells filled (``impute.conditional_fill``).
     """
     from sklearn.model_selection import KFold
 
