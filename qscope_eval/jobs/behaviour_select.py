@@ -101,7 +101,7 @@ def behaviour_selection(ld: sm.Loaded | None, costs, cost_kind: str, scores: pd.
                "search_repeats": pc.search_repeats, "nested": False, "scheme": "held-out split",
                "selection_models": None if split is None else int(split.select.size),
                "report_models": None if split is None else int(split.report.size), "level": pc.level,
-               "alphas": [float(a) for a in pc.alphas], "seed": pc.seed,
+               "alphas": [float(a) for a in pc.alphas], "seed": pc.seed, "margin": cfg.margin,
                "meaning": "the subset is chosen by K-fold CV over the selection models; every error shown is measured "
                           "on the report models, which took no part in choosing it (K-fold over them, the ridge "
                           "trained on the other folds plus the selection models)"},
