@@ -239,3 +239,4 @@ def test_json_object_and_tsv_wide_shapes_and_folder_errors(S, tmp_path):
 def test_records_named_results_json_are_a_table(S, tmp_path):
     p = write_json_records(S, tmp_path / "results.json")
     np.testing.assert_allclose(_read([p]).matched().loc[S.index, NAMES], S, atol=1e-9)
+

@@ -146,3 +146,15 @@ def test_constant_scores_have_no_correlation():
     S = np.vstack([np.full(6, 0.25), np.linspace(0, 1, 6), np.linspace(1, 0, 6) ** 2])
     sc = V.score_correlation(S)
     assert np.isnan(sc.pearson[0, 1]) and np.isnan(sc.spearman[0, 2]) and sc.pearson[1, 2] < -0.9
+
+
+def test_validate_agreement_stays_quiet_on_near_constant_input():
+    """scipy warns on near-constant input (a bootstrap replicate can be); the user sees a number, not the warning."""
+    import warnings
+
+    from qscope_eval.analysis import validation as V
+
+    x, y = np.array([1.0, 1.0, 1.0, 1.0 + 1e-12, 1.0]), np.arange(5.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isfinite(V._pearson(x, y)) and np.isfinite(V._spearman(x, y))

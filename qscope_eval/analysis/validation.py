@@ -25,6 +25,7 @@ numbers (R̂, AUC, overlap matrices) computed elsewhere.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -221,18 +222,28 @@ def score_correlation(S: np.ndarray, reference: int | None = None) -> ScoreCorre
 
 
 # ----------------------------------------------------------------------------- agreement
+def _quiet(fn, x: np.ndarray, y: np.ndarray) -> float:
+    """fn(x, y).statistic without scipy's (near-)constant-input warnings on the user's terminal: a bootstrap
+    replicate that draws one model many times is near-constant by chance; its value is still what it is."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", getattr(stats, "ConstantInputWarning", RuntimeWarning))
+        warnings.simplefilter("ignore", getattr(stats, "NearConstantInputWarning", RuntimeWarning))
+        return float(fn(x, y).statistic)
+
+
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     ok = np.isfinite(x) & np.isfinite(y)
     if ok.sum() < MIN_UNITS or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
         return math.nan
-    return float(stats.spearmanr(x[ok], y[ok]).statistic)
+    return _quiet(stats.spearmanr, x[ok], y[ok])
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     ok = np.isfinite(x) & np.isfinite(y)
     if ok.sum() < MIN_UNITS or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
         return math.nan
-    return float(stats.pearsonr(x[ok], y[ok]).statistic)
+    return _quiet(stats.pearsonr, x[ok], y[ok])
 
 
 @dataclass(frozen=True)
