@@ -179,6 +179,9 @@ def test_features_decide_benchmarks_without_scores_and_disagreements():
     ratio = stand * 0.9 + np.eye(N) * 0.1
     stand[UNIQUE, 1] = True  # features wrongly say benchmark 1 stands in for the unique one
     ratio[UNIQUE, 1] = 0.85
+    for i in range(PER, 2 * PER):  # features see group 1's members as all different
+        stand[i, PER:2 * PER] = False
+        stand[i, i] = True
     d = _decided(Y, np.ones(N), stand_in=stand, ratio=ratio, feature_kept=[0, 5, 10, 15, 21, 23])
     kept = set(d.kept.tolist())
     assert not d.scored[22] and not d.scored[23] and d.scored[:n].all()
@@ -187,6 +190,9 @@ def test_features_decide_benchmarks_without_scores_and_disagreements():
     assert UNIQUE in kept  # scores decide it: not predicted by benchmark 1
     dis = {(x.benchmark, x.other, x.kind) for x in d.disagreements}
     assert (UNIQUE, 1, "features_redundant_scores_not") in dis
+    g1_dropped = [i for i in range(PER, 2 * PER) if i not in kept]
+    assert g1_dropped and all(any(b == i and k == "scores_redundant_features_not" for b, _, k in dis)
+                              for i in g1_dropped)
     # without feature evidence nothing unscored may go
     d2 = _decided(Y, np.ones(N))
     assert {22, 23} <= set(d2.kept.tolist()) and any("no feature evidence" in x for x in d2.notes)
