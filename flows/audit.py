@@ -211,7 +211,7 @@ def audit(suite: str, db: str, out: str, target: float | None = None, task_runne
             settings = AuditSettings(s.name, tuple(b.name for b in s.benchmarks),
                                      tuple(e.encoder_id for e in prep.main_encoders), target or s.selection.target,
                                      s.selection.cost, s.selection.min_support, exact, s.selection.method,
-                                     s.selection.tau)
+                                     s.selection.tau, s.selection.scores and s.selection.scores.params())
             why = validate(store, s, settings.encoder_ids[0]) if s.validation is not None else None
             notes = tuple(prep.warnings) + ((why,) if why else ())
             if notes:  # stored with the settings, so `qscope-eval report` shows them too

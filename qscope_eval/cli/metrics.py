@@ -81,16 +81,45 @@ def overlap(db, encoder, kind, threshold, min_support, fmt):
 @click.option("--token-budget", type=click.IntRange(min=1), default=None, help="Sample level: best samples within this many tokens.")
 @click.option("--exact", is_flag=True, help="Exact MILP (HiGHS) instead of lazy greedy; reports the gap if stopped.")
 @click.option("--time-limit", type=float, default=30.0, show_default=True, help="Seconds for --exact.")
+@click.option("--scores", "scores", multiple=True, type=click.Path(exists=True),
+              help="Score table(s) of many models (CSV/TSV/Parquet/JSON, or a folder of lm-eval results_*.json; "
+                   "repeatable): benchmarks with scores are decided by how well the kept ones predict them.")
+@click.option("--max-error", type=click.FloatRange(0, min_open=True), default=2.0, show_default=True,
+              help="With --scores: largest held-out prediction error (MAE, score points) of a dropped benchmark.")
+@click.option("--min-tau", type=click.FloatRange(-1, 1, min_open=True), default=None,
+              help="With --scores: smallest held-out Kendall tau between predicted and true model ranking.")
+@click.option("--metric", default=None, help="With --scores: lm-eval metric to read (default: each task's first).")
+@click.option("--map", "mapping", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="With --scores: YAML (`column: benchmark`, null to ignore) or two-column CSV for other names.")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="With --scores: K of the K-fold cross-validation over models.")
+@click.option("--min-models", type=click.IntRange(min=4), default=10, show_default=True,
+              help="With --scores: models a benchmark needs scores for to be decided by scores (else by features).")
 @metric_options
 @output_options
-def select_cmd(db, encoder, target, method, tau, level, cost, benchmark, n, token_budget, exact, time_limit, threshold,
-               min_support, fmt):
+def select_cmd(db, encoder, target, method, tau, level, cost, benchmark, n, token_budget, exact, time_limit, scores,
+               max_error, min_tau, metric, mapping, folds, min_models, threshold, min_support, fmt):
     """Recommend which benchmarks (or samples) to keep, with the evidence for every decision.
 
+    With --scores, benchmarks that enough models have scores for are kept or dropped by how well
+    the kept ones predict them on models held out (docs/select-behaviour.md); the rest by features.
+
     Example: qscope-eval select --db out/demo.duckdb --level benchmark --cost tokens
+
+    Example: qscope-eval select --db out/demo.duckdb --scores leaderboard.csv --max-error 2
     """
     from qscope_eval.jobs.summary import select_benchmarks, select_samples
 
+    if scores:
+        from qscope_eval.cli.select_scores import run_select_scores
+        from qscope_eval.errors import QScopeError
+
+        if level != "benchmark" or method != "characteristic" or exact:
+            raise QScopeError("--scores decides benchmarks (--level benchmark, --method characteristic, no --exact); "
+                              "drop those options or --scores")
+        run_select_scores(db, encoder, scores, cost=cost, max_error=max_error, min_tau=min_tau, metric=metric,
+                          mapping=mapping, folds=folds, min_models=min_models, tau=tau, fmt=fmt)
+        return
     store, ld = _loaded(db, encoder)
     with store:
         if level == "benchmark":

@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from qscope_eval.data.score_selection import ScoreSelectionSpec, split_keys
 from qscope_eval.errors import SuiteError
 
 POOLINGS = ("last", "max", "top")
@@ -196,6 +197,8 @@ class SelectionSpec:
     """characteristic (every dropped benchmark covered by a kept one, docs/recommendation.md) or union (the report's set cover)."""
     tau: float = 0.8
     """characteristic: share of a benchmark's characteristic a kept benchmark must show to cover it."""
+    scores: ScoreSelectionSpec | None = None
+    """Score tables and tolerance: benchmarks with scores decided by prediction (data/score_selection.py)."""
 
     def __post_init__(self):
         if not 0 < self.target <= 1:
@@ -392,11 +395,16 @@ def parse_suite(data: Any, source: Path | None = None) -> Suite:
         reference=tuple(refs),
         task_paths=tuple(resolve_path(p, base) for p in data.get("task_paths") or ()),
         encode=_build(EncodeSpec, data.get("encode") or {}, "encode"),
-        selection=_build(SelectionSpec, data.get("selection") or {}, "selection"),
+        selection=_selection(data.get("selection") or {}, base),
         validation=_validation(data.get("validation"), base),
         source=str(source) if source else None,
         **kwargs,
     )
+
+
+def _selection(v: Any, base: Path) -> SelectionSpec:
+    rest, scores = split_keys(v, lambda p: resolve_path(str(p), base)) if isinstance(v, dict) else (v, None)
+    return dataclasses.replace(_build(SelectionSpec, rest, "selection"), scores=scores)
 
 
 def _validation(v: Any, base: Path) -> ValidationSpec | None:

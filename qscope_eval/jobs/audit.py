@@ -102,6 +102,8 @@ class AuditSettings:
     """Benchmark recommendation: characteristic (docs/recommendation.md) or union (the report's set cover)."""
     tau: float | None = None
     """characteristic: share of a benchmark's characteristic a kept one must show (None: the library default)."""
+    scores: dict | None = None
+    """The suite's score selection (ScoreSelectionSpec.params(): paths, max_error, ...) or None: features only."""
     notes: tuple[str, ...] = ()
     """Warnings the audit's own steps raised (a skipped `validation:` step, a change of encode path), shown on the
     main report."""
@@ -148,6 +150,7 @@ def summarize_layers(store: Store, settings: AuditSettings, run_id: str | None,
         s["warnings"] = list(warnings) + s.get("warnings", [])  # truncation first, then the summary's own
         s["validation"] = store.latest_validation(encoder_id)  # `validate` (or the suite's validation step), if run
         s["score_validation"] = store.latest_score_validation(encoder_id)  # `validate --scores`, if saved
+        s["behaviour_selection"] = _behaviour(store, ld, settings, s["warnings"])
         if generated:
             s["generated_at"] = generated
         summaries.append(s)
@@ -157,6 +160,19 @@ def summarize_layers(store: Store, settings: AuditSettings, run_id: str | None,
         for s in summaries:
             s["layers"] = layers
     return summaries
+
+
+def _behaviour(store: Store, ld: sm.Loaded, settings: AuditSettings, warnings: list[str]) -> dict | None:
+    """The recommendation from the suite's score tables (None without them, or with a warning when they are bad)."""
+    if not settings.scores:
+        return None
+    from qscope_eval.jobs.behaviour_select import select_with_scores
+
+    try:
+        return select_with_scores(store, ld, cost=settings.cost, tau=settings.tau, **settings.scores)
+    except QScopeError as e:  # a bad table must not fail an audit whose encoding is done: say so on the report
+        warnings.append(f"selection.scores skipped: {e}")
+        return None
 
 
 def layer_dirs(summaries: list[dict], out: str | Path) -> list[Path]:

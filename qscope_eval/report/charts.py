@@ -14,6 +14,7 @@ import altair as alt
 import numpy as np
 
 from qscope_eval.report.behaviour import charts as _behaviour_charts
+from qscope_eval.report.behaviour_select import charts as _behaviour_select_charts
 from qscope_eval.report.validation import charts as _validation_charts
 
 __all__ = ["CHARTS", "all_charts", "coverage_chart", "overlap_chart", "redundancy_chart", "curves_chart",
@@ -279,4 +280,4 @@ def all_charts(summary: dict) -> dict:
     """Every chart of the report, by name (the PNG file stem and the HTML element id)."""
     # the validation sections' charts exist only when summary["validation"] / ["score_validation"] do
     return {**{name: fn(summary) for name, fn in CHARTS.items()}, **_validation_charts(summary),
-            **_behaviour_charts(summary)}
+            **_behaviour_charts(summary), **_behaviour_select_charts(summary)}

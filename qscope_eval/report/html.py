@@ -31,6 +31,7 @@ from qscope_eval.report.fmt import _e, _num, _pct
 from qscope_eval.report.behaviour import section as _behaviour_section
 from qscope_eval.report.headline import baselines_lead as _baselines_lead, headline as _headline
 from qscope_eval.report.style import CSS
+from qscope_eval.report.behaviour_select import section as _behaviour_select_section
 from qscope_eval.report.validation import section as _validation_section
 from qscope_eval.report.gaps import gaps_section as _gaps
 from qscope_eval.report.recommendation import recommendation_html, samples_html
@@ -321,6 +322,7 @@ charts.</p></noscript>
 <h2>Recommendation: which benchmarks to keep</h2>
 {_recommendation(summary)}
 {div("selection")}
+{_behaviour_select_section(summary, _e, _table, div)}
 <h2>Coverage and redundancy per benchmark</h2>
 {_benchmark_table(summary)}
 {div("coverage")}
