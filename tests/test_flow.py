@@ -252,6 +252,7 @@ def test_dask_runner_stores_the_same_results(tiny, prefect_api, tmp_path):
     audit(str(tiny), str(tmp_path / "thread.duckdb"), str(tmp_path / "r1"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["QSCOPE_EVAL_PREFECT_NOTES"] = "1"  # keep Prefect's server notes, to count the servers started
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", "from qscope_eval.cli import main; main()", "audit", str(tiny),
                         "--db", str(tmp_path / "dask.duckdb"), "--out", str(tmp_path / "r2"), "--task-runner", "dask=2"],

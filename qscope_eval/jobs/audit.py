@@ -48,9 +48,10 @@ class _DropPrefectServerNotes(logging.Filter):
 def quiet_prefect_logs(machine_output: bool = False) -> None:
     """Keep the audit's terminal readable: our flow's own lines and every warning stay; Prefect's temporary-server
     notes and each task's "Finished in state Completed()" go. `machine_output` (--json/--csv): warnings only.
-    Call after `import prefect` (which configures its loggers)."""
+    Call after `import prefect` (which configures its loggers). `QSCOPE_EVAL_PREFECT_NOTES=1` keeps the server
+    notes (to see how many temporary servers a run starts)."""
     base = logging.getLogger("prefect")
-    if not any(isinstance(f, _DropPrefectServerNotes) for f in base.filters):
+    if os.environ.get("QSCOPE_EVAL_PREFECT_NOTES") != "1" and not any(isinstance(f, _DropPrefectServerNotes) for f in base.filters):
         base.addFilter(_DropPrefectServerNotes())
     logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
     if machine_output:
