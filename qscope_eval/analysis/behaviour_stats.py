@@ -11,7 +11,7 @@ Why it is fast. A pairwise-complete correlation needs, for every pair (a, b), su
 models scored on both, and each such sum is a matrix product over the models. A bootstrap
 replicate enters as weights (resample counts, sqrt(w) on both factors; models drawn zero times
 are dropped, about 37 % of them), so a replicate's whole K × K correlation matrix is one product
-AᵀA (plus one for the common-model counts when cells are missing; see fast_corr for the one
+AᵀA (plus one for the common-model counts when cells are missing; see Replicator for the one
 approximation this takes then), the residualisation on the general factor one (3K × n) @ (n × 3)
 product, and a Mantel permutation an index gather.
 """
@@ -142,16 +142,7 @@ def quick_ranks(x: np.ndarray) -> np.ndarray:
     Rounding moves a correlation by at most 3e-5 and only merges values closer than that into a
     tie; Spearman's ρ changes by far less than its bootstrap spread (the tests check it).
     """
-    half = RANK_STEPS // 2
-    q = np.rint((np.clip(x, -1.0, 1.0) + 1.0) * half).astype(np.intp)
-    c = np.bincount(q, minlength=RANK_STEPS + 1)
-    cum = np.cumsum(c)
-    mid = (cum - c) + (c + 1) / 2.0
-    return mid[q]
-
-
-def exact_ranks(x: np.ndarray) -> np.ndarray:
-    return stats.rankdata(x)
+    return _ranks_ss(x)[0]
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -177,7 +168,7 @@ class PairGroup:
         self.all = n_pairs is not None and idx.size == n_pairs     # idx = every pair, in order: no gather
         self.P = P
         self.Pu = _unit(P)
-        self.Ru = _unit(np.column_stack([exact_ranks(P[:, u]) for u in range(P.shape[1])]))
+        self.Ru = _unit(np.column_stack([stats.rankdata(P[:, u]) for u in range(P.shape[1])]))
         self.PuT = np.ascontiguousarray(self.Pu.T)
         self.RuT = np.ascontiguousarray(self.Ru.T)
 
@@ -185,7 +176,7 @@ class PairGroup:
         """(2, U): Pearson and Spearman (exact ranks) of each proxy column with r on the group's pairs."""
         x = r[self.idx]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.stack([self.Pu.T @ _unit(x), self.Ru.T @ _unit(exact_ranks(x))])
+            return np.stack([self.Pu.T @ _unit(x), self.Ru.T @ _unit(stats.rankdata(x))])
 
     def agree(self, r: np.ndarray) -> np.ndarray:
         """(2, U): Pearson and Spearman (counting-sort ranks) with a replicate's r (NaN allowed)."""
@@ -284,46 +275,6 @@ def mantel_null(Pmats: np.ndarray, rvecs: np.ndarray, permutations: int, rng, ba
 
 
 # ----------------------------------------------------------------------------- replicates and reliability
-def fast_corr(X: np.ndarray, Ms: np.ndarray | None, w: np.ndarray, N=None):
-    """Weighted available-case correlation (float32) for bootstrap replicates -> (r (K, K), N, co-moments).
-
-    X (n', K) float32, w (n',) > 0 float32 (rows drawn zero times already dropped), Ms (n', K)
-    = mask · sqrt(w) or None when no cell is missing. Each column is centred and scaled by its own
-    models' weighted mean and SD; the covariance is averaged over the models scored on both.
-    With no missing cell this is exactly the pairwise-complete Pearson; with missing cells it
-    differs from it only by the gap between a benchmark's mean/SD over its own models and over the
-    pair's common models, and it needs one product (Σ w x_a x_b) where the exact form needs
-    four (plus N = Σ w m_a m_b, shared by raw and partial). Pass N to reuse it.
-    (The Replicator computes the same thing straight into pair vectors; this full-matrix form is
-    kept as its readable reference.)
-    """
-    if Ms is None:
-        sw = np.float32(w.sum())
-        A = X - (w @ X) / sw
-        A *= np.sqrt(w)[:, None]
-    else:
-        Mw = Ms * np.sqrt(w)[:, None]                                  # w · m
-        sw = Mw.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            A = X - np.einsum("ij,ij->j", Mw, X) / sw
-        A *= Ms                                                        # sqrt(w) · m: 0 where missing
-    Sxy = A.T @ A
-    if N is None:
-        N = np.float32(w.sum()) if Ms is None else Ms.T @ Ms
-    return _normalise(Sxy, N, sw), N, Sxy
-
-
-def _normalise(C: np.ndarray, N, sw) -> np.ndarray:
-    """Correlation from weighted co-moments C (K, K), common weights N and each column's weight sw."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        var = np.diag(C) / sw
-        inv = np.where(var > 1e-6, 1.0 / np.sqrt(var), np.nan).astype(np.float32)
-        r = C / N
-        r *= inv[:, None]
-        r *= inv[None, :]
-    return np.clip(r, -1.0, 1.0, out=r)
-
-
 class _Pairs:
     """The upper triangle of a (K, K) matrix as flat positions, for cheap gathers (np.take beats C[iu, ju] 4x)."""
 
@@ -333,7 +284,7 @@ class _Pairs:
 
     def corr(self, C: np.ndarray, N, sw) -> np.ndarray:
         """(P,) float32 correlations of the pairs from co-moments C (K, K), common weights N ((K, K) or a
-        scalar) and each column's weight sw (K,) or scalar: _normalise(C, N, sw)[iu, ju] on the pairs only."""
+        scalar) and each column's weight sw (K,) or scalar: C_ab / N_ab / (sd_a sd_b), sd² = C_aa / sw_a."""
         with np.errstate(invalid="ignore", divide="ignore"):
             var = np.diag(C) / sw
             inv = np.where(var > 1e-6, 1.0 / np.sqrt(var), np.nan).astype(np.float32)
@@ -350,7 +301,14 @@ class Replicator:
     Holds what does not change between replicates: float32 scores and masks, the general factor,
     the benchmarks it explains exactly (their partial pairs stay undefined), and one (3K, n) block
     [m | z | z²]ᵀ whose weighted row sums give every residualisation sum in one product. Only
-    models with weight > 0 enter the correlation products. Per replicate with missing cells: three
+    models with weight > 0 enter the correlation products.
+
+    The replicate correlation is the weighted available-case form: each column is centred and scaled
+    by its own models' weighted mean and SD, the covariance averaged over the models scored on both
+    (N_ab = Σ w m_a m_b). With no missing cell this is exactly the pairwise-complete Pearson; with
+    missing cells it differs from it only by the gap between a benchmark's mean/SD over its own
+    models and over the pair's common models, and it needs one product (Σ w x_a x_b) where the exact
+    form needs four. Per replicate with missing cells: three
     (n' × K)ᵀ(n' × K) float32 products (raw co-moments, common weights, partial co-moments; two
     without missing cells), everything else is O(n'K) or O(P). Call it under one BLAS thread
     (score_agreement does): products this small only contend with a second thread.
@@ -376,10 +334,8 @@ class Replicator:
 
     def pairs(self, iu: np.ndarray, ju: np.ndarray) -> _Pairs:
         p = self._pairs
-        if p is None or p.iu is not iu or p.ju is not ju:
-            if p is None or not (np.array_equal(p.iu, iu) and np.array_equal(p.ju, ju)):
-                p = _Pairs(iu, ju, self.K)
-            self._pairs = p
+        if p is None or not (p.iu is iu or np.array_equal(p.iu, iu)) or not (p.ju is ju or np.array_equal(p.ju, ju)):
+            self._pairs = p = _Pairs(iu, ju, self.K)
         return p
 
     def __call__(self, w: np.ndarray, iu: np.ndarray, ju: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -434,10 +390,17 @@ class Replicator:
             A -= G
             A[:, self.exact] = np.nan
             return raw, pp.corr(A.T @ A, N, sw)
+        # some models lack g (control 'reference', the reference unscored): the partial runs over Mg ⊂ M
+        Mgk = self.Mgf[keep]
         E = self.Zg32[keep] - g0[keep, None].astype(np.float32) * beta.astype(np.float32)   # intercepts cancel
+        E *= Mgk
+        swg = wk @ Mgk
+        Mgk *= s
+        with np.errstate(invalid="ignore", divide="ignore"):
+            E -= (wk @ E) / swg
+        E *= Mgk
         E[:, self.exact] = np.nan
-        rp = fast_corr(E, None if self.complete else self.Mgf[keep] * s, wk)[0]
-        return raw, rp.ravel().take(pp.flat)
+        return raw, pp.corr(E.T @ E, Mgk.T @ Mgk, swg)
 
 
 def _fast_corr(x: np.ndarray, y: np.ndarray) -> float:
