@@ -180,13 +180,14 @@ class PairGroup:
 
     def agree(self, r: np.ndarray) -> np.ndarray:
         """(2, U): Pearson and Spearman (counting-sort ranks) with a replicate's r (NaN allowed)."""
-        x = (r if self.all else r[self.idx]).astype(np.float64)
+        xr = r if self.all else r[self.idx]
+        x = xr.astype(np.float64)
         s1 = x.sum()
         if math.isfinite(s1):
             m = x.size
             with np.errstate(invalid="ignore", divide="ignore"):
                 pe = (self.PuT @ x) / math.sqrt(max(x @ x - s1 * s1 / m, 0.0))
-                rk, ss = _ranks_ss(x)
+                rk, ss = _ranks_ss(xr)                                  # float32 in: half the memory traffic
                 sr = (self.RuT @ rk) / math.sqrt(max(ss - m * ((m + 1) / 2.0) ** 2, 0.0))
             return np.stack([pe, sr])
         # a resample left some pairs undefined (a benchmark with few models lost its spread): drop them;
@@ -205,8 +206,8 @@ def _ranks_ss(x: np.ndarray) -> tuple[np.ndarray, float]:
     """quick_ranks(x) and the sum of their squares (from the bin counts: O(RANK_STEPS), not O(m))."""
     half = RANK_STEPS // 2
     q = np.clip(x, -1.0, 1.0)
-    q += 1.0
-    q *= half
+    q += 1
+    q *= half                                  # exact in float32 too (bins 2^-14 wide, far above its precision)
     q = np.rint(q, out=q).astype(np.intp)
     c = np.bincount(q, minlength=RANK_STEPS + 1)
     cum = np.cumsum(c)
@@ -353,8 +354,8 @@ class Replicator:
             N = Ms = None
         else:
             Ms = self.Mf[keep]
+            sw = wk @ Ms                                                # Σ w m per benchmark
             Ms *= s                                                     # sqrt(w) · m
-            sw = wk @ self.Mf[keep]                                     # Σ w m per benchmark
             with np.errstate(invalid="ignore", divide="ignore"):
                 A = X - (wk @ X) / sw                                   # X is 0 where missing: Σ w m x = Σ w x
             A *= Ms
