@@ -37,7 +37,9 @@ What is computed, and why this way:
 from __future__ import annotations
 
 import math
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -53,6 +55,8 @@ from qscope_eval.errors import QScopeError
 KINDS = ("sae", "null", "lexical")
 CONTROLS = ("mean", "pc1", "reference", "none")
 MIN_MODELS = bs.MIN_MODELS
+WORKERS = max(1, min(2, os.cpu_count() or 1))
+"""Replicates computed at once (threads; each product on one BLAS thread)."""
 
 
 class BehaviourError(QScopeError):
@@ -391,12 +395,19 @@ def _bootstrap(masks, pv, beh, rep, n, iu, ju, cfg):
     greps = {gkey: np.full((cfg.replicates, 2, len(cols)), np.nan) for gkey, cols in groups.items()}
     if cfg.replicates and pgroups:
         rng = np.random.default_rng([cfg.seed, 1])
-        with np.errstate(all="ignore"):
-            for b in range(cfg.replicates):
-                w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+        draws = [rng.integers(0, n, n) for _ in range(cfg.replicates)]      # drawn in order: same as a serial loop
+
+        def one(b):
+            with np.errstate(all="ignore"):
+                w = np.bincount(draws[b], minlength=n).astype(np.float64)
                 rr = dict(zip(("raw", "partial"), rep(w, iu, ju)))
                 for gkey, grp in pgroups.items():
                     greps[gkey][b] = grp.agree(rr[gkey[0]])
+
+        # two replicates at a time, each on one BLAS thread: numpy releases the GIL in its products and loops
+        rep.pairs(iu, ju)
+        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+            list(pool.map(one, range(cfg.replicates)))
     nan2 = (math.nan, math.nan)
     point = {key: (tuple(gpoint[gk][:, u]) if gk in gpoint else nan2) for key, (gk, u) in where.items()}
     reps = {key: greps[gk][:, :, u] for key, (gk, u) in where.items()}
