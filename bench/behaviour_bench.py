@@ -11,8 +11,10 @@ Data: seeded synthetic scores of M models on K benchmarks (general + group abili
   relabels each proxy matrix and calls pearsonr, a split redoes it on two halves. It is timed
   on a few replicates / permutations / splits and extrapolated linearly (printed as such).
 
-Both wall and process-CPU seconds are printed: the machine may be shared, and our products run
-on every core (CPU seconds then exceed wall seconds); the ratio is given for both.
+Both wall and process-CPU seconds are printed, the CPU seconds also per stage (point estimates,
+replicates, permutations, splits): the machine may be shared, so CPU seconds are the figure to
+compare. Both run under one BLAS thread (score_agreement sets it for ours: its hundreds of small
+products only contend with a second thread; the obvious version gets the same).
 
     python bench/behaviour_bench.py [--models 1000] [--benchmarks 500] [--missing 0.1] [--replicates 500]
                                     [--permutations 1000] [--splits 50]
@@ -29,9 +31,37 @@ import warnings
 import numpy as np
 import pandas as pd
 from scipy import stats
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from qscope_eval.analysis.behaviour import AgreementConfig, score_agreement  # noqa: E402
+from qscope_eval.analysis import behaviour, behaviour_stats  # noqa: E402
+
+
+STAGES = (("rep", behaviour, "_bootstrap"), ("perm", behaviour, "_mantel"), ("split", behaviour_stats, "reliability"))
+
+
+class stage_clock:
+    """Process-CPU seconds spent inside our replicates, permutations and splits (the rest is 'point')."""
+
+    def __enter__(self):
+        self.cpu, self.saved = {}, []
+        for name, mod, fn in STAGES:
+            f = getattr(mod, fn)
+            self.saved.append((mod, fn, f))
+
+            def wrapped(*a, _f=f, _name=name, **kw):
+                c = time.process_time()
+                try:
+                    return _f(*a, **kw)
+                finally:
+                    self.cpu[_name] = self.cpu.get(_name, 0.0) + time.process_time() - c
+            setattr(mod, fn, wrapped)
+        return self
+
+    def __exit__(self, *exc):
+        for mod, fn, f in self.saved:
+            setattr(mod, fn, f)
 
 
 def timed(fn):
@@ -139,10 +169,11 @@ def main():
           f"{a.replicates} replicates, {a.permutations} permutations, {a.splits} splits")
     print(f"# cores: {os.cpu_count()}, load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     cfg = AgreementConfig(replicates=a.replicates, permutations=a.permutations, splits=a.splits)
-    res, ow, oc = timed(lambda: score_agreement(S, proxies, [f"b{k}" for k in range(K)], cfg))
+    with stage_clock() as clock:
+        res, ow, oc = timed(lambda: score_agreement(S, proxies, [f"b{k}" for k in range(K)], cfg))
     print(f"ours     : {ow:8.1f} s wall {oc:8.1f} s CPU (everything, measured)")
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):   # same BLAS threads as ours
         warnings.simplefilter("ignore")            # the obvious version may warn; it is not ours
         ob = obvious(S, proxies, a.baseline_replicates, a.baseline_permutations, a.baseline_splits,
                      cfg.min_pair_models, np.random.default_rng(1))
@@ -157,6 +188,13 @@ def main():
         parts.append(f"{t[name + '_n']} {name}s {t[name + '_w']:.1f} s x {f:.0f}")
     print(f"obvious  : {tw:8.1f} s wall {tc:8.1f} s CPU (extrapolated: {'; '.join(parts)})")
     print(f"ratio    : {tw / ow:8.1f} x wall {tc / oc:8.1f} x CPU")
+    ours = dict(clock.cpu)
+    ours["point"] = oc - sum(ours.values())
+    print("CPU seconds per stage      ours   obvious")
+    for name, label in (("point", "point estimates + rest"), ("rep", f"{a.replicates} replicates"),
+                        ("perm", f"{a.permutations} permutations"), ("split", f"{a.splits} splits")):
+        ob_c = t["point_c"] if name == "point" else t[name + "_c"] * scale[name] / max(t[name + "_n"], 1)
+        print(f"  {label:<22} {ours.get(name, 0.0):8.2f} {ob_c:9.1f}")
 
     # same point estimates from both (the replicates differ by design: ours use the available-case form)
     worst = 0.0

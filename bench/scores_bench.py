@@ -104,11 +104,12 @@ def main() -> None:
     proxies["lexical:tfidf"] = P["sym"] + rng.normal(0, 0.1, (K, K))
     proxies = {k: (v + v.T) / 2 for k, v in proxies.items()}
     cfg = AgreementConfig(replicates=a.replicates, permutations=a.permutations, splits=20)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     res = score_agreement(S, proxies, names, cfg)
-    t_ag = time.perf_counter() - t
+    t_ag, c_ag = time.perf_counter() - t, time.process_time() - c
     print(f"3. score_agreement {a.models} x {K}, {len(proxies)} proxies, {a.replicates} replicates, "
-          f"{a.permutations} permutations: {t_ag:.1f} s; headline: {res.verdicts[0][:110]}")
+          f"{a.permutations} permutations: {t_ag:.1f} s wall, {c_ag:.1f} s CPU (the obvious version: "
+          f"bench/behaviour_bench.py); headline: {res.verdicts[0][:110]}")
 
 
 if __name__ == "__main__":

@@ -294,6 +294,48 @@ def test_replicate_close_to_pairwise_complete_with_missing_cells():
     assert np.abs(raw - exact).mean() < 0.02 and np.abs(raw - exact).max() < 0.08
 
 
+def _slow_available_case(X, mask, w):
+    """Weighted available-case correlation, pair by pair: each column centred and scaled over its own models,
+    the covariance averaged over the models scored on both (what a replicate computes)."""
+    k = X.shape[1]
+    mean = [np.average(X[mask[:, a], a], weights=w[mask[:, a]]) for a in range(k)]
+    sd = [np.sqrt(np.average((X[mask[:, a], a] - mean[a]) ** 2, weights=w[mask[:, a]])) for a in range(k)]
+    r = np.full((k, k), np.nan)
+    for a in range(k):
+        for b in range(a + 1, k):
+            c = mask[:, a] & mask[:, b]
+            cov = np.average((X[c, a] - mean[a]) * (X[c, b] - mean[b]), weights=w[c])
+            r[a, b] = cov / (sd[a] * sd[b])
+    return r
+
+
+@pytest.mark.parametrize("control, reference", [("mean", None), ("reference", 3), ("none", None)])
+def test_replicate_equals_slow_available_case_with_missing_cells(control, reference):
+    """Every replicate path with missing cells (g for all models, g missing for some, no g) against a pair loop."""
+    S, _, _ = planted(seed=16, missing=0.15)
+    Z, M, _, _ = bs.standardise(S)
+    g = bs.general_factor(Z, M, control, reference)
+    iu, ju = np.triu_indices(K, 1)
+    w = np.bincount(np.random.default_rng(6).integers(0, N_MODELS, N_MODELS), minlength=N_MODELS).astype(float)
+    raw, par = bs.Replicator(Z, M, g)(w, iu, ju)
+    on = M & (w > 0)[:, None]
+    np.testing.assert_allclose(raw, _slow_available_case(Z, on, w)[iu, ju], atol=2e-5)
+    if g is None:
+        return
+    on &= np.isfinite(g)[:, None]
+    E = np.zeros_like(Z)
+    for k in range(K):                         # weighted least squares of z on g over the column's models
+        c = on[:, k]
+        beta, icpt = np.polyfit(g[c], Z[c, k], 1, w=np.sqrt(w[c]))
+        E[c, k] = Z[c, k] - beta * g[c] - icpt
+    slow = _slow_available_case(E, on, w)[iu, ju]
+    if reference is not None:                  # g explains the reference exactly: its partial is undefined
+        slow[(iu == reference) | (ju == reference)] = np.nan
+    ok = np.isfinite(slow)
+    assert np.array_equal(ok, np.isfinite(par)) and ok.sum() >= iu.size - K
+    np.testing.assert_allclose(par[ok], slow[ok], atol=2e-5)
+
+
 def test_reliability_matches_one_slow_split():
     S, _, _ = planted(seed=12, missing=0.0)
     cfg = AgreementConfig(splits=1, control="none")

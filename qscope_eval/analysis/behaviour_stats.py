@@ -11,7 +11,7 @@ Why it is fast. A pairwise-complete correlation needs, for every pair (a, b), su
 models scored on both, and each such sum is a matrix product over the models. A bootstrap
 replicate enters as weights (resample counts, sqrt(w) on both factors; models drawn zero times
 are dropped, about 37 % of them), so a replicate's whole K × K correlation matrix is one product
-AᵀA (plus one for the common-model counts when cells are missing; see fast_corr for the one
+AᵀA (plus one for the common-model counts when cells are missing; see Replicator for the one
 approximation this takes then), the residualisation on the general factor one (3K × n) @ (n × 3)
 product, and a Mantel permutation an index gather.
 """
@@ -142,16 +142,7 @@ def quick_ranks(x: np.ndarray) -> np.ndarray:
     Rounding moves a correlation by at most 3e-5 and only merges values closer than that into a
     tie; Spearman's ρ changes by far less than its bootstrap spread (the tests check it).
     """
-    half = RANK_STEPS // 2
-    q = np.rint((np.clip(x, -1.0, 1.0) + 1.0) * half).astype(np.intp)
-    c = np.bincount(q, minlength=RANK_STEPS + 1)
-    cum = np.cumsum(c)
-    mid = (cum - c) + (c + 1) / 2.0
-    return mid[q]
-
-
-def exact_ranks(x: np.ndarray) -> np.ndarray:
-    return stats.rankdata(x)
+    return _ranks_ss(x)[0]
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -166,37 +157,62 @@ class PairGroup:
     """Proxies evaluated on one fixed set of pairs: the point of reuse for every bootstrap replicate.
 
     idx (m,) positions in the pair vector; P (m, U) proxy values there. Pearson and Spearman of
-    each column with a behaviour vector r come out as dot products of unit vectors.
+    each column with a behaviour vector r come out as dot products of unit vectors. Per replicate
+    (agree) the proxies' unit vectors are fixed, so only Σx, Σx² and one (U, m) @ (m,) product are
+    needed for Pearson; Spearman's rank vector has a known mean ((m + 1) / 2) and its sum of squares
+    follows from the counting sort's bin counts, so it too is one product.
     """
 
-    def __init__(self, idx: np.ndarray, P: np.ndarray):
+    def __init__(self, idx: np.ndarray, P: np.ndarray, n_pairs: int | None = None):
         self.idx = idx
+        self.all = n_pairs is not None and idx.size == n_pairs     # idx = every pair, in order: no gather
         self.P = P
         self.Pu = _unit(P)
-        self.Ru = _unit(np.column_stack([exact_ranks(P[:, u]) for u in range(P.shape[1])]))
+        self.Ru = _unit(np.column_stack([stats.rankdata(P[:, u]) for u in range(P.shape[1])]))
+        self.PuT = np.ascontiguousarray(self.Pu.T)
+        self.RuT = np.ascontiguousarray(self.Ru.T)
 
     def exact(self, r: np.ndarray) -> np.ndarray:
         """(2, U): Pearson and Spearman (exact ranks) of each proxy column with r on the group's pairs."""
         x = r[self.idx]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.stack([self.Pu.T @ _unit(x), self.Ru.T @ _unit(exact_ranks(x))])
+            return np.stack([self.Pu.T @ _unit(x), self.Ru.T @ _unit(stats.rankdata(x))])
 
     def agree(self, r: np.ndarray) -> np.ndarray:
         """(2, U): Pearson and Spearman (counting-sort ranks) with a replicate's r (NaN allowed)."""
-        x = r[self.idx]
-        ok = np.isfinite(x)
-        if ok.all():
+        xr = r if self.all else r[self.idx]
+        x = xr.astype(np.float64)
+        s1 = x.sum()
+        if math.isfinite(s1):
+            m = x.size
             with np.errstate(invalid="ignore", divide="ignore"):
-                return np.stack([self.Pu.T @ _unit(x), self.Ru.T @ _unit(quick_ranks(x))])
+                pe = (self.PuT @ x) / math.sqrt(max(x @ x - s1 * s1 / m, 0.0))
+                rk, ss = _ranks_ss(xr)                                  # float32 in: half the memory traffic
+                sr = (self.RuT @ rk) / math.sqrt(max(ss - m * ((m + 1) / 2.0) ** 2, 0.0))
+            return np.stack([pe, sr])
         # a resample left some pairs undefined (a benchmark with few models lost its spread): drop them;
         # Pearson is exact on the rest, Spearman keeps the proxies' ranks over the group's pairs
         # (a monotone stand-in for re-ranking them on the subset; the dropped pairs are few)
+        ok = np.isfinite(x)
         if ok.sum() < 3:
             return np.full((2, self.P.shape[1]), np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
             pe = _unit(self.P[ok]).T @ _unit(x[ok])
             sr = _unit(self.Ru[ok]).T @ _unit(quick_ranks(x[ok]))
         return np.stack([pe, sr])
+
+
+def _ranks_ss(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """quick_ranks(x) and the sum of their squares (from the bin counts: O(RANK_STEPS), not O(m))."""
+    half = RANK_STEPS // 2
+    q = np.clip(x, -1.0, 1.0)
+    q += 1
+    q *= half                                  # exact in float32 too (bins 2^-14 wide, far above its precision)
+    q = np.rint(q, out=q).astype(np.intp)
+    c = np.bincount(q, minlength=RANK_STEPS + 1)
+    cum = np.cumsum(c)
+    mid = (cum - c) + (c + 1) / 2.0
+    return mid.take(q), float(c @ (mid * mid))
 
 
 def mantel_null(Pmats: np.ndarray, rvecs: np.ndarray, permutations: int, rng, batch: int = 32) -> np.ndarray:
@@ -221,6 +237,7 @@ def mantel_null(Pmats: np.ndarray, rvecs: np.ndarray, permutations: int, rng, ba
     r0 = np.where(m, r0 - r0.sum(axis=0) / np.maximum(m.sum(axis=0), 1), 0.0)   # centred on its own pairs
     mf, r0f, r2f = m.astype(np.float32), r0.astype(np.float32), (r0 * r0).astype(np.float32)
     P = iu.size
+    iu32, ju32 = iu.astype(np.int32), ju.astype(np.int32)
     allm = bool(m.all())
     if full and allm:                                      # Σp, Σp² do not change under relabelling
         base = flat[:, iu * K + ju]
@@ -230,7 +247,8 @@ def mantel_null(Pmats: np.ndarray, rvecs: np.ndarray, permutations: int, rng, ba
     for start in range(0, permutations, batch):
         b = min(batch, permutations - start)
         pi = np.argsort(rng.random((b, K)), axis=1).astype(np.int32)
-        idx = (pi * K)[:, iu] + pi[:, ju]                  # (b, P) flat index of each permuted pair
+        idx = np.take(pi * K, iu32, axis=1)                # (b, P) flat index of each permuted pair
+        idx += np.take(pi, ju32, axis=1)
         for j in range(J):
             np.take(flat[j], idx, out=X[j, :b])
         Xb = X[:, :b].reshape(J * b, P)
@@ -258,42 +276,24 @@ def mantel_null(Pmats: np.ndarray, rvecs: np.ndarray, permutations: int, rng, ba
 
 
 # ----------------------------------------------------------------------------- replicates and reliability
-def fast_corr(X: np.ndarray, Ms: np.ndarray | None, w: np.ndarray, N=None):
-    """Weighted available-case correlation (float32) for bootstrap replicates -> (r (K, K), N, co-moments).
+class _Pairs:
+    """The upper triangle of a (K, K) matrix as flat positions, for cheap gathers (np.take beats C[iu, ju] 4x)."""
 
-    X (n', K) float32, w (n',) > 0 float32 (rows drawn zero times already dropped), Ms (n', K)
-    = mask · sqrt(w) or None when no cell is missing. Each column is centred and scaled by its own
-    models' weighted mean and SD; the covariance is averaged over the models scored on both.
-    With no missing cell this is exactly the pairwise-complete Pearson; with missing cells it
-    differs from it only by the gap between a benchmark's mean/SD over its own models and over the
-    pair's common models, and it needs one product (Σ w x_a x_b) where the exact form needs
-    four (plus N = Σ w m_a m_b, shared by raw and partial). Pass N to reuse it.
-    """
-    if Ms is None:
-        sw = np.float32(w.sum())
-        A = X - (w @ X) / sw
-        A *= np.sqrt(w)[:, None]
-    else:
-        Mw = Ms * np.sqrt(w)[:, None]                                  # w · m
-        sw = Mw.sum(axis=0)
+    def __init__(self, iu: np.ndarray, ju: np.ndarray, K: int):
+        self.iu, self.ju = iu, ju
+        self.flat = iu.astype(np.intp) * K + ju
+
+    def corr(self, C: np.ndarray, N, sw) -> np.ndarray:
+        """(P,) float32 correlations of the pairs from co-moments C (K, K), common weights N ((K, K) or a
+        scalar) and each column's weight sw (K,) or scalar: C_ab / N_ab / (sd_a sd_b), sd² = C_aa / sw_a."""
         with np.errstate(invalid="ignore", divide="ignore"):
-            A = X - np.einsum("ij,ij->j", Mw, X) / sw
-        A *= Ms                                                        # sqrt(w) · m: 0 where missing
-    Sxy = A.T @ A
-    if N is None:
-        N = np.float32(w.sum()) if Ms is None else Ms.T @ Ms
-    return _normalise(Sxy, N, sw), N, Sxy
-
-
-def _normalise(C: np.ndarray, N, sw) -> np.ndarray:
-    """Correlation from weighted co-moments C (K, K), common weights N and each column's weight sw."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        var = np.diag(C) / sw
-        inv = np.where(var > 1e-6, 1.0 / np.sqrt(var), np.nan).astype(np.float32)
-        r = C / N
-        r *= inv[:, None]
-        r *= inv[None, :]
-    return np.clip(r, -1.0, 1.0, out=r)
+            var = np.diag(C) / sw
+            inv = np.where(var > 1e-6, 1.0 / np.sqrt(var), np.nan).astype(np.float32)
+            r = C.ravel().take(self.flat)
+            r /= N.ravel().take(self.flat) if np.ndim(N) else N
+            r *= inv.take(self.iu)
+            r *= inv.take(self.ju)
+        return np.clip(r, -1.0, 1.0, out=r)
 
 
 class Replicator:
@@ -303,6 +303,16 @@ class Replicator:
     the benchmarks it explains exactly (their partial pairs stay undefined), and one (3K, n) block
     [m | z | z²]ᵀ whose weighted row sums give every residualisation sum in one product. Only
     models with weight > 0 enter the correlation products.
+
+    The replicate correlation is the weighted available-case form: each column is centred and scaled
+    by its own models' weighted mean and SD, the covariance averaged over the models scored on both
+    (N_ab = Σ w m_a m_b). With no missing cell this is exactly the pairwise-complete Pearson; with
+    missing cells it differs from it only by the gap between a benchmark's mean/SD over its own
+    models and over the pair's common models, and it needs one product (Σ w x_a x_b) where the exact
+    form needs four. Per replicate with missing cells: three
+    (n' × K)ᵀ(n' × K) float32 products (raw co-moments, common weights, partial co-moments; two
+    without missing cells), everything else is O(n'K) or O(P). Call it under one BLAS thread
+    (score_agreement does): products this small only contend with a second thread.
     """
 
     def __init__(self, Z: np.ndarray, M: np.ndarray, g: np.ndarray | None):
@@ -311,6 +321,7 @@ class Replicator:
         self.Mf = M.astype(np.float32)
         self.Z32 = Z.astype(np.float32)
         self.g = g
+        self._pairs: _Pairs | None = None
         if g is not None:
             fin = np.isfinite(g)
             self.same = bool(fin.all())
@@ -322,41 +333,75 @@ class Replicator:
             self.blockT = np.ascontiguousarray(np.hstack([Mg, Zg, Zg * Zg]).T, dtype=np.float32)  # (3K, n)
             self.exact = np.isnan(residualise(Z, M, g)[0]).any(axis=0)
 
+    def pairs(self, iu: np.ndarray, ju: np.ndarray) -> _Pairs:
+        p = self._pairs
+        if p is None or not (p.iu is iu or np.array_equal(p.iu, iu)) or not (p.ju is ju or np.array_equal(p.ju, ju)):
+            self._pairs = p = _Pairs(iu, ju, self.K)
+        return p
+
     def __call__(self, w: np.ndarray, iu: np.ndarray, ju: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pp = self.pairs(iu, ju)
         keep = np.flatnonzero(w > 0)
         wk = w[keep].astype(np.float32)
         s = np.sqrt(wk)[:, None]
-        Ms = None if self.complete else self.Mf[keep] * s
-        X = self.Z32[keep]
-        r, N, C = fast_corr(X, Ms, wk)
-        raw = r[iu, ju]
+        X = self.Z32[keep]                                              # (n', K), 0 in missing cells
+        if self.complete:
+            sw = np.float32(wk.sum())
+            A = X - (wk @ X) / sw
+            A *= s
+            C = A.T @ A
+            raw = pp.corr(C, sw, sw)
+            N = Ms = None
+        else:
+            Ms = self.Mf[keep]
+            sw = wk @ Ms                                                # Σ w m per benchmark
+            Ms *= s                                                     # sqrt(w) · m
+            with np.errstate(invalid="ignore", divide="ignore"):
+                A = X - (wk @ X) / sw                                   # X is 0 where missing: Σ w m x = Σ w x
+            A *= Ms
+            C = A.T @ A
+            N = Ms.T @ Ms
+            raw = pp.corr(C, N, sw)
         if self.g is None:
             return raw, raw
         if self.complete and self.same:
             # no missing cell: the partial co-moments follow from the raw ones, C - c cᵀ / c_gg
             gk = self.g0[keep].astype(np.float32)
-            gc = gk - (wk @ gk) / wk.sum()
+            gc = gk - (wk @ gk) / sw
             c = (wk * gc) @ X                                           # Σ w (g − ḡ) x per benchmark
             Cp = C - np.outer(c, c) / (wk @ (gc * gc))
             Cp[:, self.exact] = np.nan
             Cp[self.exact, :] = np.nan
-            return raw, _normalise(Cp, N, np.float32(wk.sum()))[iu, ju]
+            return raw, pp.corr(Cp, sw, sw)
         K, g0 = self.K, self.g0
         wg = w * g0
         T = (self.blockT @ np.stack([w, wg, wg * g0], axis=1).astype(np.float32)).T.astype(np.float64)  # (3, 3K) sums
-        sw, sg, sgg = T[0, :K], T[1, :K], T[2, :K]
+        swg, sg, sgg = T[0, :K], T[1, :K], T[2, :K]
         sz, sgz = T[0, K:2 * K], T[1, K:2 * K]
         with np.errstate(invalid="ignore", divide="ignore"):
-            gbar, zbar = sg / sw, sz / sw
+            gbar, zbar = sg / swg, sz / swg
             vgg = sgg - sg * gbar
-            beta = np.where(vgg > 1e-12 * np.maximum(sw, 1.0), (sgz - sg * zbar) / vgg, 0.0)
+            beta = np.where(vgg > 1e-12 * np.maximum(swg, 1.0), (sgz - sg * zbar) / vgg, 0.0)
+        if self.same and not self.complete:
+            # residual e = z − β g, centred over the column's own models: (z − z̄) − β (g − ḡ); the first
+            # part, times sqrt(w)·m, is A already, so only the g part is new (same models, same weights)
+            gk = g0[keep].astype(np.float32)[:, None]
+            G = gk * beta.astype(np.float32) - (gbar * beta).astype(np.float32)
+            G *= Ms
+            A -= G
+            A[:, self.exact] = np.nan
+            return raw, pp.corr(A.T @ A, N, sw)
+        # some models lack g (control 'reference', the reference unscored): the partial runs over Mg ⊂ M
+        Mgk = self.Mgf[keep]
         E = self.Zg32[keep] - g0[keep, None].astype(np.float32) * beta.astype(np.float32)   # intercepts cancel
+        E *= Mgk
+        swg = wk @ Mgk
+        Mgk *= s
+        with np.errstate(invalid="ignore", divide="ignore"):
+            E -= (wk @ E) / swg
+        E *= Mgk
         E[:, self.exact] = np.nan
-        if self.same:
-            rp = fast_corr(E, Ms, wk, N)[0]
-        else:
-            rp = fast_corr(E, self.Mgf[keep] * s, wk)[0]
-        return raw, rp[iu, ju]
+        return raw, pp.corr(E.T @ E, Mgk.T @ Mgk, swg)
 
 
 def _fast_corr(x: np.ndarray, y: np.ndarray) -> float:
