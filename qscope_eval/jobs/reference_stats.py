@@ -56,8 +56,9 @@ def needs_reference_stats(suite: Suite) -> bool:
                                     for layer in suite.layers)
 
 
-def sample_texts(texts: list[str], n: int = AUTO_PROMPTS) -> list[str]:
-    """The n distinct texts with the smallest sha256: a sample that ignores the suite's order."""
+def sample_texts(texts: list[str], n: int | None = None) -> list[str]:
+    """The n (default AUTO_PROMPTS) distinct texts with the smallest sha256: a sample that ignores their order."""
+    n = AUTO_PROMPTS if n is None else n
     keyed = sorted({hashlib.sha256(t.encode()).hexdigest(): t for t in texts}.items())
     return [t for _, t in keyed[:n]]
 
