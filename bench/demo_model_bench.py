@@ -6,6 +6,7 @@ it needs; the residuals of the prompts' tokens are cached on disk (`--cache`), s
 candidate is pooled from the same forward with the project's own pooling functions (model.encode.pool_last /
 pool_max / pool_top, model.encode.token_mask):
 
+  python bench/demo_model_bench.py speed                                                    # tokens/s per candidate
   python bench/demo_model_bench.py collect --model asset:smollm2 --layers 4 7 10 13 16      # forward once
   python bench/demo_model_bench.py layers  --model asset:smollm2                            # raw residuals per layer
   python bench/demo_model_bench.py score   --model asset:smollm2 --layer 10 --sae DIR       # last/top/max, SAE/null/words
@@ -348,9 +349,46 @@ def score_cmd(args) -> None:
         Path(args.json).write_text(json.dumps(out, indent=1, default=str))
 
 
+def speed_cmd(args) -> None:
+    """Truncated-forward tokens/s of the candidates on the same 64 MMLU prompts, in one run: SmolLM2 at several
+    layers, a Qwen2.5-0.5B-shaped model (random weights: compute does not depend on them) and MiniLM layer 3."""
+    import torch
+    from transformers import AutoModel, Qwen2Config
+
+    from qscope_eval.data.assets import resolve
+    from qscope_eval.data.demo_corpus import _jsonl, mmlu_prompt
+    from qscope_eval.data.suite import ModelSpec
+    from qscope_eval.model.backbone import Backbone, load_backbone
+
+    texts = [mmlu_prompt(r) for r in _jsonl(resolve("asset:mmlu/astronomy.jsonl"))[:64]]
+
+    def rate(bb, layer, tok):
+        best = float("inf")
+        for _ in range(2):
+            t = time.perf_counter()
+            for i in range(0, len(tok.ids), 16):
+                bb.residuals(tok.ids[i:i + 16], [layer])
+            best = min(best, time.perf_counter() - t)
+        return int(tok.lengths.sum()) / best
+
+    smol = load_backbone(ModelSpec(id="asset:smollm2", dtype="float32", device="cpu"))
+    tok = smol.tokenize(texts)
+    print(f"torch threads {torch.get_num_threads()}, {int(tok.lengths.sum())} SmolLM2 tokens")
+    for layer in (7, 10, 13):
+        print(f"| SmolLM2-135M | {layer} | {rate(smol, layer, tok):.0f} |", flush=True)
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                      num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                      tie_word_embeddings=True)
+    qwen = Backbone.from_model(AutoModel.from_config(cfg, dtype=torch.float32), smol.tokenizer, "qwen2.5-0.5b-shaped")
+    print(f"| Qwen2.5-0.5B shape (random weights, SmolLM2's token ids) | 8 | {rate(qwen, 8, tok):.0f} |", flush=True)
+    mini = load_backbone(ModelSpec(id="asset:minilm", dtype="float32", device="cpu"))
+    print(f"| all-MiniLM-L6-v2 | 3 | {rate(mini, 3, mini.tokenize(texts)):.0f} |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["collect", "layers", "score"])
+    ap.add_argument("command", choices=["collect", "layers", "score", "speed"])
     ap.add_argument("--model", default="asset:smollm2")
     ap.add_argument("--layers", type=int, nargs="*", default=[4, 7, 10, 13, 16])
     ap.add_argument("--layer", type=int, default=10)
@@ -362,7 +400,7 @@ def main(argv=None):
     ap.add_argument("--cache", default="out/demo_model_bench")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args(argv)
-    {"collect": collect, "layers": layers_cmd, "score": score_cmd}[args.command](args)
+    {"collect": collect, "layers": layers_cmd, "score": score_cmd, "speed": speed_cmd}[args.command](args)
 
 
 if __name__ == "__main__":
