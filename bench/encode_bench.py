@@ -144,7 +144,7 @@ def lockstep(baseline: ModelCardBaseline, runtime, suite: Suite, group: list[int
 def cpu_mode(args) -> int:
     from qscope_eval.data.suite import load_suite
 
-    demo = load_suite("demo")
+    demo = load_suite("demo-minilm")
     suite = dataclasses.replace(demo, pooling=args.pooling or demo.pooling, null=False,
                                 model=dataclasses.replace(demo.model, device=args.device))
     if args.batch_tokens:

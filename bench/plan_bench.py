@@ -80,13 +80,13 @@ def demo_backbone():
     from qscope_eval.data.suite import load_suite
     from qscope_eval.model.encoders import load_runtime
 
-    return load_runtime(load_suite("demo")).backbone
+    return load_runtime(load_suite("demo-minilm")).backbone
 
 
 def distributions(bb) -> dict[str, np.ndarray]:
     from qscope_eval.model import toy
 
-    out = {"demo": np.asarray(bb.tokenize(suite_texts("demo")).lengths)}
+    out = {"demo": np.asarray(bb.tokenize(suite_texts("demo-minilm")).lengths)}
     qwen = toy.qwen_tokenizer()
     enc = qwen(suite_texts(str(ROOT / "bench/suites/validation.yaml")), truncation=True, max_length=4096)
     out["validation"] = np.array([len(x) for x in enc["input_ids"]], dtype=np.int64)
@@ -138,7 +138,7 @@ def measure(bb, repeat: int) -> None:
     """The demo's prompts through its MiniLM on CPU under both plans; batch by batch, wall time."""
     import torch
 
-    tok = bb.tokenize(suite_texts("demo"))
+    tok = bb.tokenize(suite_texts("demo-minilm"))
     ids, lengths = tok.ids, np.asarray(tok.lengths)
     plans = {"previous (greedy)": grouped(lengths, lambda x: greedy_plan(x, CPU_BATCH_TOKENS, 256)),
              "plan_batches": grouped(lengths, lambda x: plan_batches(x, CPU_BATCH_TOKENS, 256, 1, BATCH_OVERHEAD_CPU))}

@@ -60,7 +60,7 @@ ROWS_SQL = "SELECT encoder_id, sample_id, feature, value FROM activations ORDER 
 
 
 def commits(tmp: Path, repeat: int) -> None:
-    base = load_suite("demo")
+    base = load_suite("demo-minilm")
     rows, runtime = pipeline.load_rows(base), pipeline.load_runtime(base)
     best, stored = {}, {}
     for r in range(repeat):
@@ -78,7 +78,7 @@ def commits(tmp: Path, repeat: int) -> None:
 
 
 def shard_write(tmp: Path) -> None:
-    suite = load_suite("demo")
+    suite = load_suite("demo-minilm")
     rows, runtime = pipeline.load_rows(suite), pipeline.load_runtime(suite)
     times, batches = {}, None
     for mode in ("one transaction per batch", "merged_runs"):

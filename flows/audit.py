@@ -90,6 +90,7 @@ def load(suite: str, remote_workers: bool = False) -> tuple[Suite, pd.DataFrame,
     """
     s = load_suite(suite)
     rows = pipeline.load_rows(s)
+    s = pipeline.ensure_reference_stats(s, rows)  # `top` with an SAE that ships no statistics: computed once, cached
     encoders = check_encoders(s) if remote_workers else pipeline.load_runtime(s).encoders
     return s, rows, encoders
 

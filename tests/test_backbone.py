@@ -2,7 +2,8 @@
 
 Models (built once per session, no downloads): a tiny random Qwen3, Qwen3-MoE
 and multimodal Qwen3.5 checkpoint written by `qscope_eval.model.toy` with the real
-Qwen tokenizers, and the real all-MiniLM-L6-v2 (`asset:minilm`).
+Qwen tokenizers, a tiny random Llama (the demo's SmolLM2 architecture) built here from
+a config, and the real all-MiniLM-L6-v2 (`asset:minilm`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,24 @@ def minilm() -> Backbone:
     return load_backbone(ModelSpec(id="asset:minilm"))
 
 
-@pytest.fixture(params=["qwen3", "qwen3_moe", "qwen35", "minilm"])
+@pytest.fixture(scope="session")
+def llama(tmp_path_factory) -> Backbone:
+    """A tiny random LlamaForCausalLM saved as the Hub saves SmolLM2 (weights under `model.`), Qwen tokenizer."""
+    import transformers
+
+    out = tmp_path_factory.mktemp("llama")
+    tok = toy.qwen_tokenizer()
+    config = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                      max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=None,
+                                      eos_token_id=tok.eos_token_id, pad_token_id=None)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).eval().save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return load_backbone(ModelSpec(id=str(out)))
+
+
+@pytest.fixture(params=["qwen3", "qwen3_moe", "qwen35", "minilm", "llama"])
 def bb(request) -> Backbone:
     return request.getfixturevalue(request.param)
 
@@ -73,6 +91,11 @@ def test_loaded_shapes(qwen3, qwen3_moe, qwen35, minilm):
     assert qwen3.max_length == 32768 and qwen3.dtype == torch.float32 and qwen3.device.type == "cpu"
     assert qwen3.layers_module is qwen3.model.layers and minilm.layers_module is minilm.model.encoder.layer
     assert not hasattr(qwen3.model, "lm_head")  # base model: the LM head is never built
+
+
+def test_llama_loads_as_a_causal_base_model(llama):
+    assert (llama.kind, llama.d_model, llama.n_layers, llama.max_length) == ("causal", 64, 4, 2048)
+    assert type(llama.model).__name__ == "LlamaModel" and llama.layers_module is llama.model.layers
 
 
 def test_max_length_is_min_of_spec_and_model(qwen3, minilm):

@@ -51,15 +51,19 @@ def read_corpus(texts_file: str | None, suite: str | None) -> tuple[list[str], s
 @click.option("--k", type=int, default=32, show_default=True, help="Features kept per token (TopK).")
 @click.option("--steps", type=int, default=1800, show_default=True, help="Optimizer steps.")
 @click.option("--max-tokens", type=int, default=400_000, show_default=True, help="Training tokens to collect.")
+@click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Tokens per optimiser step.")
+@click.option("--max-length", type=int, default=None, help="Truncate texts to this many tokens (default: the model's limit).")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initialisation, the batch order and the text shuffle.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the model and the training (cpu, cuda, cuda:1).")
 @click.option("--texts", "texts_file", default=None, help="Corpus file: .txt (one per line) or .jsonl (`text`).")
 @click.option("--suite", default=None, help="Use a suite's benchmark prompts as the corpus.")
-@click.option("--demo", is_flag=True, help="Reproduce the committed demo SAE (MiniLM layer 3; corpus: MMLU "
-              "subjects and GSM8K items the demo suite does not use).")
+@click.option("--demo", is_flag=True, help="Reproduce a committed demo SAE: with --model asset:minilm the MiniLM one "
+              "(corpus: MMLU subjects and GSM8K items the demo suite does not use), with --model asset:smollm2 the "
+              "SmolLM2 one (corpus: qscope_eval.data.demo_corpus); its TRAINING.md has the exact command.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="SAE directory to write.")
-def train_sae(model, layer, d_sae, k, steps, max_tokens, lr, seed, device, texts_file, suite, demo, out_dir):
+def train_sae(model, layer, d_sae, k, steps, max_tokens, batch_tokens, max_length, lr, seed, device, texts_file, suite,
+              demo, out_dir):
     """Train a TopK SAE on a model's residual stream, saved in the Qwen-Scope format.
 
     Writes layer{N}.sae.pt + config.json, the `top`-pooling reference statistics
@@ -70,11 +74,13 @@ def train_sae(model, layer, d_sae, k, steps, max_tokens, lr, seed, device, texts
     from qscope_eval.model.train_sae import TrainConfig, train_demo_sae, train_sae_command
 
     if demo:
-        rep = train_demo_sae(out_dir, steps=steps, max_tokens=max_tokens, seed=seed)
+        rep = train_demo_sae(out_dir, steps=steps, max_tokens=max_tokens, seed=seed, model=model, layer=layer,
+                             d_sae=d_sae, k=k, batch_tokens=batch_tokens, max_length=max_length)
     else:
         texts, corpus = read_corpus(texts_file, suite)
         cfg = TrainConfig(model=model, layer=layer, d_sae=d_sae, k=k, steps=steps, max_tokens=max_tokens, lr=lr,
-                          seed=seed, device=device, warmup_steps=min(100, steps // 10))
+                          seed=seed, device=device, warmup_steps=min(100, steps // 10), batch_tokens=batch_tokens,
+                          max_length=max_length)
         command = "qscope-eval " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         rep = train_sae_command(texts, out_dir, cfg, corpus=corpus, command=command)
     click.echo(f"wrote {out_dir}: held-out FVU {rep.stats.fvu_heldout:.4f}, dead features {rep.stats.dead}")

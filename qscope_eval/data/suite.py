@@ -10,7 +10,7 @@ is loaded, so a typo costs a second, not a GPU hour. Checks that need the model
     model: {id: Qwen/Qwen3-1.7B-Base, revision: main, dtype: bfloat16, device: auto}
     sae: {release: Qwen/SAE-Res-Qwen3-1.7B-Base-W32K-L0_50}   # or {path: some/local/dir}
     layers: [14]
-    pooling: last            # last | max | top
+    pooling: top             # top (default) | last | max
     limit: 500               # per benchmark, optional
     benchmarks:
       - {name: gsm8k, task: gsm8k}
@@ -257,8 +257,10 @@ class Suite:
     reference: tuple[BenchmarkSpec, ...] = ()
     """Reference corpora (same entry shapes as benchmarks): encoded in the same pass, never selected or
     counted in benchmark metrics; `qscope-eval gaps` compares them with the benchmarks."""
-    pooling: str = "last"
-    """last | max | top (DESIGN §3)."""
+    pooling: str = "top"
+    """last | max | top (DESIGN §3). Default `top`, chosen by measurement on templated suites (docs/demo-model.md):
+    `last` reads the template's last token ("Answer:") on MMLU-style prompts. An SAE without reference statistics
+    gets them computed once from a broad corpus (jobs/reference_stats.py)."""
     limit: int | None = None
     """Samples per benchmark (first N in the task's order)."""
     null: bool = False

@@ -32,6 +32,7 @@ import pandas as pd
 
 from qscope_eval.analysis.metrics import is_saturated, saturation_warning
 from qscope_eval.jobs.lexical_encoder import lexical_infos, warm_up, with_lexical
+from qscope_eval.jobs.reference_stats import ensure_reference_stats
 from qscope_eval.model.encoders import EncoderInfo, Runtime, load_runtime, pooling_tag, sae_identity
 from qscope_eval.store import EncoderRow, Store, sample_ids
 from qscope_eval.data.suite import Suite
@@ -379,6 +380,7 @@ def encode_suite(suite: Suite, store: Store, progress: bool = True,
     if suite.lexical:
         warm_up()  # the writer's lexical rows need sklearn: imported while the model loads
     rows = load_rows(suite)
+    suite = ensure_reference_stats(suite, rows)  # `top` with an SAE that ships no statistics (Qwen-Scope releases)
     runtime = load_runtime(suite)
     prep = prepare(suite, store, rows, runtime.encoders, defer_texts=QUICK_START)
     for w in prep.warnings:

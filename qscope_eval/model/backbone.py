@@ -30,10 +30,12 @@ import torch
 from qscope_eval.errors import ModelError
 
 from qscope_eval.data.suite import ModelSpec, looks_local
+from qscope_eval.model.gguf import ensure_converted, is_gguf
 
 # Base-model types whose layer stack we know how to hook. Causal models keep it
-# in `model.layers`, BERT-style encoders in `model.encoder.layer`.
-CAUSAL_TYPES = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "qwen3_5_text", "qwen3_5_moe_text")
+# in `model.layers`, BERT-style encoders in `model.encoder.layer`. Llama (the demo's
+# SmolLM2) has the same decoder-layer stack and forward as Qwen2.
+CAUSAL_TYPES = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "qwen3_5_text", "qwen3_5_moe_text", "llama")
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta")
 # Multimodal checkpoints (Qwen3.5): we load only their text model.
 MULTIMODAL_TYPES = ("qwen3_5", "qwen3_5_moe")
@@ -118,7 +120,8 @@ def _resolve_asset(ref: str) -> Path:
 
 
 def _resolve_source(model_id: str) -> tuple[str, bool]:
-    """model.id -> (what from_pretrained gets, is it a local folder)."""
+    """model.id -> (what from_pretrained gets, is it a local folder). A GGUF file (asset:smollm2 or a path)
+    becomes its converted folder in the cache (model.gguf, converted on first use)."""
     if model_id.startswith("asset:"):
         path = _resolve_asset(model_id)
     else:
@@ -126,8 +129,11 @@ def _resolve_source(model_id: str) -> tuple[str, bool]:
         if not path.exists():
             if looks_local(model_id) or model_id.count("/") > 1:
                 raise ModelError(f"no model directory {model_id!r}; model.id must be a Hugging Face hub id "
-                                 "(e.g. Qwen/Qwen3-1.7B-Base), an existing local folder, or asset:minilm")
+                                 "(e.g. Qwen/Qwen3-1.7B-Base), an existing local folder or .gguf file, "
+                                 "asset:smollm2 or asset:minilm")
             return model_id, False
+    if path.is_file() and is_gguf(path):
+        path = ensure_converted(path)
     if not path.is_dir() or not (path / "config.json").is_file():
         raise ModelError(f"{path} is not a model folder (no config.json); point model.id at the folder "
                          "that save_pretrained / `hf download` wrote")
@@ -170,7 +176,7 @@ class Backbone:
     tokenizer: Any
     """The matching Hugging Face tokenizer."""
     kind: str
-    """'causal' (Qwen) or 'encoder' (BERT/MiniLM)."""
+    """'causal' (Qwen, Llama) or 'encoder' (BERT/MiniLM)."""
     d_model: int
     """Residual width."""
     n_layers: int
@@ -203,8 +209,8 @@ class Backbone:
             kind, layers = "encoder", model.encoder.layer
         else:
             raise ModelError(f"{name}: model type {model_type!r} ({type(model).__name__}) is not supported; "
-                             f"use a Qwen model ({', '.join(CAUSAL_TYPES + MULTIMODAL_TYPES)}) or a BERT-style "
-                             f"encoder ({', '.join(ENCODER_TYPES)})")
+                             f"use a Qwen or Llama model ({', '.join(CAUSAL_TYPES + MULTIMODAL_TYPES)}) or a "
+                             f"BERT-style encoder ({', '.join(ENCODER_TYPES)})")
         limits = [n for n in (max_length, getattr(config, "max_position_embeddings", None),
                               getattr(tokenizer, "model_max_length", None))
                   if isinstance(n, int) and 0 < n < _SANE_MAX]
@@ -344,7 +350,7 @@ def _load_config(spec: ModelSpec):
         # `model.language_model.*` weights onto the text model when loaded with its config.
         config = config.get_text_config()
     if config.model_type not in CAUSAL_TYPES + ENCODER_TYPES:
-        raise ModelError(f"{spec.id}: model type {config.model_type!r} is not supported; use a Qwen model "
+        raise ModelError(f"{spec.id}: model type {config.model_type!r} is not supported; use a Qwen or Llama model "
                          f"({', '.join(CAUSAL_TYPES + MULTIMODAL_TYPES)}) or a BERT-style encoder "
                          f"({', '.join(ENCODER_TYPES)})")
     return config, source, local

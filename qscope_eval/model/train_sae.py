@@ -61,6 +61,8 @@ class TrainConfig:
     """Share of texts (train_sae_command) or tokens (train_sae without `heldout`) held out for FVU."""
     device: str = "cpu"
     """Where to train: cpu, cuda, ..."""
+    max_length: int | None = None
+    """Texts are truncated to this many tokens (None: the model's limit); the suite should use the same."""
 
     def __post_init__(self):
         if not 1 <= self.k <= self.d_sae:
@@ -73,6 +75,8 @@ class TrainConfig:
             raise SaeError("heldout must be in (0, 0.5)")
         if self.lr <= 0:
             raise SaeError("lr must be > 0")
+        if self.max_length is not None and self.max_length < 2:
+            raise SaeError(f"max_length must be >= 2 tokens (or None for the model's limit), got {self.max_length}")
 
 
 @dataclass
@@ -271,7 +275,8 @@ def train_sae_command(texts: Sequence[str], out_dir: str | Path, cfg: TrainConfi
     n_held = max(1, int(len(texts) * cfg.heldout))
     held_texts, train_texts = texts[:n_held], texts[n_held:]
     if backbone is None:
-        backbone = load_backbone(ModelSpec(id=cfg.model, revision=revision, dtype=dtype, device=cfg.device))
+        backbone = load_backbone(ModelSpec(id=cfg.model, revision=revision, dtype=dtype, device=cfg.device,
+                                           max_length=cfg.max_length))
     backbone.check_layers([cfg.layer])
     t0 = time.perf_counter()
     acts = collect_activations(backbone, train_texts, cfg.layer, cfg.max_tokens, encode_spec)
@@ -317,6 +322,7 @@ def training_md(r: TrainReport, command: str = "", corpus: str = "", stats_dead_
         f"- data: {corpus}",
         f"- texts: {r.n_texts} (shuffled with seed {c.seed}; {c.heldout:.0%} of texts held out)",
         f"- tokens: {s.n_train} training, {s.n_heldout} held-out (pooling mask: no special tokens, position 0 or sinks)",
+        f"- texts truncated to {c.max_length} tokens" if c.max_length else "- texts truncated to the model's limit",
         f"- width {c.d_sae}, k {c.k}, {c.steps} steps of {c.batch_tokens} tokens, Adam lr {c.lr} "
         f"({c.warmup_steps} warm-up steps, then linear decay), seed {c.seed}, device {c.device}",
         "- no input normalisation, no b_dec subtraction, encoder initialised as the decoder's transpose,",
@@ -344,28 +350,18 @@ def training_md(r: TrainReport, command: str = "", corpus: str = "", stats_dead_
     return "\n".join(lines)
 
 
-# The demo suite's benchmarks (qscope_eval/suites/demo.yaml): its SAE is trained on other data.
+# The MiniLM demo SAE (qscope_eval/suites/demo_sae) was trained on other data than the demo suite's benchmarks.
 DEMO_MMLU_SUBJECTS = ("high_school_mathematics", "elementary_mathematics", "high_school_us_history",
                       "high_school_world_history", "high_school_biology", "college_biology")
 DEMO_GSM8K_LIMIT = 200
 
 
-def mmlu_prompt(row: dict) -> str:
-    """lm-eval's MMLU zero-shot prompt (question, lettered choices, `Answer:`)."""
-    choices = "\n".join(f"{letter}. {c}" for letter, c in zip("ABCD", row["choices"]))
-    return f"{row['question'].strip()}\n{choices}\nAnswer:"
-
-
-def gsm8k_prompt(row: dict) -> str:
-    """lm-eval's GSM8K zero-shot prompt."""
-    return f"Question: {row['question']}\nAnswer:"
-
-
 def demo_training_texts() -> list[str]:
-    """MMLU questions of every subject the demo does not audit + GSM8K test items past the demo's first 200."""
+    """MiniLM SAE corpus: MMLU questions of every subject the demo does not audit + GSM8K items past the first 200."""
     import json
 
     from qscope_eval.data.assets import mmlu_subjects, resolve
+    from qscope_eval.data.demo_corpus import gsm8k_prompt, mmlu_prompt
 
     texts = []
     for subject in mmlu_subjects():
@@ -380,13 +376,32 @@ def demo_training_texts() -> list[str]:
 
 
 def train_demo_sae(out_dir: str | Path, steps: int = 1800, max_tokens: int = 400_000, seed: int = 0,
-                   log: Log | None = _log_default) -> TrainReport:
-    """Reproduce the committed demo SAE (qscope_eval/suites/demo_sae): MiniLM layer 3, width 4096, k 32."""
-    cfg = TrainConfig(model="asset:minilm", layer=3, d_sae=4096, k=32, steps=steps, batch_tokens=4096, lr=1e-3,
-                      warmup_steps=100, seed=seed, max_tokens=max_tokens)
-    corpus = (f"MMLU test questions (lm-eval zero-shot prompt) of the {57 - len(DEMO_MMLU_SUBJECTS)} subjects the demo "
-              f"does not audit, plus GSM8K test items {DEMO_GSM8K_LIMIT + 1}-1319 (`Question: ...\\nAnswer:`); "
-              f"excluded: {', '.join(DEMO_MMLU_SUBJECTS)} and the first {DEMO_GSM8K_LIMIT} GSM8K items")
-    command = (f"python -c \"from qscope_eval.model.train_sae import train_demo_sae; "
-               f"train_demo_sae('{out_dir}', steps={steps}, max_tokens={max_tokens}, seed={seed})\"")
-    return train_sae_command(demo_training_texts(), out_dir, cfg, corpus=corpus, command=command, log=log)
+                   log: Log | None = _log_default, model: str = "asset:minilm", layer: int = 3, d_sae: int = 4096,
+                   k: int = 32, batch_tokens: int = 4096, max_length: int | None = None) -> TrainReport:
+    """Reproduce a committed demo SAE.
+
+    `asset:minilm` (the defaults): qscope_eval/suites/demo_sae, MiniLM layer 3, on MMLU + GSM8K. Any other model
+    (the demo's `asset:smollm2`): the broader corpus of data.demo_corpus (held-out MMLU subjects, GSM8K, stdlib
+    code, Python documentation prose)."""
+    import shlex
+
+    cfg = TrainConfig(model=model, layer=layer, d_sae=d_sae, k=k, steps=steps, batch_tokens=batch_tokens, lr=1e-3,
+                      warmup_steps=min(100, steps // 10), seed=seed, max_tokens=max_tokens, max_length=max_length)
+    if model == "asset:minilm":
+        texts = demo_training_texts()
+        corpus = (f"MMLU test questions (lm-eval zero-shot prompt) of the {57 - len(DEMO_MMLU_SUBJECTS)} subjects the "
+                  f"demo does not audit, plus GSM8K test items {DEMO_GSM8K_LIMIT + 1}-1319 (`Question: ...\\nAnswer:`); "
+                  f"excluded: {', '.join(DEMO_MMLU_SUBJECTS)} and the first {DEMO_GSM8K_LIMIT} GSM8K items")
+        command = (f"python -c \"from qscope_eval.model.train_sae import train_demo_sae; "
+                   f"train_demo_sae('{out_dir}', steps={steps}, max_tokens={max_tokens}, seed={seed})\"")
+    else:
+        import platform
+
+        from qscope_eval.data.demo_corpus import demo_lm_corpus
+
+        c = demo_lm_corpus()
+        texts, corpus = c.texts, c.description + f" (Python {platform.python_version()})"
+        command = (f"qscope-eval train-sae --demo --model {shlex.quote(model)} --layer {layer} --d-sae {d_sae} --k {k} "
+                   f"--steps {steps} --batch-tokens {batch_tokens} --max-tokens {max_tokens} --seed {seed}"
+                   + (f" --max-length {max_length}" if max_length else "") + f" --out {out_dir}")
+    return train_sae_command(texts, out_dir, cfg, corpus=corpus, command=command, log=log)
