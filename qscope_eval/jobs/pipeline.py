@@ -34,8 +34,8 @@ from qscope_eval.analysis.metrics import is_saturated, saturation_warning
 from qscope_eval.jobs.lexical_encoder import lexical_infos, warm_up, with_lexical
 from qscope_eval.jobs.reference_stats import ensure_reference_stats
 from qscope_eval.model.encoders import EncoderInfo, Runtime, load_runtime, pooling_tag, sae_identity
-from qscope_eval.store import EncoderRow, Store, sample_ids
 from qscope_eval.data.suite import Suite
+from qscope_eval.store import EncoderRow, Store, sample_ids
 
 log = logging.getLogger(__name__)
 
@@ -446,6 +446,5 @@ def stored_warnings(store: Store, prep: Prepared, suite: Suite) -> list[str]:
 
 def _progress(total: int, name: str, enabled: bool):
     from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=f"encode {name}", unit="sample", disable=not enabled or total == 0,
                 dynamic_ncols=True, smoothing=0.1)
