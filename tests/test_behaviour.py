@@ -85,6 +85,9 @@ def test_planted_agreement_and_baselines(result):
     assert ("sae:sym", "lexical:tfidf", "pearson") in comp
     assert any(v.startswith("sae:sym beats null:sym") for v in d["verdicts"])
     assert any("strongest lexical baseline" in v for v in d["verdicts"])
+    # the sentence read first: the headline SAE proxy against the null's same measure and the strongest words
+    assert d["verdicts"][0].startswith("In short: on these") and "tracks" in d["verdicts"][0]
+    assert "better than null:sym" in d["verdicts"][0] and "not clearly" not in d["verdicts"][0]
     rel = d["reliability"]
     assert 0 < rel["spearman_brown"] <= 1 and rel["ceiling"] == pytest.approx(np.sqrt(rel["spearman_brown"]))
     assert sae["partial_pearson"] < rel["ceiling"] + 0.1

@@ -151,7 +151,33 @@ def _verdicts(comparisons, proxy_rows, rel, headline, cfg, n_models, head=None) 
         out.append(txt + ".")
     if not any(r["kind"] == "sae" for r in proxy_rows):
         out.append("No SAE proxy was given, so nothing says whether the features beat the baselines.")
-    return out
+    summary = _summary(comparisons, proxy_rows, head, pre, strongest, n_models, ceil)
+    return ([summary] if summary else []) + out
+
+
+def _summary(comparisons, proxy_rows, head, pre, strongest, n_models, ceil) -> str | None:
+    """The one sentence read first: the headline SAE proxy against the null's same measure and the strongest
+    lexical baseline (the verdict lines below give every comparison with its interval)."""
+    top = next((r for r in proxy_rows if r["name"] == head), None)
+    if top is None or not math.isfinite(top[pre + "pearson"]):
+        return None
+    def word(base):
+        c = next((c for c in comparisons if c["proxy"] == head and c["baseline"] == base
+                  and c["statistic"] == pre + "pearson"), None)
+        if c is None or not math.isfinite(c["lo"]):
+            return None
+        how = "better than" if c["lo"] > 0 else "worse than" if c["hi"] < 0 else "not clearly better than"
+        return f"{how} {base} ({_fmt(c['baseline_value'])})"
+    measure = head.split(":", 1)[1]
+    parts = [w for w in (word(f"null:{measure}"), word(strongest) if strongest else None) if w]
+    lo, hi = top[pre + "pearson_lo"], top[pre + "pearson_hi"]
+    verb = ("tracks" if math.isfinite(lo) and lo > 0 else "runs opposite to" if math.isfinite(hi) and hi < 0
+            else "shows no clear relation to")
+    txt = (f"In short: on these {n_models} models the SAE's {measure} similarity {verb} the "
+           f"{'partial ' if pre else ''}score correlation (r = {_fmt(top[pre + 'pearson'])})")
+    if ceil is not None and math.isfinite(ceil):
+        txt += f" (a perfect proxy: about {ceil:.2f})"
+    return txt + (", " + " and ".join(parts) if parts else "") + "."
 
 
 # ----------------------------------------------------------------------------- disagreements
