@@ -205,12 +205,16 @@ def _verdicts(res: V.ValidationResult, n_models: int) -> list[str]:
         a = by.get((f"{ov}~score_pearson", "spearman"))
         if a is not None:
             line = V.verdict(a, LABELS[ov], "score correlation", n_models)
-            for key, who in (("null_sym", "a random dictionary"), ("lexical_sym", "the prompts' words")):
+            for key, who in (("null_sym", "random directions"), ("lexical_sym", "the prompts' words")):
                 base = by.get((f"{key}~score_pearson", "spearman"))
                 if base is not None and ov == "sym" and math.isfinite(base.value):
-                    same = a.lo is not None and math.isfinite(a.lo) and base.value >= a.lo
-                    line += (f"; {who} does as well (ρ = {base.value:.2f}): the SAE adds nothing visible over it"
-                             if same else f" ({who}: ρ = {base.value:.2f})")
+                    has_hi = a.hi is not None and math.isfinite(a.hi)
+                    if has_hi and base.value > a.hi:  # the baseline's point lies above the SAE's whole interval
+                        line += f"; {who} do better (ρ = {base.value:.2f}): the SAE adds nothing visible over them"
+                    elif a.lo is not None and math.isfinite(a.lo) and base.value >= a.lo:
+                        line += f"; {who} do as well (ρ = {base.value:.2f}): the SAE adds nothing visible over them"
+                    else:
+                        line += f" ({who}: ρ = {base.value:.2f})"
             lines.append(line)
     a = by.get(("r~r_hat", "spearman"))
     line = V.verdict(a, "the feature redundancy R̂", "performance-based redundancy R", n_models)

@@ -65,8 +65,9 @@ def recommendation_html(summary: dict) -> str:
     saved = None if s.get("cost_share") is None else 1 - s["cost_share"]
     sent = (f"Keep <b>{len(s['chosen'])} of {n_b}</b> benchmarks ({_pct(saved)} of the {_e(s.get('cost_kind'))} "
             f"saved). A benchmark is dropped only when one kept benchmark shows at least {_pct(s.get('tau'))} of what "
-            "characterizes it (100% = as much as a second half of the benchmark itself shows), more clearly than a "
-            "random dictionary does, or when all its prompts are prompts of a kept benchmark.")
+            "characterizes it (100% = as much as a second half of the benchmark itself shows), more clearly than both a "
+            "random dictionary and the prompts' own words do, or when all its prompts are prompts of a kept benchmark; "
+            "a benchmark whose features are mostly the prompt template is kept.")
     if rb.get("mean") is not None:
         sent += (f" Dropping benchmarks at random for the same saving would leave {_pct(1 - rb['mean'])} ± "
                  f"{_pct(rb.get('std'))} of them measured by no kept benchmark.")
