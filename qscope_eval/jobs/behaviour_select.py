@@ -22,7 +22,6 @@ import pandas as pd
 
 from qscope_eval.analysis import behaviour_decide as bd
 from qscope_eval.analysis import behaviour_select as bsel
-from qscope_eval.analysis import metrics
 from qscope_eval.analysis import predict as pr
 from qscope_eval.analysis import recommend as rc
 from qscope_eval.errors import QScopeError
@@ -39,12 +38,11 @@ def _f(x, nd: int = 4):
 
 
 def feature_evidence(ld: sm.Loaded, costs: np.ndarray, tau: float | None = None, replicates: int = 100):
-    """(stand_in, ratio, feature-only kept indices) from the encoded benchmarks (the `select` recommendation)."""
-    es = ld.real
-    F = metrics.fired(es.X)
-    Fn = metrics.fired(ld.null.X) if ld.null is not None else None
-    cfg = rc.RecommendConfig(replicates=replicates) if tau is None else rc.RecommendConfig(tau=tau, replicates=replicates)
-    a = rc.assess(es.M, F, Fn, cfg)
+    """(stand_in, ratio, feature-only kept indices) from the encoded benchmarks: the `select` recommendation's own
+    assessment (null and words checked, template-dominated benchmarks kept), shared with it when already computed."""
+    from qscope_eval.jobs.recommendation import assess_suite
+
+    a = assess_suite(ld, rc.RecommendConfig.tau if tau is None else tau, replicates=replicates)
     return rc.stand_ins(a), a.ratio, rc.recommend(a, costs).kept
 
 

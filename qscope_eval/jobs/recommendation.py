@@ -41,10 +41,7 @@ def recommend_benchmarks(store, ld, costs: np.ndarray, cost_kind: str, tau: floa
     """Keep/drop every benchmark so each dropped one has ≥ τ of its characteristic shown by a kept one."""
     es = ld.real
     F = metrics.fired(es.X, threshold)
-    Fn = metrics.fired(ld.null.X, threshold) if ld.null is not None else None
-    Fl = metrics.fired(ld.lexical.data.X) if ld.lexical is not None else None
-    cfg = rc.RecommendConfig(tau=tau, replicates=replicates)
-    a = rc.assess(es.M, F, Fn, cfg, F_lexical=Fl, progress=prog.wrapper("recommendation bootstrap", "replicate"))
+    a = assess_suite(ld, tau, threshold, replicates)
     with prog.stage("exact selection (HiGHS MILP)") if exact else nullcontext():
         r = rc.recommend(a, costs, exact=exact, time_limit=time_limit)
     g = r if not exact else rc.recommend(a, costs)
@@ -62,13 +59,30 @@ def recommend_benchmarks(store, ld, costs: np.ndarray, cost_kind: str, tau: floa
         "curve_coverage": [float(x) for x in s.curve_coverage], "optimal": bool(s.optimal),
         "bound": _f(s.bound), "gap": _f(s.gap), "status": s.status, "greedy_cost": _f(g.cost),
         "random_baseline": {"mean": _f(base.mean), "std": _f(base.std), "trials": base.trials},
-        "null_checked": Fn is not None, "null_scale": _f(a.null_scale), "level": "benchmark", "cost_kind": cost_kind,
-        "lexical_checked": Fl is not None, "lexical_scale": _f(a.lexical_scale),
-        "template_max": _f(cfg.template_max), "template_share": {names[i]: _f(a.template[i]) for i in range(len(names))},
+        "null_checked": ld.null is not None, "null_scale": _f(a.null_scale), "level": "benchmark", "cost_kind": cost_kind,
+        "lexical_checked": ld.lexical is not None, "lexical_scale": _f(a.lexical_scale),
+        "template_max": _f(a.config.template_max), "template_share": {names[i]: _f(a.template[i]) for i in range(len(names))},
         "baseline_pairs": baseline_pairs(a),
         "self_coverage": {names[i]: _f(a.self_share[i]) for i in range(len(names))},
         "table": table,
     }
+
+
+def assess_suite(ld, tau: float = rc.RecommendConfig.tau, threshold: float = 0.0, replicates: int = 100) -> rc.Assessment:
+    """The recommendation's assessment of an encoded suite: SAE, null and words in one bootstrap (``rc.assess``).
+
+    Computed once per Loaded and settings and kept on it, so `select`'s recommendation and the feature side of
+    `select --scores` (jobs/behaviour_select.py) read the same decisions, and an audit bootstraps once."""
+    key = (float(tau), float(threshold), int(replicates))
+    if key not in ld.assessments:
+        es = ld.real
+        F = metrics.fired(es.X, threshold)
+        Fn = metrics.fired(ld.null.X, threshold) if ld.null is not None else None
+        Fl = metrics.fired(ld.lexical.data.X) if ld.lexical is not None else None
+        cfg = rc.RecommendConfig(tau=tau, replicates=replicates)
+        ld.assessments[key] = rc.assess(es.M, F, Fn, cfg, F_lexical=Fl,
+                                        progress=prog.wrapper("recommendation bootstrap", "replicate"))
+    return ld.assessments[key]
 
 
 def baseline_pairs(a: rc.Assessment) -> dict:

@@ -8,7 +8,7 @@ CLI prints them (`--json`), the report renders them, `summary.json` is one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from contextlib import nullcontext
 
 import numpy as np
@@ -34,6 +34,8 @@ class Loaded:
     null: EncodedSet | None
     lexical: LexicalSet | None = None
     """The prompts' words (jobs/lexical_encoder.py): stored, or computed from the texts for an older database."""
+    assessments: dict = field(default_factory=dict, repr=False, compare=False)
+    """The recommendation's bootstrap per (tau, threshold, replicates), computed once (jobs/recommendation.assess_suite)."""
 
 
 def load(store: Store, encoder: str | int | None = None, benchmarks: list[str] | None = None,
