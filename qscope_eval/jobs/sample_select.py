@@ -17,11 +17,9 @@ import numpy as np
 import pandas as pd
 
 from qscope_eval.analysis import anchors as A
-from qscope_eval.data.lmeval_logs import read_logs
 from qscope_eval.errors import QScopeError
-from qscope_eval.data.lmeval_match import SampleIndex, match_tasks
 from qscope_eval.jobs import summary as sm_
-from qscope_eval.jobs.validation import BenchScores, ValidateConfig, _matrices, _score_rows
+from qscope_eval.jobs.validation import BenchScores, ValidateConfig, _matrices, matched_logs
 from qscope_eval.store import Store
 
 FEATURE_LABEL = ("feature-only: no per-sample logs, so these items keep the benchmark's SAE features, not its "
@@ -154,16 +152,7 @@ def run_anchors(store: Store, paths: list[str], cfg: AnchorConfig = AnchorConfig
     """Anchors per benchmark from the logs under `paths`; the feature-only choice when `paths` is empty."""
     if not paths:
         return _feature_only(store, cfg, encoder)
-    logs = read_logs(paths, cfg.metric, cfg.filter)
-    texts, members = store.stored_prompts()
-    if not texts:
-        raise A.AnchorError(f"{store.path} has no benchmarks; run `qscope-eval encode SUITE --db {store.path}` first")
-    matches = match_tasks(logs.tasks, SampleIndex(texts), members)
-    notes = list(logs.notes) + [m.note for m in matches if m.note]
-    if not any(m.benchmark for m in matches):
-        raise A.AnchorError("no logged prompt matches a stored sample: the logs are of tasks this database does not "
-                            f"hold (logged: {', '.join(sorted({t.task for t in logs.tasks}))})")
-    df = _score_rows(logs, matches)
+    logs, matches, df, notes = matched_logs(store, paths, cfg.metric, cfg.filter, A.AnchorError)
     benches = _matrices(df, matches, ValidateConfig(metric=cfg.metric, filter=cfg.filter, min_items=3), notes)
     benches, unscored = _pick(benches, cfg.benchmark, store.benchmark_names())
     for b in [b for b in benches if len(b.models) < A.MIN_MODELS]:

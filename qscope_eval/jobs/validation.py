@@ -259,19 +259,27 @@ def _result_dict(vid, cfg, enc, benches, names, models, per, overlaps, res, ref,
     }
 
 
-def run_validation(store: Store, paths: list[str], cfg: ValidateConfig = ValidateConfig(), encoder=None,
-                   save: bool = True) -> dict:
-    """Read, match, compute, and (save=True) store models, per-sample scores and the result in one transaction."""
-    logs = read_logs(paths, cfg.metric, cfg.filter)
+def matched_logs(store: Store, paths: list[str], metric: str | None, filt: str | None,
+                 error: type[Exception]) -> tuple[LogSet, list[TaskMatch], pd.DataFrame, list[str]]:
+    """Read the lm-eval sample logs under `paths` and match them to the stored prompts by content: (logs, the task
+    matches, one score row per matched document, notes). `error` (the caller's error class) on an empty database
+    or when no logged prompt is stored. `validate` and `anchors` both start here."""
+    logs = read_logs(paths, metric, filt)
     texts, members = store.stored_prompts()
     if not texts:
-        raise V.ValidationError(f"{store.path} has no benchmarks; run `qscope-eval encode SUITE --db {store.path}` first")
+        raise error(f"{store.path} has no benchmarks; run `qscope-eval encode SUITE --db {store.path}` first")
     matches = match_tasks(logs.tasks, SampleIndex(texts), members)
     notes = list(logs.notes) + [m.note for m in matches if m.note]
     if not any(m.benchmark for m in matches):
-        raise V.ValidationError("no logged prompt matches a stored sample: the logs are of tasks this database does "
-                                f"not hold (logged: {', '.join(sorted({t.task for t in logs.tasks}))})")
-    df = _score_rows(logs, matches)
+        raise error("no logged prompt matches a stored sample: the logs are of tasks this database does "
+                    f"not hold (logged: {', '.join(sorted({t.task for t in logs.tasks}))})")
+    return logs, matches, _score_rows(logs, matches), notes
+
+
+def run_validation(store: Store, paths: list[str], cfg: ValidateConfig = ValidateConfig(), encoder=None,
+                   save: bool = True) -> dict:
+    """Read, match, compute, and (save=True) store models, per-sample scores and the result in one transaction."""
+    logs, matches, df, notes = matched_logs(store, paths, cfg.metric, cfg.filter, V.ValidationError)
     benches = _matrices(df, matches, cfg, notes)
     models = sorted({m for b in benches for m in b.models})
     if len(models) < V.MIN_MODELS or not benches:
