@@ -9,7 +9,6 @@ earlier ones of the same model and benchmark) and the result go in ONE transacti
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 
 import pandas as pd
 
@@ -20,10 +19,6 @@ def has_column(con, table: str, column: str) -> bool:
     """Whether a table has a column: a file from before the additive migrations, opened read-only, may not."""
     return bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
                             [table, column]).fetchall()[0][0])
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 class ScoreTables:
@@ -38,19 +33,8 @@ class ScoreTables:
     def save_score_validation(self, validation_id: str, encoder_id: int | None, params: dict, result: dict,
                               models: pd.DataFrame, scores: pd.DataFrame) -> None:
         """Models (model, source), their scores (SCORE_COLUMNS) and the result (kind 'scores'), in ONE transaction."""
-        with self.transaction():
-            self.con.register("_models", models[["model", "source"]])
-            self.con.execute("INSERT OR REPLACE INTO models SELECT model, source, ? FROM _models", [_now()])
-            self.con.unregister("_models")
-            self.con.register("_scores", scores[SCORE_COLUMNS])
-            self.con.execute("DELETE FROM benchmark_scores s WHERE EXISTS (SELECT 1 FROM _scores n "
-                             "WHERE n.model = s.model AND n.benchmark = s.benchmark)")
-            self.con.execute(f"INSERT INTO benchmark_scores SELECT {', '.join(SCORE_COLUMNS)} FROM _scores")
-            self.con.unregister("_scores")
-            self.con.execute("INSERT INTO validations (validation_id, created_at, encoder_id, params, result, kind) "
-                             "VALUES (?, ?, ?, ?, ?, 'scores')",
-                             [validation_id, _now(), encoder_id, json.dumps(params, sort_keys=True, default=str),
-                              json.dumps(result, default=str)])
+        self._save_result("scores", "benchmark_scores", SCORE_COLUMNS, validation_id, encoder_id, params, result,
+                          models, scores)
 
     def benchmark_scores(self) -> pd.DataFrame:
         """Every stored score (SCORE_COLUMNS), ordered by benchmark and model."""

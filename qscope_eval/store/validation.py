@@ -34,20 +34,26 @@ class ValidationTables:
     def save_validation(self, validation_id: str, encoder_id: int | None, params: dict, result: dict,
                         models: pd.DataFrame, scores: pd.DataFrame) -> None:
         """Models, their per-sample scores (replacing earlier ones of the same model and benchmark) and the result, in ONE transaction."""
+        cols = ["model", "benchmark", "sample_id", "value", "metric", "filter", "task", "doc_id"]
+        self._save_result("samples", "sample_scores", cols, validation_id, encoder_id, params, result, models, scores)
+
+    def _save_result(self, kind: str, table: str, cols: list[str], validation_id: str, encoder_id: int | None,
+                     params: dict, result: dict, models: pd.DataFrame, scores: pd.DataFrame) -> None:
+        """Models, their scores in `table` (earlier rows of the same model and benchmark replaced) and the result
+        (a `validations` row of `kind`), in ONE transaction: `validate` on logs and on score tables both save here."""
         with self.transaction():
             self.con.register("_models", models[["model", "source"]])
             self.con.execute("INSERT OR REPLACE INTO models SELECT model, source, ? FROM _models", [_now()])
             self.con.unregister("_models")
-            cols = ["model", "benchmark", "sample_id", "value", "metric", "filter", "task", "doc_id"]
             self.con.register("_scores", scores[cols])
-            self.con.execute("DELETE FROM sample_scores s WHERE EXISTS (SELECT 1 FROM _scores n "
+            self.con.execute(f"DELETE FROM {table} s WHERE EXISTS (SELECT 1 FROM _scores n "
                              "WHERE n.model = s.model AND n.benchmark = s.benchmark)")
-            self.con.execute(f"INSERT INTO sample_scores SELECT {', '.join(cols)} FROM _scores")
+            self.con.execute(f"INSERT INTO {table} SELECT {', '.join(cols)} FROM _scores")
             self.con.unregister("_scores")
             self.con.execute("INSERT INTO validations (validation_id, created_at, encoder_id, params, result, kind) "
-                             "VALUES (?, ?, ?, ?, ?, 'samples')",
+                             "VALUES (?, ?, ?, ?, ?, ?)",
                              [validation_id, _now(), encoder_id, json.dumps(params, sort_keys=True, default=str),
-                              json.dumps(result, default=str)])
+                              json.dumps(result, default=str), kind])
 
     def latest_validation(self, encoder_id: int) -> dict | None:
         """The newest stored validation result for this encoder, if any."""
