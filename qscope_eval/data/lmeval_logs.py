@@ -241,13 +241,22 @@ def _model_name(folder: Path, ts: str | None) -> str:
             r = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
-        cfg = r.get("config") if isinstance(r.get("config"), dict) else {}
-        name = _name_from_args(cfg.get("model_args"))
+        name = results_model(r)
         if name:
             return name
-        if isinstance(r.get("model_name"), str) and r["model_name"] and cfg.get("model") != "dummy":
-            return r["model_name"]
     return folder.name
+
+
+def results_model(doc: dict) -> str | None:
+    """The model a parsed results_<ts>.json names: `config.model_args`' pretrained= (with revision= etc.), else its
+    `model_name` (not lm-eval's dummy model's), else None."""
+    cfg = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+    name = _name_from_args(cfg.get("model_args"))
+    if name:
+        return name
+    if isinstance(doc.get("model_name"), str) and doc["model_name"] and cfg.get("model") != "dummy":
+        return doc["model_name"]
+    return None
 
 
 def _old_task_name(path: Path) -> str:

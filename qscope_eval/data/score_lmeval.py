@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qscope_eval.data.lmeval_logs import _name_from_args
+from qscope_eval.data.lmeval_logs import results_model
 from qscope_eval.data.score_names import ScoreTableError
 
 _FIXED = {"name", "alias", "sample_len", "sample_count", " ", ""}
@@ -54,13 +54,7 @@ def is_results_file(path: Path) -> bool:
 
 
 def _model(doc: dict, path: Path) -> str:
-    cfg = doc.get("config") if isinstance(doc.get("config"), dict) else {}
-    name = _name_from_args(cfg.get("model_args"))
-    if name:
-        return name
-    if isinstance(doc.get("model_name"), str) and doc["model_name"] and cfg.get("model") != "dummy":
-        return doc["model_name"]
-    return path.parent.name
+    return results_model(doc) or path.parent.name
 
 
 def _groups(doc: dict) -> set[str]:
