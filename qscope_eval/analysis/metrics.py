@@ -340,6 +340,13 @@ def bootstrap(M: Any, F: Any, replicates: int = 200, level: float = 0.95, seed: 
 
 
 # ----------------------------------------------------------------------------- summary
+def finite(x: Any, digits: int | None = None) -> float | None:
+    """A number as a plain float for JSON (rounded to `digits` if given), or None when missing or not finite."""
+    if x is None or not math.isfinite(float(x)):
+        return None
+    return float(x) if digits is None else round(float(x), digits)
+
+
 def _plain(x: Any) -> Any:
     """numpy -> JSON-safe plain Python (NaN/inf -> None)."""
     if isinstance(x, (np.ndarray, np.generic)):

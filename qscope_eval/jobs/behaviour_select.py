@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from qscope_eval.analysis import behaviour_decide as bd
+from qscope_eval.analysis import metrics
 from qscope_eval.analysis import behaviour_select as bsel
 from qscope_eval.analysis import predict as pr
 from qscope_eval.analysis import recommend as rc
@@ -34,7 +35,7 @@ DEFINITION = ("a benchmark with scores for enough models is dropped when the kep
 
 
 def _f(x, nd: int = 4):
-    return None if x is None or not math.isfinite(float(x)) else round(float(x), nd)
+    return metrics.finite(x, nd)
 
 
 def feature_evidence(ld: sm.Loaded, costs: np.ndarray, tau: float | None = None, replicates: int = 100):

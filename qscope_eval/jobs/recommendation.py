@@ -21,7 +21,6 @@ benchmark, the evidence:
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 
 import numpy as np
@@ -32,7 +31,8 @@ from qscope_eval.analysis import recommend as rc
 from qscope_eval.analysis import select as sel
 from qscope_eval import progress as prog
 
-_f = lambda x: None if x is None or not math.isfinite(float(x)) else round(float(x), 4)
+def _f(x):
+    return metrics.finite(x, 4)
 
 
 def recommend_benchmarks(store, ld, costs: np.ndarray, cost_kind: str, tau: float = rc.RecommendConfig.tau, exact: bool = False,

@@ -10,13 +10,13 @@ chooses and evaluates. Nothing is written to the database.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from qscope_eval.analysis import anchors as A
+from qscope_eval.analysis.metrics import finite
 from qscope_eval.errors import QScopeError
 from qscope_eval.jobs import summary as sm_
 from qscope_eval.jobs.validation import BenchScores, ValidateConfig, _matrices, matched_logs
@@ -66,7 +66,7 @@ class AnchorConfig:
 
 
 def _f(x) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else round(float(x), 4)
+    return finite(x, 4)
 
 
 def _costs(store: Store, ids: np.ndarray, notes: list[str], name: str) -> tuple[np.ndarray, str]:

@@ -12,7 +12,6 @@ before the single write transaction, so any error writes nothing.
 from __future__ import annotations
 
 import dataclasses
-import math
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +33,7 @@ KINDS = ("sae", "null", "lexical")
 
 
 def _f(x) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else float(x)
+    return metrics.finite(x)
 
 
 def resolve_reference(ref: str | None, table: ScoreTable, names: list[str]) -> int | None:

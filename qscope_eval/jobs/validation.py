@@ -166,7 +166,7 @@ def _resolve_reference(ref: str | None, benches: list[BenchScores]) -> int | Non
 
 # ----------------------------------------------------------------------------- the job
 def _f(x) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else float(x)
+    return metrics.finite(x)
 
 
 def _matrix(A: np.ndarray | None) -> list | None:
