@@ -1,4 +1,4 @@
-"""`top` pooling for an SAE that ships no reference statistics: compute them once from the suite's own prompts.
+"""`top` pooling for an SAE that ships no reference statistics: compute them once from a broad reference corpus.
 
 `top` keeps, per prompt, the m features whose mean activation over the prompt's tokens is highest relative to
 the feature's mean over a reference corpus (DESIGN §2). Our own SAEs ship those means beside them
